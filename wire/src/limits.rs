@@ -1,0 +1,57 @@
+//! Every limit of the protocol, in one place. Both encodings enforce the same numbers, the
+//! gateway enforces them before anything acts on a frame, and PROTOCOL.md quotes them.
+
+/// Largest WebSocket message (binary or text) the gateway accepts from a client, in bytes.
+/// A larger message closes the connection with [`crate::CloseCode::MESSAGE_TOO_BIG`].
+pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+
+/// Largest message body, in UTF-8 bytes.
+pub const MAX_BODY_BYTES: usize = 4096;
+
+/// Largest chat title, in UTF-8 bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+
+/// Most members a chat can have, and most user ids in one create-chat frame.
+pub const MAX_MEMBERS_PER_CHAT: usize = 1000;
+
+/// Most messages in one sync page; a sync frame asks for `1..=MAX_SYNC_PAGE`.
+pub const MAX_SYNC_PAGE: u32 = 200;
+
+/// Most users in one presence query.
+pub const MAX_PRESENCE_QUERY: usize = 200;
+
+/// Longest reason text in an error frame, in UTF-8 bytes.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// Largest server frame the backend may produce (a full sync page of maximal bodies fits).
+pub const MAX_SERVER_FRAME_BYTES: usize = 1024 * 1024;
+
+/// A limit that a frame broke: which field, how large it was, and the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {actual}, the limit is {limit}")]
+pub struct LimitExceeded {
+    /// The field, as named in PROTOCOL.md.
+    pub field: &'static str,
+    /// What the frame carried.
+    pub actual: usize,
+    /// The bound it broke.
+    pub limit: usize,
+}
+
+/// Checks that `actual` is at most `limit`.
+pub(crate) fn at_most(field: &'static str, actual: usize, limit: usize) -> Result<(), LimitExceeded> {
+    if actual <= limit {
+        Ok(())
+    } else {
+        Err(LimitExceeded { field, actual, limit })
+    }
+}
+
+/// Checks a sync page size: zero is as wrong as too many.
+pub(crate) fn sync_page(limit: u32) -> Result<(), LimitExceeded> {
+    if (1..=MAX_SYNC_PAGE).contains(&limit) {
+        Ok(())
+    } else {
+        Err(LimitExceeded { field: "limit", actual: limit as usize, limit: MAX_SYNC_PAGE as usize })
+    }
+}
