@@ -1,0 +1,181 @@
+//! Command-line flags, each with an environment variable of the same meaning.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which engine handles what clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// One node, no persistence: chats, members and a bounded recent history in memory.
+    Memory,
+}
+
+/// The algorithm tokens must be signed with; any other is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret (`--jwt-secret`).
+    Hs256,
+    /// ECDSA P-256 with a public key (`--jwt-public-key`).
+    Es256,
+}
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Thread-per-core io_uring WebSocket gateway"
+)]
+pub struct Config {
+    /// Address clients connect to (WebSocket upgrade on /ws).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin port (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Cores to run on, one pinned runtime each; 0 means every core of the machine.
+    #[arg(long, env = "GATEWAY_CORES", default_value_t = 0)]
+    pub cores: usize,
+
+    /// This node's id, announced to clients and used for routing between nodes.
+    #[arg(long, env = "GATEWAY_NODE_ID", default_value_t = 1)]
+    pub node_id: u32,
+
+    /// The engine behind the sessions.
+    #[arg(long, env = "GATEWAY_ENGINE", value_enum, default_value_t = EngineKind::Memory)]
+    pub engine: EngineKind,
+
+    /// The pinned JWT algorithm.
+    #[arg(long, env = "GATEWAY_JWT_ALG", value_enum, default_value_t = JwtAlgorithm::Hs256)]
+    pub jwt_alg: JwtAlgorithm,
+
+    /// Shared secret for HS256 tokens (at least 16 bytes; required with HS256).
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with the ES256 public key (required with ES256).
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Allowed browser origins, comma separated (e.g. https://app.example.com); empty allows
+    /// every origin. Requests without an Origin header (non-browser clients) are allowed.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Certificate chain (PEM) for wss://; with --tls-key, the listener speaks TLS 1.3 only.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for wss://.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Time a client has to complete the HTTP upgrade (slowloris bound).
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub handshake_timeout: Duration,
+
+    /// Largest HTTP request head accepted during the upgrade, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// The server pings a connection that has been silent this long.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", value_parser = parse_duration, default_value = "25s")]
+    pub ping_interval: Duration,
+
+    /// A connection silent this long (no frame, no pong) is closed with 4001.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+
+    /// Frames per second a connection may send on average.
+    #[arg(long, env = "GATEWAY_FRAMES_PER_SECOND", default_value_t = 100)]
+    pub frames_per_second: u32,
+
+    /// Frames a connection may send in a burst above the average rate.
+    #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 200)]
+    pub frame_burst: u32,
+
+    /// New connections per minute from one IP address (0: no limit).
+    #[arg(
+        long,
+        env = "GATEWAY_CONNECTIONS_PER_IP_PER_MINUTE",
+        default_value_t = 0
+    )]
+    pub connections_per_ip_per_minute: u32,
+
+    /// Frames queued for one connection before it is closed as a slow consumer (4000).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Messages of recent history the memory engine keeps per chat for sync.
+    #[arg(long, env = "GATEWAY_HISTORY_PER_CHAT", default_value_t = 1000)]
+    pub history_per_chat: usize,
+
+    /// Time given to sessions to close and flush on SIGTERM/SIGINT before exiting.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE", value_parser = parse_duration, default_value = "10s")]
+    pub shutdown_deadline: Duration,
+
+    /// io_uring submission queue entries per core.
+    #[arg(long, env = "GATEWAY_RING_ENTRIES", default_value_t = 4096)]
+    pub ring_entries: u32,
+}
+
+impl Config {
+    /// The number of cores to run, resolving 0 to every core.
+    pub fn core_count(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 250ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("'{text}': the unit must be ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn defaults_pin_hs256_and_every_core() {
+        let config = Config::try_parse_from(["gateway", "--jwt-secret", "s"]).expect("valid flags");
+        assert_eq!(config.jwt_alg, JwtAlgorithm::Hs256);
+        assert_eq!(config.cores, 0);
+        assert!(config.core_count() >= 1);
+        assert!(
+            Config::try_parse_from(["gateway", "--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! The runtime glue of one connection: the upgrade (with its time and size bounds), then a
+//! poll loop that reads only when the socket is readable, into the core's shared buffer,
+//! and writes the session's queue in order.
+
+use std::borrow::Cow;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::io::IntoPollIo;
+use monoio::net::TcpStream;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use wire::server::{Pong, Welcome};
+use wire::{ClientFrameRef, CloseCode, ErrorCode, ServerFrame, limits::MAX_FRAME_BYTES};
+
+use crate::core::Core;
+use crate::handshake::{self, UpgradeRequest};
+use crate::outbox::{Outbox, Outgoing};
+use crate::router::{Delivery, Origin};
+use crate::session::{self, RateDecision, TokenBucket};
+use crate::ws;
+
+/// Reads one session may do per poll before it yields to the core's other sessions.
+const READS_PER_POLL: usize = 16;
+
+/// A pending partial frame above this size is not kept in a grown buffer once consumed.
+const PENDING_KEEP_BYTES: usize = 1024;
+
+/// A plain or TLS socket in readiness mode: no buffer is held while it waits.
+pub enum Transport {
+    /// ws://
+    Plain(TcpStreamPoll),
+    /// wss:// (rustls keeps its own record buffers, so TLS sessions cost more memory).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStreamPoll>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    // Boxed so that the handshake's buffers and TLS state live in their own allocation,
+    // freed once it is done, instead of widening the session future forever.
+    let accepted = monoio::time::timeout(
+        core.node.config.handshake_timeout,
+        Box::pin(upgrade(&core, stream)),
+    )
+    .await;
+    let (io, request, user_id, leftover) = match accepted {
+        Ok(Some(accepted)) => accepted,
+        Ok(None) => return,
+        Err(_) => {
+            core.metrics.refuse("handshake_timeout");
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let outbox = core.open_session(user_id, request.wants_json);
+    let origin = Origin {
+        user_id,
+        connection_id: outbox.connection_id,
+    };
+    let welcome = ServerFrame::Welcome(Welcome {
+        user_id,
+        connection_id: outbox.connection_id,
+        node_id: core.node.config.node_id,
+        server_time_us: core.now_us(),
+        heartbeat_ms: core.node.config.ping_interval.as_millis() as u32,
+        max_frame_bytes: MAX_FRAME_BYTES as u32,
+    });
+    push_own(&core, &outbox, &welcome);
+    core.with_engine(|engine| engine.connected(&core, origin));
+    let mut session = Session {
+        core: core.clone(),
+        io,
+        decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
+        pending: leftover,
+        writing: None,
+        bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
+        outbox: outbox.clone(),
+        origin,
+        close_sent: None,
+    };
+    let code = poll_fn(|cx| session.poll(cx)).await;
+    drop(session);
+    core.metrics.close(code.0);
+    core.close_session(&outbox);
+    core.with_engine(|engine| engine.disconnected(&core, origin));
+}
+
+/// Answers a connection refused before its upgrade is even read (the per-IP limit).
+pub async fn refuse(stream: TcpStream, status: u16, reason: &'static str) {
+    use monoio::io::AsyncWriteRentExt;
+    let mut stream = stream;
+    let (_, _) = stream.write_all(handshake::refusal(status, reason)).await;
+}
+
+/// Reads and answers the HTTP upgrade. `None` when the client was refused or went away.
+async fn upgrade(
+    core: &Core,
+    stream: TcpStream,
+) -> Option<(Transport, UpgradeRequest, u64, Vec<u8>)> {
+    let poll = match stream.into_poll_io() {
+        Ok(poll) => poll,
+        Err(error) => {
+            tracing::warn!(%error, "could not switch a socket to readiness mode");
+            return None;
+        }
+    };
+    let mut io = match &core.node.tls {
+        Some(acceptor) => match acceptor.accept(poll).await {
+            Ok(tls) => Transport::Tls(Box::new(tls)),
+            Err(error) => {
+                core.metrics.refuse("tls");
+                tracing::debug!(%error, "TLS handshake failed");
+                return None;
+            }
+        },
+        None => Transport::Plain(poll),
+    };
+    let limits = handshake::HandshakeLimits {
+        max_header_bytes: core.node.config.max_header_bytes,
+        ..Default::default()
+    };
+    let mut head = Vec::with_capacity(1024);
+    let (request, consumed) = loop {
+        if head.len() == head.capacity() {
+            head.reserve(head.capacity());
+        }
+        match io.read_buf(&mut head).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        match handshake::parse_upgrade(&head, &limits) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) => continue,
+            Err(error) => {
+                core.metrics.refuse(error.label());
+                let _ = io.write_all(&error.refusal()).await;
+                let _ = io.shutdown().await;
+                return None;
+            }
+        }
+    };
+    let refuse = |status: u16, label: &'static str, reason: String| {
+        core.metrics.refuse(label);
+        handshake::refusal(status, &reason)
+    };
+    let refusal =
+        if !handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins)
+        {
+            Some(refuse(403, "origin", "origin not allowed".to_owned()))
+        } else if core.is_shutting_down() {
+            Some(refuse(
+                503,
+                "shutting_down",
+                "the gateway is shutting down".to_owned(),
+            ))
+        } else {
+            None
+        };
+    let user_id = match (&refusal, request.token.as_deref()) {
+        (Some(_), _) => None,
+        (None, None) => {
+            let _ = io
+                .write_all(&refuse(401, "missing", "no token".to_owned()))
+                .await;
+            None
+        }
+        (None, Some(token)) => match core.node.verifier.verify(token) {
+            Ok(claims) => Some(claims.user_id),
+            Err(error) => {
+                let _ = io
+                    .write_all(&refuse(401, error.label(), error.to_string()))
+                    .await;
+                None
+            }
+        },
+    };
+    if let Some(refusal) = &refusal {
+        let _ = io.write_all(refusal).await;
+    }
+    let Some(user_id) = user_id else {
+        let _ = io.shutdown().await;
+        return None;
+    };
+    if io
+        .write_all(&handshake::switching_protocols(&request))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    // What the client sent after its head is the start of the WebSocket stream.
+    let leftover = head.split_off(consumed);
+    Some((io, request, user_id, leftover))
+}
+
+fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {
+    match session::own_frame(frame, outbox.is_text()) {
+        Ok(bytes) => {
+            core.metrics.frame_out(frame.kind() as u8);
+            outbox.push(Outgoing::Own(bytes), &core.metrics);
+        }
+        Err(error) => {
+            tracing::error!(%error, kind = frame.kind().name(), "could not encode a reply")
+        }
+    }
+}
+
+struct Session {
+    core: Rc<Core>,
+    io: Transport,
+    decoder: ws::Decoder,
+    /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
+    pending: Vec<u8>,
+    /// The frame being written and how much of it went out.
+    writing: Option<(Bytes, usize, Option<Arc<Delivery>>)>,
+    bucket: TokenBucket,
+    outbox: Rc<Outbox>,
+    origin: Origin,
+    /// The close code once our close frame is queued.
+    close_sent: Option<CloseCode>,
+}
+
+/// Why the poll loop stops: the session is over with this code.
+type Closed = CloseCode;
+
+impl Session {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        self.outbox.register(cx.waker());
+        for _ in 0..READS_PER_POLL {
+            if let Err(code) = ready_or_pending(self.poll_write(cx)) {
+                return Poll::Ready(code);
+            }
+            if let Some(code) = self.outbox.close_requested() {
+                if self.outbox.is_aborted() {
+                    return Poll::Ready(code);
+                }
+                if self.close_sent.is_none() {
+                    self.close_sent = Some(code);
+                    let frame = Bytes::from(ws::close_frame(code.0, ""));
+                    self.outbox.push_final(frame, &self.core.metrics);
+                    continue;
+                }
+                if self.writing.is_none() && self.outbox.is_empty() {
+                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    return Poll::Ready(code);
+                }
+                return Poll::Pending;
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(code)) => return Poll::Ready(code),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Fairness: let the core's other sessions run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes queued frames until the queue is empty or the socket is full.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
+        loop {
+            if self.writing.is_none() {
+                match self.outbox.pop(&self.core.metrics) {
+                    Some((bytes, delivery)) => self.writing = Some((bytes, 0, delivery)),
+                    None => {
+                        return match Pin::new(&mut self.io).poll_flush(cx) {
+                            Poll::Ready(Err(_)) => Poll::Ready(Err(CloseCode(1006))),
+                            _ => Poll::Ready(Ok(())),
+                        };
+                    }
+                }
+            }
+            let Some((bytes, offset, _)) = &mut self.writing else {
+                continue;
+            };
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[*offset..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(CloseCode(1006)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    *offset += n;
+                    self.core
+                        .metrics
+                        .bytes_out
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    if *offset == bytes.len() {
+                        let written = self.writing.take();
+                        if let Some((_, _, Some(delivery))) = written {
+                            self.core
+                                .metrics
+                                .delivery_latency
+                                .observe(delivery.received_at.elapsed());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One read, when the socket has something, and everything it completes.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
+        if self.core.is_backpressured() {
+            self.core.wait_for_room(cx.waker());
+            return Poll::Pending;
+        }
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        let have = self.pending.len();
+        scratch[..have].copy_from_slice(&self.pending);
+        let mut read_buf = ReadBuf::new(&mut scratch[have..]);
+        let read = match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(CloseCode(1006))),
+            Poll::Ready(Ok(())) => read_buf.filled().len(),
+        };
+        if read == 0 {
+            return Poll::Ready(Err(CloseCode(1006)));
+        }
+        let now = Instant::now();
+        self.outbox.touch(now);
+        let end = have + read;
+        let mut start = 0;
+        let result = loop {
+            let decoded = match self.decoder.decode(&mut scratch[start..end]) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    tracing::debug!(%error, user = self.origin.user_id, "WebSocket protocol error");
+                    break Err(CloseCode(error.close_code()));
+                }
+            };
+            start += decoded.consumed;
+            let Some(message) = decoded.message else {
+                break Ok(());
+            };
+            if let Err(code) = on_message(
+                &core,
+                &self.outbox,
+                &mut self.bucket,
+                self.origin,
+                message,
+                now,
+            ) {
+                break Err(code);
+            }
+        };
+        if let Err(code) = result {
+            // A protocol error or a client's close: answer with a close frame, then stop.
+            self.pending = Vec::new();
+            self.outbox.close(code);
+            return Poll::Ready(Ok(()));
+        }
+        self.pending.clear();
+        if self.pending.capacity() > PENDING_KEEP_BYTES {
+            self.pending = Vec::new();
+        }
+        self.pending.extend_from_slice(&scratch[start..end]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn ready_or_pending(poll: Poll<Result<(), Closed>>) -> Result<(), Closed> {
+    match poll {
+        Poll::Ready(result) => result,
+        Poll::Pending => Ok(()),
+    }
+}
+
+/// Acts on one WebSocket message. `Err` closes the session with that code.
+fn on_message(
+    core: &Core,
+    outbox: &Outbox,
+    bucket: &mut TokenBucket,
+    origin: Origin,
+    message: ws::Message<'_>,
+    now: Instant,
+) -> Result<(), Closed> {
+    match message {
+        ws::Message::Ping(payload) => {
+            outbox.push(
+                Outgoing::Own(Bytes::from(ws::pong_frame(payload))),
+                &core.metrics,
+            );
+            return Ok(());
+        }
+        ws::Message::Pong(_) => return Ok(()),
+        ws::Message::Close { code, .. } => {
+            return Err(code.map_or(CloseCode::NORMAL, CloseCode));
+        }
+        ws::Message::Text(_) => outbox.set_text(true),
+        ws::Message::Binary(_) => {}
+    }
+    let config = &core.node.config;
+    match bucket.take(now, config.frames_per_second, config.frame_burst) {
+        RateDecision::Accept => {}
+        RateDecision::Refuse => {
+            core.metrics.error(ErrorCode::RateLimited);
+            let reason = format!("more than {} frames per second", config.frames_per_second);
+            push_own(
+                core,
+                outbox,
+                &session::error_reply(ErrorCode::RateLimited, reason, None),
+            );
+            return Ok(());
+        }
+        RateDecision::Disconnect => return Err(CloseCode::POLICY_VIOLATION),
+    }
+    let raw: Cow<'_, [u8]> = match session::binary_form(&message) {
+        Ok(raw) => raw,
+        Err(error) => {
+            core.metrics.error(error.code());
+            push_own(
+                core,
+                outbox,
+                &session::error_reply(error.code(), error.to_string(), None),
+            );
+            return Ok(());
+        }
+    };
+    let frame = match ClientFrameRef::access(&raw) {
+        Ok(frame) => frame,
+        Err(error) => {
+            core.metrics.error(error.code());
+            push_own(
+                core,
+                outbox,
+                &session::error_reply(error.code(), error.to_string(), None),
+            );
+            return Ok(());
+        }
+    };
+    core.metrics.frame_in(frame.kind(), raw.len());
+    if let ClientFrameRef::Ping(ping) = frame {
+        let pong = ServerFrame::Pong(Pong {
+            nonce: ping.nonce.to_native(),
+            server_time_us: core.now_us(),
+        });
+        push_own(core, outbox, &pong);
+        return Ok(());
+    }
+    core.with_engine(|engine| engine.client_frame(core, origin, frame, &raw, now));
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! One core: a pinned monoio runtime that owns its listener, its sessions, its engine shard
+//! and its counters. It touches another core only by a message in that core's mailbox.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wire::envelope::Target;
+use wire::{CloseCode, ServerFrame, UserId};
+
+use crate::engine::Engine;
+use crate::metrics::CoreMetrics;
+use crate::node::Node;
+use crate::outbox::{Outbox, Outgoing};
+use crate::router::{CoreMsg, Delivery, connection_core, connection_id};
+
+/// Read buffer shared by every session of a core: a session borrows it only while it
+/// parses what one read brought, so an idle session holds no buffer at all.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// How often a core looks for silent sessions to ping or close.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a closing session may take to write its close frame before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a core retries messages for a full mailbox.
+const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
+
+/// A core's state. Lives in an `Rc`: only this core's thread ever sees it.
+pub struct Core {
+    index: usize,
+    /// What every core shares (read-only).
+    pub node: Arc<Node>,
+    /// This core's counters.
+    pub metrics: Arc<CoreMetrics>,
+    sessions: RefCell<HashMap<u64, Rc<Outbox>>>,
+    users: RefCell<HashMap<UserId, Vec<u64>>>,
+    engine: RefCell<Box<dyn Engine>>,
+    /// Messages for cores whose mailbox was full, in order; while any wait, sessions stop
+    /// reading instead of buffering more.
+    overflow: RefCell<VecDeque<(usize, CoreMsg)>>,
+    paused_readers: RefCell<Vec<Waker>>,
+    /// The shared read buffer.
+    pub scratch: RefCell<Box<[u8]>>,
+    connections_opened: Cell<u64>,
+    shutting_down: Cell<bool>,
+    shutdown_waiters: RefCell<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("index", &self.index)
+            .field("sessions", &self.sessions.borrow().len())
+            .finish()
+    }
+}
+
+impl Core {
+    /// A core's state with its engine shard.
+    pub fn new(index: usize, node: Arc<Node>, engine: Box<dyn Engine>) -> Core {
+        Core {
+            index,
+            metrics: node.metrics[index].clone(),
+            node,
+            sessions: RefCell::new(HashMap::new()),
+            users: RefCell::new(HashMap::new()),
+            engine: RefCell::new(engine),
+            overflow: RefCell::new(VecDeque::new()),
+            paused_readers: RefCell::new(Vec::new()),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
+            connections_opened: Cell::new(0),
+            shutting_down: Cell::new(false),
+            shutdown_waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// This core's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// How many cores the node runs.
+    pub fn cores(&self) -> usize {
+        self.node.mailboxes.len()
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn now_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+
+    /// Whether the core is closing.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Runs `f` with the engine shard.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut dyn Engine) -> R) -> R {
+        f(self.engine.borrow_mut().as_mut())
+    }
+
+    /// Registers a new session and returns its outbox.
+    pub fn open_session(&self, user_id: UserId, text: bool) -> Rc<Outbox> {
+        let n = self.connections_opened.get() + 1;
+        self.connections_opened.set(n);
+        let id = connection_id(self.index, n);
+        let outbox = Rc::new(Outbox::new(
+            id,
+            user_id,
+            text,
+            self.node.config.outbound_queue,
+        ));
+        self.sessions.borrow_mut().insert(id, outbox.clone());
+        self.users.borrow_mut().entry(user_id).or_default().push(id);
+        self.metrics.connections.fetch_add(1, Relaxed);
+        self.metrics.connections_total.fetch_add(1, Relaxed);
+        outbox
+    }
+
+    /// Forgets a session.
+    pub fn close_session(&self, outbox: &Outbox) {
+        outbox.discard(&self.metrics);
+        self.sessions.borrow_mut().remove(&outbox.connection_id);
+        let mut users = self.users.borrow_mut();
+        if let Some(ids) = users.get_mut(&outbox.user_id) {
+            ids.retain(|&id| id != outbox.connection_id);
+            if ids.is_empty() {
+                users.remove(&outbox.user_id);
+            }
+        }
+        self.metrics.connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Encodes a server frame once and delivers it to `targets` on whichever cores hold
+    /// them, skipping the user `except` (the sender of a message, say).
+    pub fn deliver_frame(
+        &self,
+        frame: &ServerFrame,
+        targets: Arc<[Target]>,
+        except: Option<UserId>,
+        received_at: Instant,
+    ) {
+        let delivery = frame
+            .encode()
+            .and_then(|bytes| Delivery::new(&bytes, received_at));
+        match delivery {
+            Ok(delivery) => self.deliver(targets, except, delivery),
+            Err(error) => {
+                tracing::error!(%error, kind = frame.kind().name(), "could not encode a server frame")
+            }
+        }
+    }
+
+    /// Routes a delivery: connection targets go to their core; user targets to every core,
+    /// since a user's sessions may be on any of them.
+    pub fn deliver(&self, targets: Arc<[Target]>, except: Option<UserId>, delivery: Arc<Delivery>) {
+        let only_connections = targets.iter().all(|t| matches!(t, Target::Connection(_)));
+        for core in 0..self.cores() {
+            let wanted = !only_connections
+                || targets
+                    .iter()
+                    .any(|t| matches!(t, Target::Connection(c) if connection_core(*c) == core));
+            if !wanted {
+                continue;
+            }
+            if core == self.index {
+                self.deliver_local(&targets, except, &delivery);
+            } else {
+                let msg = CoreMsg::Deliver {
+                    targets: targets.clone(),
+                    except,
+                    delivery: delivery.clone(),
+                };
+                self.send_to_core(core, msg);
+            }
+        }
+    }
+
+    /// Queues a delivery on this core's sessions of the targets.
+    pub fn deliver_local(
+        &self,
+        targets: &[Target],
+        except: Option<UserId>,
+        delivery: &Arc<Delivery>,
+    ) {
+        let sessions = self.sessions.borrow();
+        let users = self.users.borrow();
+        let mut push = |id: &u64| {
+            if let Some(outbox) = sessions.get(id) {
+                self.metrics.frame_out(delivery.kind());
+                outbox.push(Outgoing::Shared(delivery.clone()), &self.metrics);
+            }
+        };
+        for target in targets {
+            match *target {
+                Target::User(user) if Some(user) != except => {
+                    users.get(&user).into_iter().flatten().for_each(&mut push)
+                }
+                Target::User(_) => {}
+                Target::Connection(id) => push(&id),
+            }
+        }
+    }
+
+    /// Sends `msg` to core `core`. A full mailbox parks the message in order and pauses
+    /// this core's readers until it drains: backpressure, not unbounded buffering.
+    pub fn send_to_core(&self, core: usize, msg: CoreMsg) {
+        let mut overflow = self.overflow.borrow_mut();
+        if !overflow.is_empty() {
+            overflow.push_back((core, msg));
+            return;
+        }
+        if let Err(msg) = self.node.mailboxes[core].push(msg) {
+            self.metrics.mailbox_full.fetch_add(1, Relaxed);
+            overflow.push_back((core, msg));
+        }
+    }
+
+    /// Sends a message built by `make` to every other core.
+    pub fn to_other_cores(&self, make: impl Fn() -> crate::engine::EngineMsg) {
+        for core in (0..self.cores()).filter(|&c| c != self.index) {
+            self.send_to_core(core, CoreMsg::Engine(make()));
+        }
+    }
+
+    /// Whether sessions must stop reading for now.
+    pub fn is_backpressured(&self) -> bool {
+        !self.overflow.borrow().is_empty()
+    }
+
+    /// Wakes `waker` when the backpressure ends.
+    pub fn wait_for_room(&self, waker: &Waker) {
+        self.paused_readers.borrow_mut().push(waker.clone());
+    }
+
+    fn retry_overflow(&self) {
+        let mut overflow = self.overflow.borrow_mut();
+        while let Some((core, msg)) = overflow.pop_front() {
+            if let Err(msg) = self.node.mailboxes[core].push(msg) {
+                overflow.push_front((core, msg));
+                return;
+            }
+        }
+        drop(overflow);
+        for waker in self.paused_readers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn handle(&self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Deliver {
+                targets,
+                except,
+                delivery,
+            } => self.deliver_local(&targets, except, &delivery),
+            CoreMsg::Engine(msg) => self.engine.borrow_mut().message(self, msg),
+            CoreMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        tracing::info!(
+            core = self.index,
+            sessions = self.sessions.borrow().len(),
+            "closing sessions with 1001"
+        );
+        for outbox in self.sessions.borrow().values() {
+            outbox.close(CloseCode::GOING_AWAY);
+        }
+        for waker in self.shutdown_waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Resolves when the core begins to shut down.
+    pub async fn shutdown_started(&self) {
+        poll_fn(|cx| {
+            if self.shutting_down.get() {
+                Poll::Ready(())
+            } else {
+                self.shutdown_waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Whether every session has gone.
+    pub fn is_idle(&self) -> bool {
+        self.sessions.borrow().is_empty()
+    }
+
+    /// Drains this core's mailbox for as long as the core runs.
+    pub async fn pump_mailbox(self: Rc<Self>) {
+        let mailbox = &self.node.mailboxes[self.index];
+        loop {
+            let msg = poll_fn(|cx| mailbox.poll_recv(cx)).await;
+            self.handle(msg);
+            // Handle what else is already queued before yielding, in one go.
+            while let Poll::Ready(msg) =
+                mailbox.poll_recv(&mut std::task::Context::from_waker(Waker::noop()))
+            {
+                self.handle(msg);
+            }
+        }
+    }
+
+    /// Retries parked messages while any wait.
+    pub async fn drain_overflow(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(OVERFLOW_RETRY).await;
+            if self.is_backpressured() {
+                self.retry_overflow();
+            }
+        }
+    }
+
+    /// Pings silent sessions and closes the ones silent past the idle timeout. One sweep
+    /// per core instead of one timer per session keeps idle sessions small.
+    pub async fn sweep_idle(self: Rc<Self>) {
+        let ping = crate::router::ws_frame(crate::ws::OpCode::Ping, b"");
+        loop {
+            monoio::time::sleep(SWEEP_INTERVAL).await;
+            let now = Instant::now();
+            for outbox in self.sessions.borrow().values() {
+                if outbox.close_requested().is_some() {
+                    outbox.abort_if_stuck(now, CLOSE_GRACE);
+                    continue;
+                }
+                let silent = now.saturating_duration_since(outbox.last_read());
+                if silent >= self.node.config.idle_timeout {
+                    outbox.close(CloseCode::IDLE_TIMEOUT);
+                } else if silent >= self.node.config.ping_interval && !outbox.pinged() {
+                    outbox.set_pinged(true);
+                    outbox.push(Outgoing::Own(ping.clone()), &self.metrics);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! A node: the cores, their listeners and mailboxes, and a handle to stop them. Binding
+//! happens here, before any core starts, so a bad address fails the start at once and
+//! `--listen` with port 0 gives every core the same port.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::auth::Verifier;
+use crate::config::{Config, EngineKind, JwtAlgorithm};
+use crate::core::Core;
+use crate::engine::Engine;
+use crate::engine::memory::MemoryEngine;
+use crate::metrics::CoreMetrics;
+use crate::router::{CoreMsg, Mailbox};
+use crate::{admin, connection, tls};
+
+/// Messages a core's mailbox holds before senders park theirs and pause reading.
+const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+/// Pending connections the kernel queues per listener.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// What every core shares, read-only after start.
+pub struct Node {
+    /// The configuration.
+    pub config: Config,
+    /// Token verification with the pinned algorithm.
+    pub verifier: Verifier,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// One mailbox per core.
+    pub mailboxes: Vec<Mailbox>,
+    /// One set of counters per core.
+    pub metrics: Vec<Arc<CoreMetrics>>,
+    /// Cores whose runtime is up and accepting.
+    pub cores_ready: AtomicUsize,
+    /// Set once shutdown begins: /readyz turns false.
+    pub stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("cores", &self.mailboxes.len())
+            .field("listen", &self.config.listen)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Whether every core accepts and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.cores_ready.load(Ordering::Acquire) == self.mailboxes.len()
+            && !self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    node: Arc<Node>,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    cores: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds, starts every core and the admin port, and returns once all cores accept.
+    pub fn start(config: Config) -> Result<Gateway> {
+        let verifier = match config.jwt_alg {
+            JwtAlgorithm::Hs256 => {
+                let secret = config
+                    .jwt_secret
+                    .as_deref()
+                    .context("--jwt-secret is required for HS256")?;
+                if secret.len() < 16 {
+                    bail!("--jwt-secret must be at least 16 bytes");
+                }
+                Verifier::hs256(secret.as_bytes())
+            }
+            JwtAlgorithm::Es256 => {
+                let path = config
+                    .jwt_public_key
+                    .as_ref()
+                    .context("--jwt-public-key is required for ES256")?;
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Verifier::es256_from_pem(&pem)?
+            }
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let cores = config.core_count();
+        let listeners = bind_listeners(config.listen, cores)?;
+        let local_addr = listeners[0].local_addr()?;
+        let admin = StdListener::bind(config.admin_listen)
+            .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
+        let admin_addr = admin.local_addr()?;
+        let node = Arc::new(Node {
+            mailboxes: (0..cores).map(|_| Mailbox::new(MAILBOX_CAPACITY)).collect(),
+            metrics: (0..cores)
+                .map(|_| Arc::new(CoreMetrics::default()))
+                .collect(),
+            config,
+            verifier,
+            tls,
+            cores_ready: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        admin::spawn(admin, node.clone())?;
+        let uring = monoio::utils::detect_uring();
+        if uring {
+            tracing::info!(cores, %local_addr, %admin_addr, "starting on io_uring");
+        } else {
+            tracing::warn!(cores, %local_addr, %admin_addr, "io_uring is unavailable here: falling back to epoll");
+        }
+        let mut handles = Vec::with_capacity(cores);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let node = node.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("core-{index}"))
+                .spawn(move || {
+                    if let Err(error) = run_core(index, node, listener) {
+                        tracing::error!(core = index, error = format!("{error:#}"), "core stopped");
+                    }
+                })
+                .context("spawning a core thread")?;
+            handles.push(handle);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.cores_ready.load(Ordering::Acquire) < cores {
+            if handles.iter().any(|h| h.is_finished()) || Instant::now() > deadline {
+                bail!("a core failed to start (see the log above)");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(Gateway {
+            node,
+            local_addr,
+            admin_addr,
+            cores: handles,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the admin port listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared node (metrics, readiness).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Begins the graceful shutdown: stop accepting, close sessions with 1001, flush.
+    pub fn begin_shutdown(&self) {
+        self.node.stopping.store(true, Ordering::Release);
+        for mailbox in &self.node.mailboxes {
+            // A full mailbox still gets the message: retry until it fits.
+            let mut msg = CoreMsg::Shutdown;
+            while let Err(back) = mailbox.push(msg) {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Waits for every core to finish (after [`Gateway::begin_shutdown`]).
+    pub fn join(self) {
+        for handle in self.cores {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<StdListener>> {
+    let mut listeners: Vec<StdListener> = Vec::with_capacity(cores);
+    let mut addr = addr;
+    for _ in 0..cores {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&addr.into())
+            .with_context(|| format!("binding {addr}"))?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: StdListener = socket.into();
+        // Port 0 picks a port once; the other cores join it.
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn run_core(index: usize, node: Arc<Node>, listener: StdListener) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Err(error) = monoio::utils::bind_to_cpu_set([index % cpus]) {
+        tracing::warn!(core = index, ?error, "could not pin the core thread");
+    }
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(node.config.ring_entries)
+        .enable_timer()
+        .build()
+        .context("building the runtime (io_uring needs locked memory: raise LimitMEMLOCK)")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener).context("registering the listener")?;
+        let engine: Box<dyn Engine> = match node.config.engine {
+            EngineKind::Memory => Box::new(MemoryEngine::new(node.config.history_per_chat)),
+        };
+        let core = Rc::new(Core::new(index, node.clone(), engine));
+        monoio::spawn(core.clone().pump_mailbox());
+        monoio::spawn(core.clone().drain_overflow());
+        monoio::spawn(core.clone().sweep_idle());
+        node.cores_ready.fetch_add(1, Ordering::AcqRel);
+        accept_loop(&core, listener).await;
+        tracing::info!(core = index, "stopped accepting");
+        let deadline = Instant::now() + node.config.shutdown_deadline;
+        while !core.is_idle() && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    })
+}
+
+async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
+    let per_core_limit = core
+        .node
+        .config
+        .connections_per_ip_per_minute
+        .div_ceil(core.cores() as u32);
+    let mut recent: HashMap<IpAddr, (Instant, u32)> = HashMap::new();
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = core.shutdown_started() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if per_core_limit > 0 && !admit(&mut recent, peer.ip(), per_core_limit) {
+            core.metrics.refuse("ip_rate");
+            monoio::spawn(connection::refuse(
+                stream,
+                429,
+                "too many new connections from this address",
+            ));
+            continue;
+        }
+        monoio::spawn(connection::serve(core.clone(), stream, peer));
+    }
+}
+
+/// Counts a new connection from `ip` in its one-minute window; false when over the limit.
+fn admit(recent: &mut HashMap<IpAddr, (Instant, u32)>, ip: IpAddr, limit: u32) -> bool {
+    let now = Instant::now();
+    if recent.len() > 100_000 {
+        recent.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    }
+    let (start, count) = recent.entry(ip).or_insert((now, 0));
+    if now.duration_since(*start) >= Duration::from_secs(60) {
+        *start = now;
+        *count = 0;
+    }
+    *count += 1;
+    *count <= limit
+}

@@ -1,0 +1,204 @@
+//! A session's outbound queue, as the rest of its core sees it: bounded, in order, and
+//! closed with 4000 when the client reads too slowly (skipping frames would break order).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+use wire::{CloseCode, UserId};
+
+use crate::metrics::CoreMetrics;
+use crate::router::Delivery;
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Shared with every other recipient of the same delivery.
+    Shared(Arc<Delivery>),
+    /// This session's own frame (a reply, a control frame), already in its encoding.
+    Own(Bytes),
+}
+
+/// One session's queue and the flags its task polls.
+#[derive(Debug)]
+pub struct Outbox {
+    /// The session's connection id.
+    pub connection_id: u64,
+    /// The authenticated user.
+    pub user_id: UserId,
+    queue: RefCell<VecDeque<Outgoing>>,
+    waker: RefCell<Option<Waker>>,
+    close: Cell<Option<CloseCode>>,
+    /// When the close was asked for: a client that does not take its close frame in time
+    /// is dropped without it.
+    close_requested_at: Cell<Option<Instant>>,
+    aborted: Cell<bool>,
+    text: Cell<bool>,
+    limit: usize,
+    last_read: Cell<Instant>,
+    pinged: Cell<bool>,
+}
+
+impl Outbox {
+    /// An empty outbox holding up to `limit` frames.
+    pub fn new(connection_id: u64, user_id: UserId, text: bool, limit: usize) -> Outbox {
+        Outbox {
+            connection_id,
+            user_id,
+            queue: RefCell::new(VecDeque::new()),
+            waker: RefCell::new(None),
+            close: Cell::new(None),
+            close_requested_at: Cell::new(None),
+            aborted: Cell::new(false),
+            text: Cell::new(text),
+            limit,
+            last_read: Cell::new(Instant::now()),
+            pinged: Cell::new(false),
+        }
+    }
+
+    /// Notes that the client sent something: it is alive.
+    pub fn touch(&self, now: Instant) {
+        self.last_read.set(now);
+        self.pinged.set(false);
+    }
+
+    /// When the client last sent anything.
+    pub fn last_read(&self) -> Instant {
+        self.last_read.get()
+    }
+
+    /// Whether a ping went out since the client last sent anything.
+    pub fn pinged(&self) -> bool {
+        self.pinged.get()
+    }
+
+    /// Notes that a ping went out.
+    pub fn set_pinged(&self, pinged: bool) {
+        self.pinged.set(pinged);
+    }
+
+    /// Whether the session speaks JSON text frames.
+    pub fn is_text(&self) -> bool {
+        self.text.get()
+    }
+
+    /// The session switches to JSON once the client sends a text frame.
+    pub fn set_text(&self, text: bool) {
+        self.text.set(text);
+    }
+
+    /// Queues a frame; a full queue closes the session as a slow consumer instead.
+    pub fn push(&self, frame: Outgoing, metrics: &CoreMetrics) {
+        if self.close.get().is_some() {
+            return;
+        }
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() >= self.limit {
+            metrics
+                .outbound_queued
+                .fetch_sub(queue.len() as i64, Relaxed);
+            queue.clear();
+            queue.shrink_to_fit();
+            drop(queue);
+            metrics.slow_consumer_closes.fetch_add(1, Relaxed);
+            self.close(CloseCode::SLOW_CONSUMER);
+            return;
+        }
+        queue.push_back(frame);
+        metrics.queue_depth(queue.len());
+        drop(queue);
+        self.wake();
+    }
+
+    /// Queues the close frame, the last thing the session writes, after a close request.
+    pub fn push_final(&self, frame: Bytes, metrics: &CoreMetrics) {
+        self.queue.borrow_mut().push_back(Outgoing::Own(frame));
+        metrics.queue_depth(self.len());
+    }
+
+    /// The next frame to write, in this session's encoding.
+    pub fn pop(&self, metrics: &CoreMetrics) -> Option<(Bytes, Option<Arc<Delivery>>)> {
+        let mut queue = self.queue.borrow_mut();
+        let next = queue.pop_front()?;
+        metrics.outbound_queued.fetch_sub(1, Relaxed);
+        if queue.is_empty() && queue.capacity() > 16 {
+            // A burst is over: give its memory back rather than keep it per idle session.
+            queue.shrink_to_fit();
+        }
+        Some(match next {
+            Outgoing::Shared(delivery) => (delivery.frame(self.text.get()), Some(delivery)),
+            Outgoing::Own(bytes) => (bytes, None),
+        })
+    }
+
+    /// Asks the session to close with `code` after what is queued.
+    pub fn close(&self, code: CloseCode) {
+        if self.close.get().is_none() {
+            self.close.set(Some(code));
+            self.close_requested_at.set(Some(Instant::now()));
+        }
+        self.wake();
+    }
+
+    /// Drops the session without waiting for its close frame to be written, once the close
+    /// has been pending for longer than `grace`. Returns whether it did.
+    pub fn abort_if_stuck(&self, now: Instant, grace: std::time::Duration) -> bool {
+        match self.close_requested_at.get() {
+            Some(at) if now.saturating_duration_since(at) >= grace => {
+                self.aborted.set(true);
+                self.wake();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the session must end now, written or not.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    /// The close the session was asked for, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.close.get()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+
+    /// Drops what is queued (the session is gone), keeping the gauge right.
+    pub fn discard(&self, metrics: &CoreMetrics) {
+        let mut queue = self.queue.borrow_mut();
+        metrics
+            .outbound_queued
+            .fetch_sub(queue.len() as i64, Relaxed);
+        queue.clear();
+    }
+
+    /// Registers the session task to be woken by the next push or close.
+    pub fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        match slot.as_ref() {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Cross-core messaging: one bounded mailbox per core, a lock-free queue with an explicit
+//! wake-up. Cores share nothing mutable; everything that crosses a core is a message here.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use crossbeam_queue::ArrayQueue;
+use wire::envelope::Target;
+use wire::{ServerFrameRef, UserId, WireError};
+
+use crate::engine::EngineMsg;
+use crate::ws;
+
+/// One server frame on its way to many sessions: the complete WebSocket frame is built once
+/// and every recipient writes the same refcounted bytes. The JSON text form is built on the
+/// first text recipient, once.
+#[derive(Debug)]
+pub struct Delivery {
+    binary: Bytes,
+    /// Where the server frame starts inside `binary`, after the WebSocket header.
+    payload_offset: usize,
+    json: OnceLock<Bytes>,
+    kind: u8,
+    /// When the frame that caused this delivery was read (for the latency histogram).
+    pub received_at: Instant,
+}
+
+impl Delivery {
+    /// Wraps a binary server frame after validating it.
+    pub fn new(frame: &[u8], received_at: Instant) -> Result<Arc<Delivery>, WireError> {
+        let kind = ServerFrameRef::access(frame)?.kind() as u8;
+        let binary = ws_frame(ws::OpCode::Binary, frame);
+        let payload_offset = binary.len() - frame.len();
+        Ok(Arc::new(Delivery {
+            binary,
+            payload_offset,
+            json: OnceLock::new(),
+            kind,
+            received_at,
+        }))
+    }
+
+    /// The kind byte of the server frame.
+    pub fn kind(&self) -> u8 {
+        self.kind
+    }
+
+    /// The complete WebSocket frame for a binary or a text session.
+    pub fn frame(&self, text: bool) -> Bytes {
+        if !text {
+            return self.binary.clone();
+        }
+        self.json
+            .get_or_init(|| {
+                let payload = &self.binary[self.payload_offset..];
+                // Validated in `new`, so conversion cannot fail; an empty object keeps the
+                // session alive should it ever.
+                let json =
+                    wire::server::binary_to_json(payload).unwrap_or_else(|_| "{}".to_owned());
+                ws_frame(ws::OpCode::Text, json.as_bytes())
+            })
+            .clone()
+    }
+}
+
+/// Builds one complete server-role WebSocket frame in a single buffer.
+pub fn ws_frame(opcode: ws::OpCode, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    ws::encode_frame(ws::Role::Server, opcode, true, payload, &mut out);
+    BytesMut::from(&out[..]).freeze()
+}
+
+/// Who sent a frame, as the gateway asserts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// From the verified token.
+    pub user_id: UserId,
+    /// The connection, whose high bits name its core.
+    pub connection_id: u64,
+}
+
+/// A message from one core to another.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// Write `delivery` to every local session of the targets.
+    Deliver {
+        /// Users or connections.
+        targets: Arc<[Target]>,
+        /// A user among the targets who does not receive it (the sender of a message).
+        except: Option<UserId>,
+        /// The frame.
+        delivery: Arc<Delivery>,
+    },
+    /// Work for this core's engine shard.
+    Engine(EngineMsg),
+    /// Stop accepting and close every session with 1001.
+    Shutdown,
+}
+
+/// One core's inbox.
+#[derive(Debug)]
+pub struct Mailbox {
+    queue: ArrayQueue<CoreMsg>,
+    waker: AtomicWaker,
+}
+
+impl Mailbox {
+    /// A mailbox holding up to `capacity` messages.
+    pub fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            queue: ArrayQueue::new(capacity),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Queues a message and wakes the owning core; a full mailbox hands the message back.
+    pub fn push(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
+        self.queue.push(msg)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// The next message, or `Pending` with the core's waker registered.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<CoreMsg> {
+        if let Some(msg) = self.queue.pop() {
+            return Poll::Ready(msg);
+        }
+        self.waker.register(cx.waker());
+        // A push between the first pop and the registration would otherwise sleep unseen.
+        match self.queue.pop() {
+            Some(msg) => Poll::Ready(msg),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Connection ids carry their core in the top byte, so any core can route to one.
+pub fn connection_core(connection_id: u64) -> usize {
+    (connection_id >> 56) as usize
+}
+
+/// The `n`th connection id of `core`.
+pub fn connection_id(core: usize, n: u64) -> u64 {
+    ((core as u64) << 56) | (n & ((1 << 56) - 1))
+}

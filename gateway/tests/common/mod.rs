@@ -1,0 +1,176 @@
+//! A gateway on loopback and real WebSocket clients (tokio-tungstenite) for the tests.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use gateway::{Config, Gateway};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TungsteniteCloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wire::{ClientFrame, ServerFrame};
+
+pub const SECRET: &str = "test-secret-of-enough-length";
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Starts a gateway on loopback ports chosen by the kernel, with `extra` flags.
+pub fn start(cores: usize, extra: &[&str]) -> Gateway {
+    let cores = cores.to_string();
+    let mut args = vec![
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cores",
+        &cores,
+        "--jwt-secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    Gateway::start(Config::try_parse_from(args).expect("valid flags")).expect("gateway starts")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+pub fn token(user_id: u64) -> String {
+    gateway::auth::mint_hs256(SECRET.as_bytes(), user_id, now_secs() + 3600)
+}
+
+pub fn url(gateway: &Gateway) -> String {
+    format!("ws://{}/ws", gateway.local_addr())
+}
+
+/// Connects as `user_id` with a bearer token and returns the client and its welcome.
+pub async fn connect(gateway: &Gateway, user_id: u64) -> (Client, wire::server::Welcome) {
+    connect_with(gateway, &token(user_id))
+        .await
+        .expect("upgrade accepted")
+}
+
+pub async fn connect_with(
+    gateway: &Gateway,
+    token: &str,
+) -> Result<(Client, wire::server::Welcome), tokio_tungstenite::tungstenite::Error> {
+    let mut request = url(gateway).into_client_request()?;
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    let (mut client, _) = tokio_tungstenite::connect_async(request).await?;
+    match recv(&mut client).await {
+        ServerFrame::Welcome(welcome) => Ok((client, welcome)),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+pub async fn send(client: &mut Client, frame: ClientFrame) {
+    let bytes = frame.encode().expect("frame encodes");
+    client
+        .send(Message::Binary(Bytes::from(bytes)))
+        .await
+        .expect("send");
+}
+
+pub async fn send_json(client: &mut Client, frame: ClientFrame) {
+    client
+        .send(Message::Text(frame.to_json().into()))
+        .await
+        .expect("send");
+}
+
+/// The next server frame (binary or JSON), skipping WebSocket pings.
+pub async fn recv(client: &mut Client) -> ServerFrame {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("stream open")
+            .expect("no WebSocket error");
+        match message {
+            Message::Binary(bytes) => {
+                return ServerFrame::decode(&bytes).expect("valid server frame");
+            }
+            Message::Text(text) => {
+                return serde_json::from_str(text.as_str()).expect("valid JSON server frame");
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(close) => panic!("closed: {close:?}"),
+            Message::Frame(_) => continue,
+        }
+    }
+}
+
+/// Reads until the server closes, returning the close code.
+pub async fn close_code(client: &mut Client) -> Option<u16> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(20), client.next())
+            .await
+            .expect("a close within 20 s");
+        match next {
+            Some(Ok(Message::Close(close))) => return close.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+pub fn is_code(code: Option<u16>, expected: u16) -> bool {
+    code == Some(expected)
+        || code.map(TungsteniteCloseCode::from) == Some(TungsteniteCloseCode::from(expected))
+}
+
+/// The admin port's answer to GET `path`.
+pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(gateway.admin_addr())
+        .await
+        .expect("admin port");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sends raw bytes as an HTTP request and returns the status code of the response.
+pub async fn raw_status(gateway: &Gateway, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(gateway.local_addr())
+        .await
+        .expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The core a connection id names.
+pub fn core_of(connection_id: u64) -> u64 {
+    connection_id >> 56
+}
