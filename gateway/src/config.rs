@@ -11,6 +11,8 @@ use clap::{Parser, ValueEnum};
 pub enum EngineKind {
     /// One node, no persistence: chats, members and a bounded recent history in memory.
     Memory,
+    /// Frames go over RabbitMQ to backend workers; deliveries come back on this node's queue.
+    Amqp,
 }
 
 /// The algorithm tokens must be signed with; any other is refused.
@@ -118,6 +120,50 @@ pub struct Config {
     /// Time given to sessions to close and flush on SIGTERM/SIGINT before exiting.
     #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE", value_parser = parse_duration, default_value = "10s")]
     pub shutdown_deadline: Duration,
+
+    /// RabbitMQ URL (amqp engine).
+    #[arg(
+        long,
+        env = "GATEWAY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name; the backend must use the same.
+    #[arg(long, env = "GATEWAY_AMQP_PREFIX", default_value = "edge")]
+    pub amqp_prefix: String,
+
+    /// Inbound shards (queues); the backend must use the same number.
+    #[arg(long, env = "GATEWAY_SHARDS", default_value_t = 8)]
+    pub shards: u16,
+
+    /// Publishes awaiting the broker's confirm before the gateway stops reading sockets.
+    #[arg(long, env = "GATEWAY_MAX_UNCONFIRMED", default_value_t = 1000)]
+    pub max_unconfirmed: usize,
+
+    /// Deliveries the broker may push to this node before their acks.
+    #[arg(long, env = "GATEWAY_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+
+    /// Redis URL for the user registry and presence (amqp engine).
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key; the backend must use the same.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "edge")]
+    pub redis_prefix: String,
+
+    /// Lifetime of a user's registry entry; it is refreshed at a third of this.
+    #[arg(long, env = "GATEWAY_REGISTRY_TTL", value_parser = parse_duration, default_value = "90s")]
+    pub registry_ttl: Duration,
+
+    /// Delivered/read acks of one session and chat within this window go out as one.
+    #[arg(long, env = "GATEWAY_ACK_WINDOW", value_parser = parse_duration, default_value = "20ms")]
+    pub ack_window: Duration,
 
     /// io_uring submission queue entries per core.
     #[arg(long, env = "GATEWAY_RING_ENTRIES", default_value_t = 4096)]

@@ -86,11 +86,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     // Boxed so that the handshake's buffers and TLS state live in their own allocation,
     // freed once it is done, instead of widening the session future forever.
+    let upgrading = core.upgrade_started();
     let accepted = monoio::time::timeout(
         core.node.config.handshake_timeout,
         Box::pin(upgrade(&core, stream)),
     )
     .await;
+    drop(upgrading);
     let (io, request, user_id, leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return,
@@ -114,6 +116,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         max_frame_bytes: MAX_FRAME_BYTES as u32,
     });
     push_own(&core, &outbox, &welcome);
+    if core.is_shutting_down() {
+        // Accepted in the last moment before the listener stopped: greet, then send away.
+        outbox.close(CloseCode::GOING_AWAY);
+    }
     core.with_engine(|engine| engine.connected(&core, origin));
     let mut session = Session {
         core: core.clone(),
@@ -191,19 +197,9 @@ async fn upgrade(
         core.metrics.refuse(label);
         handshake::refusal(status, &reason)
     };
-    let refusal =
-        if !handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins)
-        {
-            Some(refuse(403, "origin", "origin not allowed".to_owned()))
-        } else if core.is_shutting_down() {
-            Some(refuse(
-                503,
-                "shutting_down",
-                "the gateway is shutting down".to_owned(),
-            ))
-        } else {
-            None
-        };
+    let origin_ok =
+        handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins);
+    let refusal = (!origin_ok).then(|| refuse(403, "origin", "origin not allowed".to_owned()));
     let user_id = match (&refusal, request.token.as_deref()) {
         (Some(_), _) => None,
         (None, None) => {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wire::envelope::Target;
 use wire::{CloseCode, ServerFrame, UserId};
 
+use crate::bridge::{BridgeInbox, BridgeMsg};
 use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
@@ -29,8 +30,36 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closing session may take to write its close frame before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a core retries messages for a full mailbox.
-const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
+/// How often a core retries messages parked for a full queue and ticks its engine.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Marks a connection as upgrading while it lives.
+#[derive(Debug)]
+pub struct UpgradeGuard(Rc<Cell<usize>>);
+
+impl Drop for UpgradeGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// A message waiting for room in a full queue.
+enum Parked {
+    Core(usize, CoreMsg),
+    Bridge(Arc<BridgeInbox>, BridgeMsg),
+}
+
+impl Parked {
+    /// Tries again; hands itself back while the queue is still full.
+    fn push(self, node: &Node) -> Result<(), Parked> {
+        match self {
+            Parked::Core(core, msg) => node.mailboxes[core]
+                .push(msg)
+                .map_err(|msg| Parked::Core(core, msg)),
+            Parked::Bridge(inbox, msg) => inbox.push(msg).map_err(|msg| Parked::Bridge(inbox, msg)),
+        }
+    }
+}
 
 /// A core's state. Lives in an `Rc`: only this core's thread ever sees it.
 pub struct Core {
@@ -44,11 +73,13 @@ pub struct Core {
     engine: RefCell<Box<dyn Engine>>,
     /// Messages for cores whose mailbox was full, in order; while any wait, sessions stop
     /// reading instead of buffering more.
-    overflow: RefCell<VecDeque<(usize, CoreMsg)>>,
+    overflow: RefCell<VecDeque<Parked>>,
     paused_readers: RefCell<Vec<Waker>>,
     /// The shared read buffer.
     pub scratch: RefCell<Box<[u8]>>,
     connections_opened: Cell<u64>,
+    /// Connections accepted and not yet sessions: a stopping core waits for them too.
+    upgrading: Rc<Cell<usize>>,
     shutting_down: Cell<bool>,
     shutdown_waiters: RefCell<Vec<Waker>>,
 }
@@ -76,6 +107,7 @@ impl Core {
             paused_readers: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
             connections_opened: Cell::new(0),
+            upgrading: Rc::new(Cell::new(0)),
             shutting_down: Cell::new(false),
             shutdown_waiters: RefCell::new(Vec::new()),
         }
@@ -214,14 +246,23 @@ impl Core {
     /// Sends `msg` to core `core`. A full mailbox parks the message in order and pauses
     /// this core's readers until it drains: backpressure, not unbounded buffering.
     pub fn send_to_core(&self, core: usize, msg: CoreMsg) {
+        self.send(Parked::Core(core, msg));
+    }
+
+    /// Hands work to the broker bridge, in order with everything parked before it.
+    pub fn send_to_bridge(&self, inbox: &Arc<BridgeInbox>, msg: BridgeMsg) {
+        self.send(Parked::Bridge(inbox.clone(), msg));
+    }
+
+    fn send(&self, parked: Parked) {
         let mut overflow = self.overflow.borrow_mut();
         if !overflow.is_empty() {
-            overflow.push_back((core, msg));
+            overflow.push_back(parked);
             return;
         }
-        if let Err(msg) = self.node.mailboxes[core].push(msg) {
+        if let Err(parked) = parked.push(&self.node) {
             self.metrics.mailbox_full.fetch_add(1, Relaxed);
-            overflow.push_back((core, msg));
+            overflow.push_back(parked);
         }
     }
 
@@ -232,9 +273,14 @@ impl Core {
         }
     }
 
-    /// Whether sessions must stop reading for now.
+    /// Whether sessions must stop reading for now: a queue this core feeds is full, or the
+    /// broker is behind on its confirms.
     pub fn is_backpressured(&self) -> bool {
         !self.overflow.borrow().is_empty()
+            || self
+                .node
+                .broker_paused
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Wakes `waker` when the backpressure ends.
@@ -244,13 +290,15 @@ impl Core {
 
     fn retry_overflow(&self) {
         let mut overflow = self.overflow.borrow_mut();
-        while let Some((core, msg)) = overflow.pop_front() {
-            if let Err(msg) = self.node.mailboxes[core].push(msg) {
-                overflow.push_front((core, msg));
+        while let Some(parked) = overflow.pop_front() {
+            if let Err(parked) = parked.push(&self.node) {
+                overflow.push_front(parked);
                 return;
             }
         }
-        drop(overflow);
+    }
+
+    fn resume_readers(&self) {
         for waker in self.paused_readers.borrow_mut().drain(..) {
             waker.wake();
         }
@@ -298,9 +346,15 @@ impl Core {
         .await
     }
 
-    /// Whether every session has gone.
+    /// Whether every session, and every connection still upgrading, has gone.
     pub fn is_idle(&self) -> bool {
-        self.sessions.borrow().is_empty()
+        self.sessions.borrow().is_empty() && self.upgrading.get() == 0
+    }
+
+    /// Counts a connection as upgrading until the returned guard drops.
+    pub fn upgrade_started(&self) -> UpgradeGuard {
+        self.upgrading.set(self.upgrading.get() + 1);
+        UpgradeGuard(self.upgrading.clone())
     }
 
     /// Drains this core's mailbox for as long as the core runs.
@@ -318,12 +372,15 @@ impl Core {
         }
     }
 
-    /// Retries parked messages while any wait.
-    pub async fn drain_overflow(self: Rc<Self>) {
+    /// Retries parked messages while any wait, ticks the engine, and lets paused sessions
+    /// read again once the backpressure is over.
+    pub async fn housekeeping(self: Rc<Self>) {
         loop {
-            monoio::time::sleep(OVERFLOW_RETRY).await;
-            if self.is_backpressured() {
-                self.retry_overflow();
+            monoio::time::sleep(TICK).await;
+            self.retry_overflow();
+            self.engine.borrow_mut().tick(&self);
+            if !self.is_backpressured() {
+                self.resume_readers();
             }
         }
     }

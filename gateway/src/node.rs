@@ -11,13 +11,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use broker::Topology;
+use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Verifier;
+use crate::bridge::{Bridge, BridgeInbox, BridgeSettings};
 use crate::config::{Config, EngineKind, JwtAlgorithm};
 use crate::core::Core;
 use crate::engine::Engine;
+use crate::engine::amqp::AmqpEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
@@ -45,6 +49,10 @@ pub struct Node {
     pub cores_ready: AtomicUsize,
     /// Set once shutdown begins: /readyz turns false.
     pub stopping: AtomicBool,
+    /// Set while the broker is behind on confirms or unreachable: sessions stop reading.
+    pub broker_paused: AtomicBool,
+    /// Whether the broker connection is up (always true without a broker).
+    pub broker_connected: AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -71,6 +79,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     cores: Vec<JoinHandle<()>>,
+    bridge: Option<Bridge>,
 }
 
 impl Gateway {
@@ -102,7 +111,10 @@ impl Gateway {
             _ => None,
         };
         let cores = config.core_count();
-        let listeners = bind_listeners(config.listen, cores)?;
+        let listeners = match inherited_listeners(cores)? {
+            Some(listeners) => listeners,
+            None => bind_listeners(config.listen, cores)?,
+        };
         let local_addr = listeners[0].local_addr()?;
         let admin = StdListener::bind(config.admin_listen)
             .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
@@ -117,7 +129,18 @@ impl Gateway {
             tls,
             cores_ready: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            // Without a broker there is nothing to wait for; the bridge clears these.
+            broker_paused: AtomicBool::new(false),
+            broker_connected: AtomicBool::new(true),
         });
+        let bridge = match node.config.engine {
+            EngineKind::Memory => None,
+            EngineKind::Amqp => {
+                node.broker_paused.store(true, Ordering::Release);
+                node.broker_connected.store(false, Ordering::Release);
+                Some(Bridge::spawn(bridge_settings(&node.config), node.clone())?)
+            }
+        };
         admin::spawn(admin, node.clone())?;
         let uring = monoio::utils::detect_uring();
         if uring {
@@ -128,10 +151,11 @@ impl Gateway {
         let mut handles = Vec::with_capacity(cores);
         for (index, listener) in listeners.into_iter().enumerate() {
             let node = node.clone();
+            let bridge = bridge.as_ref().map(|b| b.inbox.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("core-{index}"))
                 .spawn(move || {
-                    if let Err(error) = run_core(index, node, listener) {
+                    if let Err(error) = run_core(index, node, listener, bridge) {
                         tracing::error!(core = index, error = format!("{error:#}"), "core stopped");
                     }
                 })
@@ -150,6 +174,7 @@ impl Gateway {
             local_addr,
             admin_addr,
             cores: handles,
+            bridge,
         })
     }
 
@@ -181,12 +206,49 @@ impl Gateway {
         }
     }
 
-    /// Waits for every core to finish (after [`Gateway::begin_shutdown`]).
+    /// Waits for every core to finish (after [`Gateway::begin_shutdown`]), then for the
+    /// bridge to publish what the sessions left and clear this node from the registry.
     pub fn join(self) {
         for handle in self.cores {
             let _ = handle.join();
         }
+        if let Some(bridge) = self.bridge {
+            bridge.finish(Instant::now() + self.node.config.shutdown_deadline);
+        }
     }
+}
+
+/// The listening sockets systemd passed (socket activation), one per core: with one socket,
+/// every core accepts on a duplicate of it. The socket outlives the process, so a restart
+/// queues new connections in its backlog instead of refusing them.
+fn inherited_listeners(cores: usize) -> Result<Option<Vec<StdListener>>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let mut inherited = Vec::with_capacity(fds.len());
+    for index in 0..fds.len() {
+        if let Some(listener) = fds
+            .take_tcp_listener(index)
+            .context("taking a socket passed by systemd")?
+        {
+            inherited.push(listener);
+        }
+    }
+    anyhow::ensure!(
+        !inherited.is_empty(),
+        "systemd passed no TCP listening socket"
+    );
+    let mut listeners = Vec::with_capacity(cores);
+    for core in 0..cores {
+        let listener = inherited[core % inherited.len()]
+            .try_clone()
+            .context("duplicating a passed socket")?;
+        listener.set_nonblocking(true)?;
+        listeners.push(listener);
+    }
+    tracing::info!(sockets = inherited.len(), addr = %listeners[0].local_addr()?, "using sockets passed by systemd");
+    Ok(Some(listeners))
 }
 
 fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<StdListener>> {
@@ -209,7 +271,28 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<StdListener>> {
     Ok(listeners)
 }
 
-fn run_core(index: usize, node: Arc<Node>, listener: StdListener) -> Result<()> {
+fn bridge_settings(config: &Config) -> BridgeSettings {
+    BridgeSettings {
+        node_id: config.node_id,
+        topology: Topology {
+            prefix: config.amqp_prefix.clone(),
+            shards: config.shards,
+        },
+        amqp_url: config.amqp_url.clone(),
+        redis_url: config.redis_url.clone(),
+        redis_prefix: config.redis_prefix.clone(),
+        max_unconfirmed: config.max_unconfirmed,
+        prefetch: config.prefetch,
+        registry_ttl: config.registry_ttl,
+    }
+}
+
+fn run_core(
+    index: usize,
+    node: Arc<Node>,
+    listener: StdListener,
+    bridge: Option<Arc<BridgeInbox>>,
+) -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Err(error) = monoio::utils::bind_to_cpu_set([index % cpus]) {
         tracing::warn!(core = index, ?error, "could not pin the core thread");
@@ -221,12 +304,24 @@ fn run_core(index: usize, node: Arc<Node>, listener: StdListener) -> Result<()> 
         .context("building the runtime (io_uring needs locked memory: raise LimitMEMLOCK)")?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).context("registering the listener")?;
-        let engine: Box<dyn Engine> = match node.config.engine {
-            EngineKind::Memory => Box::new(MemoryEngine::new(node.config.history_per_chat)),
+        let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
+            (EngineKind::Amqp, Some(bridge)) => {
+                let topology = Topology {
+                    prefix: node.config.amqp_prefix.clone(),
+                    shards: node.config.shards,
+                };
+                Box::new(AmqpEngine::new(
+                    bridge,
+                    topology,
+                    node.config.node_id,
+                    node.config.ack_window,
+                ))
+            }
+            _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
         };
         let core = Rc::new(Core::new(index, node.clone(), engine));
         monoio::spawn(core.clone().pump_mailbox());
-        monoio::spawn(core.clone().drain_overflow());
+        monoio::spawn(core.clone().housekeeping());
         monoio::spawn(core.clone().sweep_idle());
         node.cores_ready.fetch_add(1, Ordering::AcqRel);
         accept_loop(&core, listener).await;
@@ -246,11 +341,21 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
         .connections_per_ip_per_minute
         .div_ceil(core.cores() as u32);
     let mut recent: HashMap<IpAddr, (Instant, u32)> = HashMap::new();
+    // Stopping must not drop an accept the kernel already completed: that connection would
+    // be reset. A cancelled accept still returns a connection it had completed, and that
+    // one is served (and closed with 1001 like the rest).
+    let canceller = Canceller::new();
+    let handle = canceller.handle();
+    let watcher = core.clone();
+    monoio::spawn(async move {
+        watcher.shutdown_started().await;
+        drop(canceller.cancel());
+    });
     loop {
-        let accepted = monoio::select! {
-            accepted = listener.accept() => accepted,
-            _ = core.shutdown_started() => return,
-        };
+        let accepted = listener.cancelable_accept(handle.clone()).await;
+        if accepted.is_err() && core.is_shutting_down() {
+            return;
+        }
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {

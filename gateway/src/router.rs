@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use wire::envelope::Target;
 use wire::{ServerFrameRef, UserId, WireError};
@@ -71,7 +71,7 @@ impl Delivery {
 pub fn ws_frame(opcode: ws::OpCode, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(payload.len() + 10);
     ws::encode_frame(ws::Role::Server, opcode, true, payload, &mut out);
-    BytesMut::from(&out[..]).freeze()
+    Bytes::from(out)
 }
 
 /// Who sent a frame, as the gateway asserts it.

@@ -1,6 +1,7 @@
 //! What happens to a validated client frame. Every engine is sharded per core: each core
 //! runs its own instance, and instances talk only through core mailboxes.
 
+pub mod amqp;
 pub mod memory;
 
 use std::time::Instant;
@@ -37,4 +38,7 @@ pub trait Engine {
 
     /// A message from another core's shard.
     fn message(&mut self, core: &Core, msg: EngineMsg);
+
+    /// Called every few milliseconds, for work on a timer (flushing coalesced acks).
+    fn tick(&mut self, _core: &Core) {}
 }

@@ -1,0 +1,200 @@
+//! The amqp engine: every frame a session sends goes, in an inbound envelope, to the broker
+//! bridge, which publishes it to the backend's shard for its chat; deliveries come back
+//! through the bridge. Delivered and read acks are coalesced per session and chat for a
+//! short window, so a client acking every message costs the backend one ack per window.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::Topology;
+use wire::client::Ack;
+use wire::envelope::Inbound;
+use wire::{ChatId, ClientFrame, ClientFrameRef, UserId};
+
+use super::{Engine, EngineMsg};
+use crate::bridge::{BridgeInbox, BridgeMsg};
+use crate::core::Core;
+use crate::router::Origin;
+
+/// A coalesced watermark waiting for its window to end.
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    seq: u64,
+    user_id: UserId,
+    since: Instant,
+}
+
+/// One core's shard of the amqp engine.
+#[derive(Debug)]
+pub struct AmqpEngine {
+    bridge: Arc<BridgeInbox>,
+    topology: Topology,
+    node_id: u32,
+    ack_window: Duration,
+    /// Keyed by (connection, chat, is read).
+    acks: HashMap<(u64, ChatId, bool), PendingAck>,
+}
+
+impl AmqpEngine {
+    /// A shard publishing through `bridge`.
+    pub fn new(
+        bridge: Arc<BridgeInbox>,
+        topology: Topology,
+        node_id: u32,
+        ack_window: Duration,
+    ) -> AmqpEngine {
+        AmqpEngine {
+            bridge,
+            topology,
+            node_id,
+            ack_window,
+            acks: HashMap::new(),
+        }
+    }
+
+    fn publish(
+        &self,
+        core: &Core,
+        origin: Origin,
+        chat_or_user_shard: u16,
+        frame: &[u8],
+        received_at: Instant,
+    ) {
+        let envelope = Inbound {
+            user_id: origin.user_id,
+            node_id: self.node_id,
+            core: core.index() as u16,
+            connection_id: origin.connection_id,
+            received_at_us: core
+                .now_us()
+                .saturating_sub(received_at.elapsed().as_micros() as u64),
+            frame,
+        };
+        match envelope.encode() {
+            Ok(body) => core.send_to_bridge(
+                &self.bridge,
+                BridgeMsg::Publish {
+                    shard: chat_or_user_shard,
+                    body,
+                },
+            ),
+            Err(error) => tracing::error!(%error, "could not encode an inbound envelope"),
+        }
+    }
+}
+
+impl Engine for AmqpEngine {
+    fn connected(&mut self, core: &Core, origin: Origin) {
+        core.send_to_bridge(&self.bridge, BridgeMsg::Online(origin.user_id));
+    }
+
+    fn disconnected(&mut self, core: &Core, origin: Origin) {
+        // What the session acked before leaving still counts.
+        let pending: Vec<_> = self
+            .acks
+            .keys()
+            .filter(|(conn, _, _)| *conn == origin.connection_id)
+            .copied()
+            .collect();
+        for key in pending {
+            if let Some(ack) = self.acks.remove(&key) {
+                self.flush_ack(core, key, ack);
+            }
+        }
+        core.send_to_bridge(
+            &self.bridge,
+            BridgeMsg::Offline(origin.user_id, core.now_us()),
+        );
+    }
+
+    fn client_frame(
+        &mut self,
+        core: &Core,
+        origin: Origin,
+        frame: ClientFrameRef<'_>,
+        raw: &[u8],
+        received_at: Instant,
+    ) {
+        let read = match frame {
+            ClientFrameRef::AckDelivered(_) => Some(false),
+            ClientFrameRef::AckRead(_) => Some(true),
+            _ => None,
+        };
+        if let (Some(read), Some(chat_id)) = (read, frame.chat_id()) {
+            let seq = match frame {
+                ClientFrameRef::AckDelivered(ack) | ClientFrameRef::AckRead(ack) => {
+                    ack.seq.to_native()
+                }
+                _ => 0,
+            };
+            let entry = self
+                .acks
+                .entry((origin.connection_id, chat_id, read))
+                .or_insert(PendingAck {
+                    seq,
+                    user_id: origin.user_id,
+                    since: received_at,
+                });
+            entry.seq = entry.seq.max(seq);
+            return;
+        }
+        let shard = match frame.chat_id() {
+            Some(chat_id) => self.topology.shard_of_chat(chat_id),
+            None => self.topology.shard_of_user(origin.user_id),
+        };
+        self.publish(core, origin, shard, raw, received_at);
+    }
+
+    fn message(&mut self, _core: &Core, _msg: EngineMsg) {}
+
+    fn tick(&mut self, core: &Core) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .acks
+            .iter()
+            .filter(|(_, ack)| now.duration_since(ack.since) >= self.ack_window)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(ack) = self.acks.remove(&key) {
+                self.flush_ack(core, key, ack);
+            }
+        }
+    }
+}
+
+impl AmqpEngine {
+    fn flush_ack(
+        &self,
+        core: &Core,
+        (connection_id, chat_id, read): (u64, ChatId, bool),
+        ack: PendingAck,
+    ) {
+        let body = Ack {
+            chat_id,
+            seq: ack.seq,
+        };
+        let frame = if read {
+            ClientFrame::AckRead(body)
+        } else {
+            ClientFrame::AckDelivered(body)
+        };
+        match frame.encode() {
+            Ok(bytes) => {
+                let origin = Origin {
+                    user_id: ack.user_id,
+                    connection_id,
+                };
+                self.publish(
+                    core,
+                    origin,
+                    self.topology.shard_of_chat(chat_id),
+                    &bytes,
+                    ack.since,
+                );
+            }
+            Err(error) => tracing::error!(%error, "could not encode a coalesced ack"),
+        }
+    }
+}
