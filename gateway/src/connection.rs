@@ -93,7 +93,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     )
     .await;
     drop(upgrading);
-    let (io, request, user_id, leftover) = match accepted {
+    let (io, request, claims, leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return,
         Err(_) => {
@@ -102,7 +102,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let outbox = core.open_session(user_id, request.wants_json);
+    let user_id = claims.user_id;
+    let outbox = core.open_session(user_id, claims.exp, request.wants_json);
     let origin = Origin {
         user_id,
         connection_id: outbox.connection_id,
@@ -150,7 +151,7 @@ pub async fn refuse(stream: TcpStream, status: u16, reason: &'static str) {
 async fn upgrade(
     core: &Core,
     stream: TcpStream,
-) -> Option<(Transport, UpgradeRequest, u64, Vec<u8>)> {
+) -> Option<(Transport, UpgradeRequest, crate::auth::Claims, Vec<u8>)> {
     let poll = match stream.into_poll_io() {
         Ok(poll) => poll,
         Err(error) => {
@@ -200,7 +201,7 @@ async fn upgrade(
     let origin_ok =
         handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins);
     let refusal = (!origin_ok).then(|| refuse(403, "origin", "origin not allowed".to_owned()));
-    let user_id = match (&refusal, request.token.as_deref()) {
+    let claims = match (&refusal, request.token.as_deref()) {
         (Some(_), _) => None,
         (None, None) => {
             let _ = io
@@ -209,7 +210,7 @@ async fn upgrade(
             None
         }
         (None, Some(token)) => match core.node.verifier.verify(token) {
-            Ok(claims) => Some(claims.user_id),
+            Ok(claims) => Some(claims),
             Err(error) => {
                 let _ = io
                     .write_all(&refuse(401, error.label(), error.to_string()))
@@ -221,7 +222,7 @@ async fn upgrade(
     if let Some(refusal) = &refusal {
         let _ = io.write_all(refusal).await;
     }
-    let Some(user_id) = user_id else {
+    let Some(claims) = claims else {
         let _ = io.shutdown().await;
         return None;
     };
@@ -234,7 +235,7 @@ async fn upgrade(
     }
     // What the client sent after its head is the start of the WebSocket stream.
     let leftover = head.split_off(consumed);
-    Some((io, request, user_id, leftover))
+    Some((io, request, claims, leftover))
 }
 
 fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {

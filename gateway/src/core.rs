@@ -140,14 +140,16 @@ impl Core {
         f(self.engine.borrow_mut().as_mut())
     }
 
-    /// Registers a new session and returns its outbox.
-    pub fn open_session(&self, user_id: UserId, text: bool) -> Rc<Outbox> {
+    /// Registers a new session, whose token expires at `expires_at` (Unix seconds), and
+    /// returns its outbox.
+    pub fn open_session(&self, user_id: UserId, expires_at: u64, text: bool) -> Rc<Outbox> {
         let n = self.connections_opened.get() + 1;
         self.connections_opened.set(n);
         let id = connection_id(self.index, n);
         let outbox = Rc::new(Outbox::new(
             id,
             user_id,
+            expires_at,
             text,
             self.node.config.outbound_queue,
         ));
@@ -392,9 +394,14 @@ impl Core {
         loop {
             monoio::time::sleep(SWEEP_INTERVAL).await;
             let now = Instant::now();
+            let now_secs = self.now_us() / 1_000_000;
             for outbox in self.sessions.borrow().values() {
                 if outbox.close_requested().is_some() {
                     outbox.abort_if_stuck(now, CLOSE_GRACE);
+                    continue;
+                }
+                if now_secs >= outbox.expires_at {
+                    outbox.close(CloseCode::TOKEN_EXPIRED);
                     continue;
                 }
                 let silent = now.saturating_duration_since(outbox.last_read());

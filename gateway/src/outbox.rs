@@ -30,6 +30,8 @@ pub struct Outbox {
     pub connection_id: u64,
     /// The authenticated user.
     pub user_id: UserId,
+    /// When the session's token expires (Unix seconds): the session ends then with 4002.
+    pub expires_at: u64,
     queue: RefCell<VecDeque<Outgoing>>,
     waker: RefCell<Option<Waker>>,
     close: Cell<Option<CloseCode>>,
@@ -45,10 +47,17 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox holding up to `limit` frames.
-    pub fn new(connection_id: u64, user_id: UserId, text: bool, limit: usize) -> Outbox {
+    pub fn new(
+        connection_id: u64,
+        user_id: UserId,
+        expires_at: u64,
+        text: bool,
+        limit: usize,
+    ) -> Outbox {
         Outbox {
             connection_id,
             user_id,
+            expires_at,
             queue: RefCell::new(VecDeque::new()),
             waker: RefCell::new(None),
             close: Cell::new(None),

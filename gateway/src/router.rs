@@ -138,12 +138,16 @@ impl Mailbox {
     }
 }
 
-/// Connection ids carry their core in the top byte, so any core can route to one.
+/// Bits of a connection id below its core number. The id stays under 2^53 so that
+/// JavaScript clients, which read JSON numbers as doubles, see it exactly.
+const CONNECTION_SEQ_BITS: u32 = 45;
+
+/// Connection ids carry their core above the low 45 bits, so any core can route to one.
 pub fn connection_core(connection_id: u64) -> usize {
-    (connection_id >> 56) as usize
+    (connection_id >> CONNECTION_SEQ_BITS) as usize
 }
 
-/// The `n`th connection id of `core`.
+/// The `n`th connection id of `core` (cores up to 255).
 pub fn connection_id(core: usize, n: u64) -> u64 {
-    ((core as u64) << 56) | (n & ((1 << 56) - 1))
+    ((core as u64 & 0xff) << CONNECTION_SEQ_BITS) | (n & ((1 << CONNECTION_SEQ_BITS) - 1))
 }

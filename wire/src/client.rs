@@ -1,7 +1,9 @@
 //! Frames a client sends to the gateway.
 
 use crate::codec::{frame_set, limits};
-use crate::limits::{MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_TITLE_BYTES};
+use crate::limits::{
+    MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_TITLE_BYTES,
+};
 use crate::{ChatId, ChatKind, ClientMsgId, Seq, UserId, wire_struct};
 
 wire_struct! {
@@ -74,13 +76,22 @@ wire_struct! {
     }
 }
 
-limits!(CreateChat, ArchivedCreateChat, title <= MAX_TITLE_BYTES, members <= MAX_MEMBERS_PER_CHAT);
+limits!(
+    CreateChat,
+    ArchivedCreateChat,
+    title <= MAX_TITLE_BYTES,
+    members <= MAX_MEMBERS_PER_CHAT
+);
 limits!(Membership, ArchivedMembership);
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES);
 limits!(Ack, ArchivedAck);
 limits!(SyncRequest, ArchivedSyncRequest; sync_page limit);
 limits!(Typing, ArchivedTyping);
-limits!(PresenceQuery, ArchivedPresenceQuery, users <= MAX_PRESENCE_QUERY);
+limits!(
+    PresenceQuery,
+    ArchivedPresenceQuery,
+    users <= MAX_PRESENCE_QUERY
+);
 limits!(Ping, ArchivedPing);
 
 frame_set! {
@@ -117,7 +128,10 @@ impl ClientFrameRef<'_> {
             ClientFrameRef::Send(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::Sync(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::PresenceQuery(f) => Some(f.client_msg_id.to_native()),
-            ClientFrameRef::AckDelivered(_) | ClientFrameRef::AckRead(_) | ClientFrameRef::Typing(_) | ClientFrameRef::Ping(_) => None,
+            ClientFrameRef::AckDelivered(_)
+            | ClientFrameRef::AckRead(_)
+            | ClientFrameRef::Typing(_)
+            | ClientFrameRef::Ping(_) => None,
         }
     }
 
@@ -126,10 +140,14 @@ impl ClientFrameRef<'_> {
         match self {
             ClientFrameRef::Join(f) | ClientFrameRef::Leave(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::Send(f) => Some(f.chat_id.to_native()),
-            ClientFrameRef::AckDelivered(f) | ClientFrameRef::AckRead(f) => Some(f.chat_id.to_native()),
+            ClientFrameRef::AckDelivered(f) | ClientFrameRef::AckRead(f) => {
+                Some(f.chat_id.to_native())
+            }
             ClientFrameRef::Sync(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::Typing(f) => Some(f.chat_id.to_native()),
-            ClientFrameRef::CreateChat(_) | ClientFrameRef::PresenceQuery(_) | ClientFrameRef::Ping(_) => None,
+            ClientFrameRef::CreateChat(_)
+            | ClientFrameRef::PresenceQuery(_)
+            | ClientFrameRef::Ping(_) => None,
         }
     }
 }

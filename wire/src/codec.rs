@@ -30,7 +30,10 @@ where
     let out = rkyv::api::high::to_bytes_in::<_, BoxedError>(body, out)
         .map_err(|e| WireError::Encode(e.to_string()))?;
     if out.len() > limit {
-        return Err(WireError::TooLarge { size: out.len(), limit });
+        return Err(WireError::TooLarge {
+            size: out.len(),
+            limit,
+        });
     }
     Ok(out)
 }
@@ -38,7 +41,10 @@ where
 /// Checks the size and version, and returns the kind byte and the archive.
 pub(crate) fn split_header(bytes: &[u8], limit: usize) -> Result<(u8, &[u8]), WireError> {
     if bytes.len() > limit {
-        return Err(WireError::TooLarge { size: bytes.len(), limit });
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
     match bytes {
         [version, kind, archive @ ..] => {

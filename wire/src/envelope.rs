@@ -139,20 +139,31 @@ impl OutboundView {
 fn encode_envelope<T>(value: &T) -> Result<Vec<u8>, WireError>
 where
     T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rkyv::rancor::BoxedError>,
+            rkyv::api::high::HighSerializer<
+                Vec<u8>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::BoxedError,
+            >,
         >,
 {
-    let out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, vec![ENVELOPE_VERSION])
-        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let out =
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, vec![ENVELOPE_VERSION])
+            .map_err(|e| WireError::Encode(e.to_string()))?;
     if out.len() > MAX_ENVELOPE_BYTES {
-        return Err(WireError::TooLarge { size: out.len(), limit: MAX_ENVELOPE_BYTES });
+        return Err(WireError::TooLarge {
+            size: out.len(),
+            limit: MAX_ENVELOPE_BYTES,
+        });
     }
     Ok(out)
 }
 
 fn split_version(bytes: &[u8]) -> Result<&[u8], WireError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
-        return Err(WireError::TooLarge { size: bytes.len(), limit: MAX_ENVELOPE_BYTES });
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_ENVELOPE_BYTES,
+        });
     }
     match bytes {
         [ENVELOPE_VERSION, archive @ ..] => Ok(archive),

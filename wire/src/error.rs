@@ -44,7 +44,9 @@ impl WireError {
             WireError::UnknownKind(_) => ErrorCode::UnknownKind,
             WireError::TooLarge { .. } => ErrorCode::TooLarge,
             WireError::Limit(_) => ErrorCode::LimitExceeded,
-            WireError::Truncated(_) | WireError::Malformed(_) | WireError::Json(_) => ErrorCode::MalformedFrame,
+            WireError::Truncated(_) | WireError::Malformed(_) | WireError::Json(_) => {
+                ErrorCode::MalformedFrame
+            }
             WireError::Encode(_) => ErrorCode::Internal,
         }
     }

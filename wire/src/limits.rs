@@ -39,11 +39,19 @@ pub struct LimitExceeded {
 }
 
 /// Checks that `actual` is at most `limit`.
-pub(crate) fn at_most(field: &'static str, actual: usize, limit: usize) -> Result<(), LimitExceeded> {
+pub(crate) fn at_most(
+    field: &'static str,
+    actual: usize,
+    limit: usize,
+) -> Result<(), LimitExceeded> {
     if actual <= limit {
         Ok(())
     } else {
-        Err(LimitExceeded { field, actual, limit })
+        Err(LimitExceeded {
+            field,
+            actual,
+            limit,
+        })
     }
 }
 
@@ -52,6 +60,10 @@ pub(crate) fn sync_page(limit: u32) -> Result<(), LimitExceeded> {
     if (1..=MAX_SYNC_PAGE).contains(&limit) {
         Ok(())
     } else {
-        Err(LimitExceeded { field: "limit", actual: limit as usize, limit: MAX_SYNC_PAGE as usize })
+        Err(LimitExceeded {
+            field: "limit",
+            actual: limit as usize,
+            limit: MAX_SYNC_PAGE as usize,
+        })
     }
 }

@@ -1,7 +1,10 @@
 //! Frames the gateway sends to a client.
 
 use crate::codec::{frame_set, limits};
-use crate::limits::{MAX_BODY_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE};
+use crate::limits::{
+    MAX_BODY_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES,
+    MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+};
 use crate::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, UserId, wire_struct};
 
 wire_struct! {
@@ -129,7 +132,11 @@ wire_struct! {
 
 impl ErrorFrame {
     /// An error frame body, with the reason cut to the protocol's limit at a char boundary.
-    pub fn new(code: ErrorCode, reason: impl Into<String>, client_msg_id: Option<ClientMsgId>) -> ErrorFrame {
+    pub fn new(
+        code: ErrorCode,
+        reason: impl Into<String>,
+        client_msg_id: Option<ClientMsgId>,
+    ) -> ErrorFrame {
         let mut reason = reason.into();
         if reason.len() > MAX_REASON_BYTES {
             let mut end = MAX_REASON_BYTES;
@@ -138,16 +145,29 @@ impl ErrorFrame {
             }
             reason.truncate(end);
         }
-        ErrorFrame { code: code.as_u16(), reason, client_msg_id }
+        ErrorFrame {
+            code: code.as_u16(),
+            reason,
+            client_msg_id,
+        }
     }
 }
 
 limits!(Welcome, ArchivedWelcome);
 limits!(Message, ArchivedMessage, body <= MAX_BODY_BYTES);
 limits!(Receipt, ArchivedReceipt);
-limits!(ChatCreated, ArchivedChatCreated, members <= MAX_MEMBERS_PER_CHAT);
+limits!(
+    ChatCreated,
+    ArchivedChatCreated,
+    title <= MAX_TITLE_BYTES,
+    members <= MAX_MEMBERS_PER_CHAT
+);
 limits!(ChatEvent, ArchivedChatEvent);
-limits!(SyncBatch, ArchivedSyncBatch, messages <= MAX_SYNC_PAGE as usize);
+limits!(
+    SyncBatch,
+    ArchivedSyncBatch,
+    messages <= MAX_SYNC_PAGE as usize
+);
 limits!(Presence, ArchivedPresence, users <= MAX_PRESENCE_QUERY);
 limits!(TypingEvent, ArchivedTypingEvent);
 limits!(ErrorFrame, ArchivedErrorFrame, reason <= MAX_REASON_BYTES);

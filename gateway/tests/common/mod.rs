@@ -172,5 +172,5 @@ pub async fn raw_status(gateway: &Gateway, request: &[u8]) -> u16 {
 
 /// The core a connection id names.
 pub fn core_of(connection_id: u64) -> u64 {
-    connection_id >> 56
+    connection_id >> 45
 }
