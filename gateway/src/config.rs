@@ -125,6 +125,7 @@ pub struct Config {
     #[arg(
         long,
         env = "GATEWAY_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
@@ -149,6 +150,7 @@ pub struct Config {
     #[arg(
         long,
         env = "GATEWAY_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: String,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wire::server::{Pong, Welcome};
 use wire::{ClientFrameRef, CloseCode, ErrorCode, ServerFrame, limits::MAX_FRAME_BYTES};
 
-use crate::core::Core;
+use crate::core::{Core, UpgradeGuard};
 use crate::handshake::{self, UpgradeRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
@@ -81,12 +81,13 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end. `upgrading` was taken when the connection
+/// was accepted, before this task was spawned: a core that stops right after accepting
+/// must still see it and wait for it.
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, upgrading: UpgradeGuard) {
     let _ = stream.set_nodelay(true);
     // Boxed so that the handshake's buffers and TLS state live in their own allocation,
     // freed once it is done, instead of widening the session future forever.
-    let upgrading = core.upgrade_started();
     let accepted = monoio::time::timeout(
         core.node.config.handshake_timeout,
         Box::pin(upgrade(&core, stream)),

@@ -379,6 +379,7 @@ impl Core {
     pub async fn housekeeping(self: Rc<Self>) {
         loop {
             monoio::time::sleep(TICK).await;
+            self.node.core_beats[self.index].fetch_add(1, Relaxed);
             self.retry_overflow();
             self.engine.borrow_mut().tick(&self);
             if !self.is_backpressured() {

@@ -6,6 +6,7 @@ use sd_notify::NotifyState;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::node::Node;
 
@@ -31,8 +32,9 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Pings systemd's watchdog at half its interval while the node is ready, when
-/// WatchdogSec is set; a node whose cores stopped stops pinging and gets restarted.
+/// Pings systemd's watchdog at half its interval, when WatchdogSec is set, while the node
+/// is ready and every core's timer task has run since the last ping: a core stuck in a
+/// loop, or one whose thread ended, stops the pings and systemd restarts the process.
 pub fn spawn_watchdog(node: Arc<Node>) -> Result<()> {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return Ok(());
@@ -41,11 +43,27 @@ pub fn spawn_watchdog(node: Arc<Node>) -> Result<()> {
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
+            let mut last: Vec<u64> = node
+                .core_beats
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect();
             loop {
                 std::thread::sleep(period);
-                if node.is_ready() {
+                let now: Vec<u64> = node
+                    .core_beats
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
+                let all_alive = now.iter().zip(&last).all(|(now, before)| now != before);
+                if node.is_ready() && all_alive {
                     notify(&[NotifyState::Watchdog]);
+                } else if node.is_ready() {
+                    tracing::error!(
+                        "a core has stopped running its timer; withholding the watchdog ping"
+                    );
                 }
+                last = now;
             }
         })
         .context("spawning the watchdog thread")?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct Node {
     pub broker_paused: AtomicBool,
     /// Whether the broker connection is up (always true without a broker).
     pub broker_connected: AtomicBool,
+    /// Bumped by each core's timer task: the watchdog pings systemd only while all move.
+    pub core_beats: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -132,6 +134,7 @@ impl Gateway {
             // Without a broker there is nothing to wait for; the bridge clears these.
             broker_paused: AtomicBool::new(false),
             broker_connected: AtomicBool::new(true),
+            core_beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         });
         let bridge = match node.config.engine {
             EngineKind::Memory => None,
@@ -374,7 +377,8 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
             ));
             continue;
         }
-        monoio::spawn(connection::serve(core.clone(), stream, peer));
+        let upgrading = core.upgrade_started();
+        monoio::spawn(connection::serve(core.clone(), stream, peer, upgrading));
     }
 }
 
