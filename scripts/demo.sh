@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The main job: the full stack (backend and gateway on RabbitMQ, PostgreSQL and Redis) under
+# the load tester's chat scenario, then the latency report. Installs and starts what is
+# missing, builds in release, and stops what it started, also on Ctrl-C.
+#
+# Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (1 message
+# per second per user), BODY (64 bytes), GATEWAY_CORES (1), LOADTEST_THREADS (1),
+# GATEWAY_PORT (8080), ADMIN_PORT (9090). The report goes to target/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNECTIONS=${CONNECTIONS:-10000}
+DURATION=${DURATION:-30s}
+GROUP=${GROUP:-10}
+RATE=${RATE:-1}
+BODY=${BODY:-64}
+GATEWAY_CORES=${GATEWAY_CORES:-1}
+LOADTEST_THREADS=${LOADTEST_THREADS:-1}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+ADMIN_PORT=${ADMIN_PORT:-9090}
+
+scripts/toolchain.sh
+# A toolchain that rustup just installed is not on PATH yet.
+command -v cargo >/dev/null || . "$HOME/.cargo/env"
+scripts/services.sh
+
+echo "demo: building in release (the first build takes a few minutes)"
+cargo build --release --locked -p gateway -p backend -p loadtest
+
+# Every socket is a descriptor, on both ends of the loopback.
+ulimit -n "$(ulimit -Hn)"
+
+out=target/demo
+mkdir -p "$out"
+# A fresh corner of the services for this run, removed by the next run's start.
+export GATEWAY_JWT_SECRET="demo-secret-$(date +%s)-$RANDOM$RANDOM"
+prefix="demo"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA IF EXISTS $prefix CASCADE" >/dev/null 2>&1 || true
+
+target/release/backend --database-url postgres://postgres@127.0.0.1:5432/test --pg-schema "$prefix" \
+  --amqp-prefix "$prefix" --redis-prefix "$prefix" >"$out/backend.log" 2>&1 &
+pids+=($!)
+target/release/gateway --listen "127.0.0.1:$GATEWAY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --cores "$GATEWAY_CORES" --engine amqp --amqp-prefix "$prefix" --redis-prefix "$prefix" \
+  >"$out/gateway.log" 2>&1 &
+gateway_pid=$!
+pids+=("$gateway_pid")
+
+echo "demo: waiting for the gateway to reach the broker"
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$gateway_pid" 2>/dev/null; then
+    echo "demo: the gateway exited; its log:" >&2
+    cat "$out/gateway.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+
+echo "demo: $CONNECTIONS connections, groups of $GROUP, $RATE msg/s each, $BODY-byte bodies, for $DURATION"
+target/release/loadtest --url "ws://127.0.0.1:$GATEWAY_PORT/ws" -n "$CONNECTIONS" -d "$DURATION" \
+  --threads "$LOADTEST_THREADS" --json "$out/report.json" --plot "$out/latency.svg" \
+  chat -g "$GROUP" -r "$RATE" -s "$BODY"
+echo "demo: report in $out/report.json, plot in $out/latency.svg, logs in $out/"
