@@ -25,7 +25,7 @@ pub(crate) fn encode<T>(kind: u8, body: &T, limit: usize) -> Result<Vec<u8>, Wir
 where
     T: for<'a> Serialize<HighSerializer<Vec<u8>, ArenaHandle<'a>, BoxedError>>,
 {
-    let mut out = Vec::with_capacity(128);
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&[PROTOCOL_VERSION, kind]);
     let out = rkyv::api::high::to_bytes_in::<_, BoxedError>(body, out)
         .map_err(|e| WireError::Encode(e.to_string()))?;
