@@ -84,23 +84,46 @@ impl AsyncWrite for Transport {
 /// Serves one accepted connection to its end. `upgrading` was taken when the connection
 /// was accepted, before this task was spawned: a core that stops right after accepting
 /// must still see it and wait for it.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, upgrading: UpgradeGuard) {
+///
+/// This future is what an open session costs for its whole life, so it holds only the
+/// [`Session`]: the upgrade (its buffers, its timer, its TLS handshake) runs in a boxed
+/// future that is freed before the session starts.
+pub fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    upgrading: UpgradeGuard,
+) -> impl Future<Output = ()> {
+    // Built outside the async block, so the block captures only the box, not the
+    // arguments (an async fn would keep their slots for its whole life).
+    let opened = Box::pin(open(core, stream, peer, upgrading));
+    async move {
+        let Some(mut session) = opened.await else {
+            return;
+        };
+        let code = poll_fn(|cx| session.poll(cx)).await;
+        session.finish(code);
+    }
+}
+
+/// The upgrade within its time limit, then the session's registration and welcome.
+async fn open(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    upgrading: UpgradeGuard,
+) -> Option<Session> {
     let _ = stream.set_nodelay(true);
-    // Boxed so that the handshake's buffers and TLS state live in their own allocation,
-    // freed once it is done, instead of widening the session future forever.
-    let accepted = monoio::time::timeout(
-        core.node.config.handshake_timeout,
-        Box::pin(upgrade(&core, stream)),
-    )
-    .await;
+    let accepted =
+        monoio::time::timeout(core.node.config.handshake_timeout, upgrade(&core, stream)).await;
     drop(upgrading);
     let (io, request, claims, leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             core.metrics.refuse("handshake_timeout");
             tracing::debug!(%peer, "handshake timed out");
-            return;
+            return None;
         }
     };
     let user_id = claims.user_id;
@@ -123,22 +146,17 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, upgradin
         outbox.close(CloseCode::GOING_AWAY);
     }
     core.with_engine(|engine| engine.connected(&core, origin));
-    let mut session = Session {
-        core: core.clone(),
+    Some(Session {
+        bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
+        core,
         io,
         decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
         pending: leftover,
         writing: None,
-        bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
-        outbox: outbox.clone(),
+        outbox,
         origin,
         close_sent: None,
-    };
-    let code = poll_fn(|cx| session.poll(cx)).await;
-    drop(session);
-    core.metrics.close(code.0);
-    core.close_session(&outbox);
-    core.with_engine(|engine| engine.disconnected(&core, origin));
+    })
 }
 
 /// Answers a connection refused before its upgrade is even read (the per-IP limit).
@@ -270,6 +288,19 @@ struct Session {
 type Closed = CloseCode;
 
 impl Session {
+    /// Unregisters the ended session.
+    fn finish(self, code: CloseCode) {
+        let Session {
+            core,
+            outbox,
+            origin,
+            ..
+        } = self;
+        core.metrics.close(code.0);
+        core.close_session(&outbox);
+        core.with_engine(|engine| engine.disconnected(&core, origin));
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseCode> {
         self.outbox.register(cx.waker());
         for _ in 0..READS_PER_POLL {
@@ -310,6 +341,8 @@ impl Session {
                 match self.outbox.pop(&self.core.metrics) {
                     Some((bytes, delivery)) => self.writing = Some((bytes, 0, delivery)),
                     None => {
+                        // Drained: an idle session keeps no queue memory.
+                        self.outbox.compact();
                         return match Pin::new(&mut self.io).poll_flush(cx) {
                             Poll::Ready(Err(_)) => Poll::Ready(Err(CloseCode(1006))),
                             _ => Poll::Ready(Ok(())),

@@ -405,6 +405,7 @@ impl Core {
                     outbox.close(CloseCode::TOKEN_EXPIRED);
                     continue;
                 }
+                outbox.compact();
                 let silent = now.saturating_duration_since(outbox.last_read());
                 if silent >= self.node.config.idle_timeout {
                     outbox.close(CloseCode::IDLE_TIMEOUT);

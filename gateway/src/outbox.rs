@@ -187,6 +187,14 @@ impl Outbox {
         self.queue.borrow().is_empty()
     }
 
+    /// Gives back the memory of an empty queue: an idle session should hold none.
+    pub fn compact(&self) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+    }
+
     /// Drops what is queued (the session is gone), keeping the gauge right.
     pub fn discard(&self, metrics: &CoreMetrics) {
         let mut queue = self.queue.borrow_mut();

@@ -1,0 +1,316 @@
+//! The PostgreSQL connection of one shard worker: connecting, the prepared statements, and
+//! how failures are classified.
+
+use anyhow::{Context, bail};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::outcome::Outcome;
+use crate::request::Request;
+
+/// What a failed statement means for the batch that ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The connection is gone or the server is going away: reconnect and run the batch again.
+    Connection,
+    /// Another transaction got in the way (deadlock, serialization failure, a concurrent
+    /// insert of the same key while a consumer fails over): run the batch again as it is.
+    Conflict,
+    /// The batch itself is wrong (data PostgreSQL refuses, a bug): running it again gives the
+    /// same answer, so the message that causes it must be found and dead-lettered.
+    Permanent,
+}
+
+/// Classifies a failure of tokio-postgres.
+pub(crate) fn classify(error: &tokio_postgres::Error) -> Failure {
+    if error.is_closed() {
+        return Failure::Connection;
+    }
+    let Some(code) = error.code() else {
+        // Without a server error code it is either the socket (I/O) or our own encoding or
+        // decoding of values (a bug, which repeats).
+        let io = std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>());
+        return if io {
+            Failure::Connection
+        } else {
+            Failure::Permanent
+        };
+    };
+    let class = &code.code()[..2];
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::UNIQUE_VIOLATION
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+    {
+        Failure::Conflict
+    } else if matches!(class, "08" | "53" | "57" | "58") {
+        // Connection exceptions, insufficient resources, operator intervention (shutdown,
+        // cancel), system errors: the server, not the batch.
+        Failure::Connection
+    } else {
+        Failure::Permanent
+    }
+}
+
+/// Checks that a schema name is a plain lower-case SQL identifier, so that it can be quoted
+/// into DDL and `search_path` safely and means the same quoted or not.
+pub(crate) fn check_schema_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !first_ok
+        || name.len() > 63
+        || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!(
+            "schema name {name:?} must be 1-63 characters of a-z, 0-9 and _, not starting with a digit"
+        );
+    }
+    Ok(())
+}
+
+/// A checked schema name, double-quoted.
+pub(crate) fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Opens a connection with `search_path` set to `schema`. The connection's I/O runs in a
+/// task of its own that ends when the returned client is dropped.
+pub(crate) async fn connect_client(url: &str, schema: &str) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse().context("parsing the database URL")?;
+    if config.get_application_name().is_none() {
+        config.application_name("edge-backend");
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "PostgreSQL connection ended with an error");
+        }
+    });
+    client
+        .batch_execute(&format!("SET search_path TO {}", quote_identifier(schema)))
+        .await
+        .context("setting search_path")?;
+    Ok(client)
+}
+
+/// One worker's connection with its statements prepared.
+pub(crate) struct Db {
+    client: Client,
+    st: Statements,
+}
+
+impl Db {
+    /// Connects and prepares every statement (which also checks them against the schema).
+    pub(crate) async fn connect(url: &str, schema: &str) -> anyhow::Result<Db> {
+        let client = connect_client(url, schema).await?;
+        let st = Statements::prepare(&client)
+            .await
+            .context("preparing statements")?;
+        Ok(Db { client, st })
+    }
+
+    /// Runs `requests` in one transaction and commits it.
+    pub(crate) async fn apply(
+        &mut self,
+        requests: &[&Request],
+        now_us: u64,
+    ) -> Result<Outcome, tokio_postgres::Error> {
+        let tx = self.client.transaction().await?;
+        let outcome = crate::persist::apply(&tx, &self.st, requests, now_us).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Marks stored messages as published, once the broker confirmed all their deliveries.
+    ///
+    /// Without waiting for the flush to disk (`synchronous_commit` off for this transaction
+    /// only), in one round trip: if a crash loses the mark, a redelivery republishes the
+    /// message marked as a republish, which is what an unmarked message is for anyway. The
+    /// batch's own transaction stays synchronous, since its frames are acknowledged after it.
+    /// After an error the session may be inside a failed transaction: drop the connection.
+    pub(crate) async fn mark_published(
+        &self,
+        messages: &[(i64, i64)],
+    ) -> Result<(), tokio_postgres::Error> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .batch_execute(&mark_published_sql(messages))
+            .await
+    }
+}
+
+/// The simple-query text of [`Db::mark_published`]. The arrays are written inline (the simple
+/// protocol has no parameters); they hold only formatted integers.
+fn mark_published_sql(messages: &[(i64, i64)]) -> String {
+    let list = |values: &mut dyn Iterator<Item = i64>| {
+        values.map(|v| v.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let chats = list(&mut messages.iter().map(|m| m.0));
+    let seqs = list(&mut messages.iter().map(|m| m.1));
+    format!(
+        "BEGIN;
+         SET LOCAL synchronous_commit TO off;
+         UPDATE messages m SET published = true
+         FROM unnest('{{{chats}}}'::bigint[], '{{{seqs}}}'::bigint[]) AS p(chat_id, seq)
+         WHERE m.chat_id = p.chat_id AND m.seq = p.seq AND NOT m.published;
+         COMMIT;"
+    )
+}
+
+/// Every statement the worker runs, prepared once per connection.
+pub(crate) struct Statements {
+    /// (senders[], client_msg_ids[]) -> stored messages with those keys.
+    pub find_messages: Statement,
+    /// (chat_ids[], user_ids[]) -> per pair: chat exists, user is a member.
+    pub membership_pairs: Statement,
+    /// (chat_ids[], counts[]) -> (chat_id, new last_seq); row-locks the chats.
+    pub take_seqs: Statement,
+    /// (chat_ids[], seqs[], senders[], client_msg_ids[], bodies[], server_times[]).
+    pub insert_messages: Statement,
+    /// (chat_ids[]) -> (chat_id, user_id) of every member.
+    pub members_of_chats: Statement,
+    /// (chat_id, user_id, seq) -> (chat exists, old watermark, new watermark, senders[]).
+    pub ack_delivered: Statement,
+    /// Like `ack_delivered`, for the read watermark (which also raises the delivered one).
+    pub ack_read: Statement,
+    /// (chat_id, user_id) -> (chat exists, user is a member).
+    pub membership: Statement,
+    /// (chat_id, after_seq, limit) -> messages after the seq, oldest first.
+    pub sync_page: Statement,
+    /// (chat_id) -> (chat exists, kind or null, member ids[]).
+    pub chat_and_members: Statement,
+    /// (kind, title, creator, client_msg_id) -> new chat id, or no row if it exists.
+    pub create_chat: Statement,
+    /// (chat_id, user_ids[]): adds members, ignoring ones already there.
+    pub add_members: Statement,
+    /// (creator, client_msg_id) -> (chat id, kind, title, member ids[]).
+    pub find_created_chat: Statement,
+    /// (chat_id, user_id) -> (kind, member count, user is a member); locks the chat.
+    pub lock_chat_for_join: Statement,
+    /// (chat_id, user_id) -> one row if the user was a member and is removed.
+    pub remove_member: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let p = |sql: &'static str| client.prepare(sql);
+        Ok(Statements {
+            find_messages: p("SELECT m.sender, m.client_msg_id, m.chat_id, m.seq, m.server_time_us, m.body, m.published
+                 FROM unnest($1::bigint[], $2::bigint[]) AS k(sender, client_msg_id)
+                 JOIN messages m ON m.sender = k.sender AND m.client_msg_id = k.client_msg_id")
+            .await?,
+            membership_pairs: p("SELECT k.chat_id, k.user_id,
+                        EXISTS (SELECT 1 FROM chats c WHERE c.id = k.chat_id),
+                        EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = k.chat_id AND cm.user_id = k.user_id)
+                 FROM unnest($1::bigint[], $2::bigint[]) AS k(chat_id, user_id)")
+            .await?,
+            take_seqs: p("UPDATE chats c SET last_seq = c.last_seq + v.n
+                 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n)
+                 WHERE c.id = v.id
+                 RETURNING c.id, c.last_seq")
+            .await?,
+            insert_messages: p("INSERT INTO messages (chat_id, seq, sender, client_msg_id, body, server_time_us)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])")
+            .await?,
+            members_of_chats: p("SELECT chat_id, user_id FROM chat_members WHERE chat_id = ANY ($1::bigint[])")
+                .await?,
+            ack_delivered: p(ACK_DELIVERED).await?,
+            ack_read: p(ACK_READ).await?,
+            membership: p("SELECT EXISTS (SELECT 1 FROM chats WHERE id = $1),
+                        EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)")
+            .await?,
+            sync_page: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
+                 WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .await?,
+            chat_and_members: p("SELECT c.id IS NOT NULL, c.kind,
+                        ARRAY (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id)
+                 FROM (SELECT 1) AS one LEFT JOIN chats c ON c.id = $1")
+            .await?,
+            create_chat: p("INSERT INTO chats (kind, title, creator, creator_client_msg_id) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (creator, creator_client_msg_id) DO NOTHING RETURNING id")
+            .await?,
+            add_members: p("INSERT INTO chat_members (chat_id, user_id) SELECT $1, unnest($2::bigint[])
+                 ON CONFLICT (chat_id, user_id) DO NOTHING")
+            .await?,
+            find_created_chat: p("SELECT c.id, c.kind, c.title,
+                        ARRAY (SELECT user_id FROM chat_members WHERE chat_id = c.id ORDER BY user_id)
+                 FROM chats c WHERE c.creator = $1 AND c.creator_client_msg_id = $2")
+            .await?,
+            lock_chat_for_join: p("SELECT c.kind,
+                        (SELECT count(*) FROM chat_members WHERE chat_id = c.id),
+                        EXISTS (SELECT 1 FROM chat_members WHERE chat_id = c.id AND user_id = $2)
+                 FROM chats c WHERE c.id = $1 FOR UPDATE")
+            .await?,
+            remove_member: p("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING user_id")
+                .await?,
+        })
+    }
+}
+
+/// An ack in one statement (so that acks of one batch can be pipelined): lock the member's
+/// row, move the watermark up to the acked seq but never past the chat's last seq and never
+/// down, and return the distinct senders (other than the acker) of the messages it passed.
+/// Not a member: no `target` row, and the outer left join still answers whether the chat
+/// exists.
+macro_rules! ack_statement {
+    ($column:literal, $set:literal) => {
+        concat!(
+            "WITH target AS (
+                 SELECT cm.chat_id, cm.user_id, cm.", $column, " AS old_seq,
+                        GREATEST(cm.", $column, ", LEAST($3::bigint, c.last_seq)) AS new_seq
+                 FROM chat_members cm JOIN chats c ON c.id = cm.chat_id
+                 WHERE cm.chat_id = $1 AND cm.user_id = $2
+                 FOR UPDATE OF cm
+             ), moved AS (
+                 UPDATE chat_members cm SET ", $set, "
+                 FROM target t
+                 WHERE cm.chat_id = t.chat_id AND cm.user_id = t.user_id AND t.new_seq > t.old_seq
+             )
+             SELECT EXISTS (SELECT 1 FROM chats WHERE id = $1), t.old_seq, t.new_seq,
+                    ARRAY (SELECT DISTINCT m.sender FROM messages m
+                           WHERE m.chat_id = t.chat_id AND m.seq > t.old_seq AND m.seq <= t.new_seq
+                             AND m.sender <> t.user_id)
+             FROM (SELECT 1) AS one LEFT JOIN target t ON true"
+        )
+    };
+}
+
+const ACK_DELIVERED: &str = ack_statement!("delivered_seq", "delivered_seq = t.new_seq");
+// Reading implies delivery: the read watermark lifts the delivered one silently (the read
+// receipt already tells the senders more than a delivered one would).
+const ACK_READ: &str = ack_statement!(
+    "read_seq",
+    "read_seq = t.new_seq, delivered_seq = GREATEST(cm.delivered_seq, t.new_seq)"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["edge", "_x", "test_0a1b", "a"] {
+            assert!(check_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Edge", "1x", "a-b", "a;b", "a\"b", &"x".repeat(64)] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(quote_identifier("edge"), "\"edge\"");
+    }
+
+    #[test]
+    fn the_mark_inlines_only_integers() {
+        let sql = mark_published_sql(&[(1, 2), (3, -4)]);
+        assert!(
+            sql.contains("unnest('{1,3}'::bigint[], '{2,-4}'::bigint[])"),
+            "{sql}"
+        );
+    }
+}
