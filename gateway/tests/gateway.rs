@@ -679,3 +679,21 @@ async fn wss_connections_work_over_tls_1_3() {
     gateway.join();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn new_connections_beyond_the_per_ip_limit_get_429() {
+    let gateway = start(1, &["--connections-per-ip-per-minute", "2"]);
+    let (_first, _) = connect(&gateway, 1).await;
+    let (_second, _) = connect(&gateway, 2).await;
+    let error = connect_with(&gateway, &token(3))
+        .await
+        .expect_err("third refused");
+    assert_eq!(upgrade_status(error), 429);
+    let (_, metrics) = admin_get(&gateway, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_handshakes_refused_total{reason=\"ip_rate\"} 1"),
+        "{metrics}"
+    );
+    gateway.begin_shutdown();
+    gateway.join();
+}
