@@ -32,18 +32,22 @@ ulimit -n "$(ulimit -Hn)"
 
 out=target/demo
 mkdir -p "$out"
-# A fresh corner of the services for this run, removed by the next run's start.
+# A fresh corner of the services for this run (schema, queues, keys), removed at the end.
 export GATEWAY_JWT_SECRET="demo-secret-$(date +%s)-$RANDOM$RANDOM"
-prefix="demo"
+prefix="demo_$(date +%s)"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA IF EXISTS $prefix CASCADE" >/dev/null 2>&1 || true
+  if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl -q list_queues name 2>/dev/null | grep "^$prefix\." | while read -r queue; do
+      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    done
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA IF EXISTS $prefix CASCADE" >/dev/null 2>&1 || true
 
 target/release/backend --database-url postgres://postgres@127.0.0.1:5432/test --pg-schema "$prefix" \
   --amqp-prefix "$prefix" --redis-prefix "$prefix" >"$out/backend.log" 2>&1 &

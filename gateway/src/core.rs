@@ -33,6 +33,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often a core retries messages parked for a full queue and ticks its engine.
 const TICK: Duration = Duration::from_millis(1);
 
+/// Where a core's connection numbers start: random, so that a restarted node does not
+/// reuse the ids of its previous run, and a late reply the backend addressed to an old
+/// connection cannot reach a new one.
+fn first_connection_number() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(SystemTime::now()) & ((1 << 40) - 1)
+}
+
 /// Marks a connection as upgrading while it lives.
 #[derive(Debug)]
 pub struct UpgradeGuard(Rc<Cell<usize>>);
@@ -106,7 +114,7 @@ impl Core {
             overflow: RefCell::new(VecDeque::new()),
             paused_readers: RefCell::new(Vec::new()),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
-            connections_opened: Cell::new(0),
+            connections_opened: Cell::new(first_connection_number()),
             upgrading: Rc::new(Cell::new(0)),
             shutting_down: Cell::new(false),
             shutdown_waiters: RefCell::new(Vec::new()),
