@@ -3,16 +3,17 @@
 # the load tester's chat scenario, then the latency report. Installs and starts what is
 # missing, builds in release, and stops what it started, also on Ctrl-C.
 #
-# Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (1 message
-# per second per user), BODY (64 bytes), GATEWAY_CORES (1), LOADTEST_THREADS (1),
-# GATEWAY_PORT (8080), ADMIN_PORT (9090). The report goes to target/demo/.
+# Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (0.02: one
+# message per user every 50 s, with delivered and read acks), BODY (64 bytes), GATEWAY_CORES (1), LOADTEST_THREADS (1),
+# GATEWAY_PORT (8080), ADMIN_PORT (9090), CHAT_FLAGS (more flags for the chat scenario, e.g.
+# "--no-delivered-acks --read-ack-interval 0"). The report goes to target/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNECTIONS=${CONNECTIONS:-10000}
 DURATION=${DURATION:-30s}
 GROUP=${GROUP:-10}
-RATE=${RATE:-1}
+RATE=${RATE:-0.02}
 BODY=${BODY:-64}
 GATEWAY_CORES=${GATEWAY_CORES:-1}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
@@ -42,7 +43,7 @@ cleanup() {
   psql -h 127.0.0.1 -U postgres -d test -qc "DROP SCHEMA IF EXISTS $prefix CASCADE" >/dev/null 2>&1 || true
   if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl -q list_queues name 2>/dev/null | grep "^$prefix\." | while read -r queue; do
-      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+      rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null 2>&1 || true
     done
   fi
 }
@@ -72,5 +73,5 @@ done
 echo "demo: $CONNECTIONS connections, groups of $GROUP, $RATE msg/s each, $BODY-byte bodies, for $DURATION"
 target/release/loadtest --url "ws://127.0.0.1:$GATEWAY_PORT/ws" -n "$CONNECTIONS" -d "$DURATION" \
   --threads "$LOADTEST_THREADS" --json "$out/report.json" --plot "$out/latency.svg" \
-  chat -g "$GROUP" -r "$RATE" -s "$BODY"
+  chat -g "$GROUP" -r "$RATE" -s "$BODY" ${CHAT_FLAGS:-}
 echo "demo: report in $out/report.json, plot in $out/latency.svg, logs in $out/"
