@@ -34,6 +34,20 @@ if ! port_open 5432; then
   wait_port 5432 PostgreSQL
 fi
 
+# The tests and the demo connect as postgres@127.0.0.1 to the database `test` without a
+# password. A fresh Debian cluster asks loopback clients for one: on a machine where that
+# fails, trust loopback connections (a development machine's setting) and create `test`.
+if ! psql -h 127.0.0.1 -U postgres -d test -Atqc "SELECT 1" >/dev/null 2>&1; then
+  echo "services: letting loopback clients into PostgreSQL and creating the database test"
+  hba=$(as_root su postgres -c "psql -Atqc 'SHOW hba_file'")
+  if ! as_root grep -q "^host all postgres 127.0.0.1/32 trust" "$hba"; then
+    as_root sed -i "1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust" "$hba"
+    as_root su postgres -c "psql -Atqc 'SELECT pg_reload_conf()'" >/dev/null
+  fi
+  as_root su postgres -c "psql -Atqc \"SELECT 1 FROM pg_database WHERE datname = 'test'\"" | grep -q 1 ||
+    as_root su postgres -c "createdb test"
+fi
+
 if ! port_open 6379; then
   echo "services: starting Redis"
   as_root mkdir -p /var/lib/redis /var/log/redis
