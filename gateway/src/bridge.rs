@@ -354,11 +354,7 @@ async fn route(node: &Node, data: &[u8]) {
         })
         .collect();
     for (core, mailbox) in node.mailboxes.iter().enumerate() {
-        let wanted = targets.iter().any(|t| match t {
-            Target::User(_) => true,
-            Target::Connection(id) => crate::router::connection_core(*id) == core,
-        });
-        if !wanted {
+        if !crate::router::core_holds_any(&targets, core) {
             continue;
         }
         let mut msg = CoreMsg::Deliver {

@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing};
-use crate::router::{CoreMsg, Delivery, connection_core, connection_id};
+use crate::router::{CoreMsg, Delivery, connection_id, core_holds_any};
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
 /// parses what one read brought, so an idle session holds no buffer at all.
@@ -205,12 +205,8 @@ impl Core {
     /// Routes a delivery: connection targets go to their core; user targets to every core,
     /// since a user's sessions may be on any of them.
     pub fn deliver(&self, targets: Arc<[Target]>, except: Option<UserId>, delivery: Arc<Delivery>) {
-        let only_connections = targets.iter().all(|t| matches!(t, Target::Connection(_)));
         for core in 0..self.cores() {
-            let wanted = !only_connections
-                || targets
-                    .iter()
-                    .any(|t| matches!(t, Target::Connection(c) if connection_core(*c) == core));
+            let wanted = core_holds_any(&targets, core);
             if !wanted {
                 continue;
             }

@@ -147,6 +147,15 @@ pub fn connection_core(connection_id: u64) -> usize {
     (connection_id >> CONNECTION_SEQ_BITS) as usize
 }
 
+/// Whether `core` may hold any of `targets`: a user's sessions may be on any core, a
+/// connection only on the core its id names.
+pub fn core_holds_any(targets: &[Target], core: usize) -> bool {
+    targets.iter().any(|t| match *t {
+        Target::User(_) => true,
+        Target::Connection(id) => connection_core(id) == core,
+    })
+}
+
 /// The `n`th connection id of `core` (cores up to 255).
 pub fn connection_id(core: usize, n: u64) -> u64 {
     ((core as u64 & 0xff) << CONNECTION_SEQ_BITS) | (n & ((1 << CONNECTION_SEQ_BITS) - 1))

@@ -506,12 +506,11 @@ fn change_membership(
         );
     } else {
         // The leaver hears its own leave, then stops hearing the chat.
-        let mut targets = chat.targets.to_vec();
+        let targets = chat.targets.clone();
         chat.members.retain(|&m| m != origin.user_id);
         chat.watermarks.remove(&origin.user_id);
         chat.members_changed();
-        targets.dedup();
-        core.deliver_frame(&ServerFrame::Left(event), targets.into(), None, received_at);
+        core.deliver_frame(&ServerFrame::Left(event), targets, None, received_at);
     }
 }
 
