@@ -4,9 +4,11 @@
 # missing, builds in release, and stops what it started, also on Ctrl-C.
 #
 # Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (0.02: one
-# message per user every 50 s, with delivered and read acks), BODY (64 bytes), GATEWAY_CORES (1), LOADTEST_THREADS (1),
-# GATEWAY_PORT (8080), ADMIN_PORT (9090), CHAT_FLAGS (more flags for the chat scenario, e.g.
-# "--no-delivered-acks --read-ack-interval 0"). The report goes to target/demo/.
+# message per user every 50 s, with delivered and read acks), RATES (several rates, one run
+# each on the same stack, e.g. "0.01 0.02 0.05"), BODY (64 bytes), GATEWAY_CORES (1),
+# LOADTEST_THREADS (1), GATEWAY_PORT (8080), ADMIN_PORT (9090), CHAT_FLAGS (more flags for
+# the chat scenario, e.g. "--no-delivered-acks --read-ack-interval 0"), OUT (target/demo:
+# where reports, plots and logs go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,7 @@ CONNECTIONS=${CONNECTIONS:-10000}
 DURATION=${DURATION:-30s}
 GROUP=${GROUP:-10}
 RATE=${RATE:-0.02}
+RATES=${RATES:-$RATE}
 BODY=${BODY:-64}
 GATEWAY_CORES=${GATEWAY_CORES:-1}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
@@ -31,7 +34,7 @@ cargo build --release --locked -p gateway -p backend -p loadtest
 # Every socket is a descriptor, on both ends of the loopback.
 ulimit -n "$(ulimit -Hn)"
 
-out=target/demo
+out=${OUT:-target/demo}
 mkdir -p "$out"
 # A fresh corner of the services for this run (schema, queues, keys), removed at the end.
 export GATEWAY_JWT_SECRET="demo-secret-$(date +%s)-$RANDOM$RANDOM"
@@ -70,8 +73,14 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo "demo: $CONNECTIONS connections, groups of $GROUP, $RATE msg/s each, $BODY-byte bodies, for $DURATION"
-target/release/loadtest --url "ws://127.0.0.1:$GATEWAY_PORT/ws" -n "$CONNECTIONS" -d "$DURATION" \
-  --threads "$LOADTEST_THREADS" --json "$out/report.json" --plot "$out/latency.svg" \
-  chat -g "$GROUP" -r "$RATE" -s "$BODY" ${CHAT_FLAGS:-}
-echo "demo: report in $out/report.json, plot in $out/latency.svg, logs in $out/"
+for rate in $RATES; do
+  # One rate keeps the plain names; several are told apart by their rate.
+  name=report
+  [[ $RATES == "$RATE" ]] || name="report-$rate"
+  echo "demo: $CONNECTIONS connections, groups of $GROUP, $rate msg/s each, $BODY-byte bodies, for $DURATION"
+  # shellcheck disable=SC2086 # CHAT_FLAGS holds words
+  target/release/loadtest --url "ws://127.0.0.1:$GATEWAY_PORT/ws" -n "$CONNECTIONS" -d "$DURATION" \
+    --threads "$LOADTEST_THREADS" --json "$out/$name.json" --plot "$out/${name/report/latency}.svg" \
+    chat -g "$GROUP" -r "$rate" -s "$BODY" ${CHAT_FLAGS:-}
+done
+echo "demo: reports in $out/report*.json, plots in $out/latency*.svg, logs in $out/"
