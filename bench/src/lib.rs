@@ -2,6 +2,8 @@
 //! delivery frame carrying the same message, their protobuf twins, and the "validate and
 //! read two fields" operation written once per encoding.
 
+pub mod compare;
+pub mod peer;
 pub mod proto;
 
 use std::hint::black_box;

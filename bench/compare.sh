@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Our gateway beside its peers, in one run: the same loads against our gateway (memory
+# engine), a fastwebsockets server and a tokio-tungstenite server (both in bench/src/bin),
+# and Node's `ws` (bench/peers/node) when node and npm are here; then the full persisted
+# path (scripts/demo.sh) at rising offered load; then the report (tables, ratios, knee,
+# plots) from bench's `compare_report`.
+#
+# Every server runs alone on CPU 0 (`taskset`, one thread or core), the load tester on
+# CPU 1, each load on a freshly started server so CPU and memory readings are its own.
+#
+# Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway fastwebsockets
+# tungstenite node"), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
+# rising), FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PARTS=${PARTS:-peers fullpath}
+SERVERS=${SERVERS:-gateway fastwebsockets tungstenite node}
+DURATION=${DURATION:-15s}
+FULLPATH_RATES=${FULLPATH_RATES:-0.001 0.002 0.005 0.01 0.02 0.05 0.1}
+FULLPATH_DURATION=${FULLPATH_DURATION:-20s}
+PORT=${PORT:-8080}
+ADMIN_PORT=${ADMIN_PORT:-9090}
+OUT=${OUT:-target/compare/$(date -u +%Y-%m-%dT%H%M%SZ)}
+
+# The loads: name, connections, then the scenario's arguments for our gateway and for a
+# raw peer. Equal offered load on both sides: echo is our ping frame and its pong against
+# an opaque 64-byte payload echoed back; broadcast is one group holding every connection,
+# its first member sending (the peers put every connection in one group).
+LOADS=(
+  "echo-1k|1000|echo -r 10|echo --raw-echo -r 10"
+  "echo-10k|10000|echo -r 1|echo --raw-echo -r 1"
+  "echo-max-1k|1000|echo --closed-loop|echo --raw-echo --closed-loop"
+  "broadcast-1k|1000|broadcast -g 1000 -r 20 --no-delivered-acks --read-ack-interval 0|broadcast --raw --senders 1 -r 20"
+  "idle-10k|10000|idle --ping-interval 10s|idle --raw --ping-interval 10s"
+)
+
+scripts/toolchain.sh
+command -v cargo >/dev/null || . "$HOME/.cargo/env"
+echo "compare: building in release (the first build takes a few minutes)"
+cargo build --release --locked -p gateway -p loadtest -p bench --bins
+
+have_node() { command -v node >/dev/null && command -v npm >/dev/null; }
+if [[ " $SERVERS " == *" node "* ]]; then
+  if have_node; then
+    npm ci --prefix bench/peers/node --no-audit --no-fund --loglevel=error
+  else
+    echo "compare: node or npm is missing; Node's ws is left out" >&2
+    SERVERS=${SERVERS/node/}
+  fi
+fi
+
+ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT"
+export GATEWAY_JWT_SECRET="compare-$(date +%s)-$RANDOM$RANDOM"
+
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "kernel=$(uname -r)"
+  echo "cpus=$(nproc)"
+  echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "memory_kib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+  echo "rustc=$(rustc --version)"
+  have_node && echo "node=$(node --version)"
+  echo "duration=$DURATION"
+  echo "fullpath_duration=$FULLPATH_DURATION"
+} >"$OUT/machine.env"
+
+server_pid=
+stop_server() {
+  if [[ -n $server_pid ]]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+  fi
+}
+trap stop_server EXIT
+trap 'exit 130' INT TERM
+
+# Starts one server on CPU 0 in the given mode and waits until its port accepts.
+start_server() {
+  local server=$1 mode=$2 log=$3
+  local listen="127.0.0.1:$PORT"
+  case $server in
+    gateway)
+      # The per-session frame budget is a policy, not a cost: lifted so closed-loop echo
+      # is not throttled (the token bucket is still charged for every frame).
+      taskset -c 0 target/release/gateway --listen "$listen" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+        --cores 1 --engine memory --frames-per-second 1000000 --frame-burst 1000000 >"$log" 2>&1 &
+      ;;
+    fastwebsockets | tungstenite)
+      taskset -c 0 "target/release/peer_$server" --listen "$listen" --mode "$mode" --threads 1 >"$log" 2>&1 &
+      ;;
+    node)
+      taskset -c 0 node bench/peers/node/server.js --listen "$listen" --mode "$mode" >"$log" 2>&1 &
+      ;;
+    *)
+      echo "compare: unknown server $server" >&2
+      exit 1
+      ;;
+  esac
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "compare: $server exited; its log:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "compare: $server does not accept on $listen" >&2
+  exit 1
+}
+
+if [[ " $PARTS " == *" peers "* ]]; then
+  for load in "${LOADS[@]}"; do
+    IFS='|' read -r name connections ours raw <<<"$load"
+    for server in $SERVERS; do
+      mode=echo
+      [[ $name == broadcast* ]] && mode=broadcast
+      args=$raw
+      [[ $server == gateway ]] && args=$ours
+      echo "compare: $name on $server"
+      start_server "$server" "$mode" "$OUT/peer-$server-$name.log"
+      # shellcheck disable=SC2086 # the scenario's arguments are words
+      target/release/loadtest --url "ws://127.0.0.1:$PORT/ws" -n "$connections" -d "$DURATION" \
+        --threads 1 --cpus 1 --pid "$server_pid" --quiet --json "$OUT/peer-$server-$name.json" \
+        $args >"$OUT/peer-$server-$name.txt" || echo "compare: the load tester failed on $server $name" >&2
+      stop_server
+      # Let the previous run's sockets leave TIME_WAIT behind before the next one.
+      sleep 2
+    done
+  done
+fi
+
+if [[ " $PARTS " == *" fullpath "* ]]; then
+  echo "compare: the full path at rising load: $FULLPATH_RATES msg/s per user"
+  RATES="$FULLPATH_RATES" DURATION="$FULLPATH_DURATION" OUT="$OUT/fullpath" \
+    GATEWAY_PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" scripts/demo.sh
+fi
+
+target/release/compare_report "$OUT" | tee "$OUT/report.md"
+echo "compare: report in $OUT/report.md, plots in $OUT/*.svg"

@@ -1,0 +1,197 @@
+//! What the peer WebSocket servers share (`peer_fastwebsockets`, `peer_tungstenite`; the Node
+//! peer in `bench/peers/node` mirrors it): their flags, the Tokio runtime, the accept loop, the
+//! stop on SIGTERM or SIGINT, and the two counters they print when they stop. The WebSocket
+//! handling itself stays in each binary, written from its crate's documented usage, so that
+//! each peer is measured at its idiomatic best on the same load as the gateway.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::broadcast;
+
+/// Messages a broadcast receiver may fall behind before its client is closed: the gateway's
+/// default outbound queue (`--outbound-queue`), so that every server drops slow clients at
+/// the same depth.
+pub const BROADCAST_CAPACITY: usize = 1024;
+
+/// The close frame a slow broadcast client gets: 1008 (policy violation), the standard code
+/// nearest to the gateway's own 4000 for the same case.
+pub const SLOW_CLIENT_CLOSE_CODE: u16 = 1008;
+/// The close frame's reason.
+pub const SLOW_CLIENT_CLOSE_REASON: &str = "slow consumer";
+
+/// How long the accept loop pauses after a failed accept (out of file descriptors, most
+/// likely) instead of spinning on the same error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The peer servers' flags (the Node peer takes the same ones).
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A peer WebSocket server for the benchmarks: echo or broadcast on any path"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// What to do with each data message.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    pub mode: Mode,
+    /// Tokio worker threads: 1 runs a current-thread runtime, more a multi-thread one.
+    #[arg(long, default_value = "1")]
+    pub threads: NonZeroUsize,
+}
+
+/// What a peer does with each data message (binary or text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Send it back unchanged to its sender.
+    Echo,
+    /// Send it unchanged to every connected client, the sender included.
+    Broadcast,
+}
+
+impl Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Echo => "echo",
+            Mode::Broadcast => "broadcast",
+        })
+    }
+}
+
+/// The one group of broadcast mode: every connection subscribes, every data message is sent
+/// once into the ring and read by every subscriber.
+pub fn hub<T: Clone>() -> broadcast::Sender<T> {
+    broadcast::Sender::new(BROADCAST_CAPACITY)
+}
+
+/// One peer server: its name for stderr and what it counts instead of logging each time.
+pub struct Peer {
+    name: &'static str,
+    failed_connections: AtomicU64,
+    slow_clients: AtomicU64,
+}
+
+impl Peer {
+    /// A peer that prints as `name`.
+    pub const fn new(name: &'static str) -> Peer {
+        Peer {
+            name,
+            failed_connections: AtomicU64::new(0),
+            slow_clients: AtomicU64::new(0),
+        }
+    }
+
+    /// Builds the runtime `args` ask for, listens, hands every accepted TCP stream to
+    /// `connection` on a task of its own, and returns on SIGTERM or SIGINT, dropping the
+    /// connections.
+    pub fn run<F, Fut>(&self, args: &Args, connection: F) -> anyhow::Result<()>
+    where
+        F: Fn(TcpStream) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let threads = args.threads.get();
+        let mut builder = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        };
+        let runtime = builder
+            .enable_all()
+            .build()
+            .context("building the runtime")?;
+        let signal = runtime.block_on(self.serve(args, connection))?;
+        // Dropping the runtime drops every connection's task, so the line below is the last.
+        drop(runtime);
+        eprintln!(
+            "{}: stopped on {signal}; {} connections ended with an error, {} slow clients closed",
+            self.name,
+            self.failed_connections.load(Relaxed),
+            self.slow_clients.load(Relaxed),
+        );
+        Ok(())
+    }
+
+    async fn serve<F, Fut>(&self, args: &Args, connection: F) -> anyhow::Result<&'static str>
+    where
+        F: Fn(TcpStream) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        // Installed before the listener exists, so a runner that stops the server as soon as
+        // it has printed its line still gets a clean exit.
+        let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT")?;
+        // Tokio sets SO_REUSEADDR on Unix, so back-to-back runs can reuse the port.
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let threads = args.threads.get();
+        eprintln!(
+            "{}: {} on {}, {threads} thread{}",
+            self.name,
+            args.mode,
+            listener.local_addr().context("reading the bound address")?,
+            if threads == 1 { "" } else { "s" },
+        );
+        loop {
+            tokio::select! {
+                stream = self.accept(&listener) => {
+                    tokio::spawn(connection(stream));
+                }
+                _ = terminate.recv() => return Ok("SIGTERM"),
+                _ = interrupt.recv() => return Ok("SIGINT"),
+            }
+        }
+    }
+
+    async fn accept(&self, listener: &TcpListener) -> TcpStream {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    // As the gateway and Node's ws do: small frames go out at once instead of
+                    // waiting behind Nagle's algorithm for the previous segment's ACK.
+                    let _ = stream.set_nodelay(true);
+                    return stream;
+                }
+                Err(err) => {
+                    eprintln!("{}: accept: {err}", self.name);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Counts a connection that ended with an error; only the first is printed, so that a
+    /// tester dropping thousands of sockets at once does not flood stderr.
+    pub fn connection_failed(&self, err: &dyn Display) {
+        if self.failed_connections.fetch_add(1, Relaxed) == 0 {
+            eprintln!(
+                "{}: a connection ended with an error ({err}); later ones are only counted",
+                self.name
+            );
+        }
+    }
+
+    /// Counts a broadcast client closed after its receiver lost `missed` messages to the
+    /// ring's overwrites; only the first is printed.
+    pub fn slow_client_closed(&self, missed: u64) {
+        if self.slow_clients.fetch_add(1, Relaxed) == 0 {
+            eprintln!(
+                "{}: closing a client that fell more than {BROADCAST_CAPACITY} messages behind \
+                 ({missed} lost); later ones are only counted",
+                self.name
+            );
+        }
+    }
+}
