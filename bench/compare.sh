@@ -8,14 +8,14 @@
 # Every server runs alone on CPU 0 (`taskset`, one thread or core), the load tester on
 # CPU 1, each load on a freshly started server so CPU and memory readings are its own.
 #
-# Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway fastwebsockets
-# tungstenite node"), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
+# Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway gateway_epoll
+# fastwebsockets tungstenite node"; gateway_epoll is ours with --io-driver epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
 # rising), FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-peers fullpath}
-SERVERS=${SERVERS:-gateway fastwebsockets tungstenite node}
+SERVERS=${SERVERS:-gateway gateway_epoll fastwebsockets tungstenite node}
 DURATION=${DURATION:-15s}
 FULLPATH_RATES=${FULLPATH_RATES:-0.001 0.002 0.005 0.01 0.02 0.05 0.1}
 FULLPATH_DURATION=${FULLPATH_DURATION:-20s}
@@ -82,11 +82,14 @@ start_server() {
   local server=$1 mode=$2 log=$3
   local listen="127.0.0.1:$PORT"
   case $server in
-    gateway)
+    gateway | gateway_epoll)
+      local driver=io-uring
+      [[ $server == gateway_epoll ]] && driver=epoll
       # The per-session frame budget is a policy, not a cost: lifted so closed-loop echo
       # is not throttled (the token bucket is still charged for every frame).
       taskset -c 0 target/release/gateway --listen "$listen" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-        --cores 1 --engine memory --frames-per-second 1000000 --frame-burst 1000000 >"$log" 2>&1 &
+        --cores 1 --engine memory --io-driver "$driver" --frames-per-second 1000000 \
+        --frame-burst 1000000 >"$log" 2>&1 &
       ;;
     fastwebsockets | tungstenite)
       taskset -c 0 "target/release/peer_$server" --listen "$listen" --mode "$mode" --threads 1 >"$log" 2>&1 &
@@ -120,7 +123,7 @@ if [[ " $PARTS " == *" peers "* ]]; then
       mode=echo
       [[ $name == broadcast* ]] && mode=broadcast
       args=$raw
-      [[ $server == gateway ]] && args=$ours
+      [[ $server == gateway* ]] && args=$ours
       echo "compare: $name on $server"
       start_server "$server" "$mode" "$OUT/peer-$server-$name.log"
       # shellcheck disable=SC2086 # the scenario's arguments are words

@@ -73,6 +73,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+first_user=1
 for rate in $RATES; do
   # One rate keeps the plain names; several are told apart by their rate.
   name=report
@@ -80,7 +81,10 @@ for rate in $RATES; do
   echo "demo: $CONNECTIONS connections, groups of $GROUP, $rate msg/s each, $BODY-byte bodies, for $DURATION"
   # shellcheck disable=SC2086 # CHAT_FLAGS holds words
   target/release/loadtest --url "ws://127.0.0.1:$GATEWAY_PORT/ws" -n "$CONNECTIONS" -d "$DURATION" \
-    --threads "$LOADTEST_THREADS" --json "$out/$name.json" --plot "$out/${name/report/latency}.svg" \
+    --first-user-id "$first_user" --threads "$LOADTEST_THREADS" --json "$out/$name.json" --plot "$out/${name/report/latency}.svg" \
     chat -g "$GROUP" -r "$rate" -s "$BODY" ${CHAT_FLAGS:-}
+  # New users for the next run: the backend is idempotent on (sender, client message id),
+  # so a user sending its message 1 again would get the earlier run's message back.
+  first_user=$((first_user + CONNECTIONS))
 done
 echo "demo: reports in $out/report*.json, plots in $out/latency*.svg, logs in $out/"

@@ -13,7 +13,13 @@ pub const OURS: &str = "gateway";
 pub const KNEE_P99_MS: f64 = 10.0;
 
 /// The servers in report order; unknown names follow, alphabetically.
-const SERVER_ORDER: [&str; 4] = [OURS, "fastwebsockets", "tungstenite", "node"];
+const SERVER_ORDER: [&str; 5] = [
+    OURS,
+    "gateway_epoll",
+    "fastwebsockets",
+    "tungstenite",
+    "node",
+];
 /// The loads in report order, with what each one is; unknown names follow.
 const LOADS: [(&str, &str); 5] = [
     (

@@ -15,6 +15,17 @@ pub enum EngineKind {
     Amqp,
 }
 
+/// How each core's runtime waits for its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoDriver {
+    /// io_uring where the kernel allows it, epoll otherwise (with a warning).
+    IoUring,
+    /// epoll only. Sessions are readiness-driven either way (an idle socket holds no read
+    /// buffer); on io_uring monoio reaches their readiness through an epoll instance the
+    /// ring polls, which costs a ring wait on top of each epoll wait (bench/RESULTS.md).
+    Epoll,
+}
+
 /// The algorithm tokens must be signed with; any other is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum JwtAlgorithm {
@@ -166,6 +177,10 @@ pub struct Config {
     /// Delivered/read acks of one session and chat within this window go out as one.
     #[arg(long, env = "GATEWAY_ACK_WINDOW", value_parser = parse_duration, default_value = "20ms")]
     pub ack_window: Duration,
+
+    /// The I/O driver of the core runtimes.
+    #[arg(long, env = "GATEWAY_IO_DRIVER", value_enum, default_value_t = IoDriver::IoUring)]
+    pub io_driver: IoDriver,
 
     /// io_uring submission queue entries per core.
     #[arg(long, env = "GATEWAY_RING_ENTRIES", default_value_t = 4096)]

@@ -30,8 +30,14 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closing session may take to write its close frame before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// How often a core retries messages parked for a full queue and ticks its engine.
+/// How often a core retries messages parked for a full queue, resumes paused readers and
+/// ticks its engine while any of that is waiting.
 const TICK: Duration = Duration::from_millis(1);
+
+/// How often the timer runs when nothing waits: only the watchdog's beat. A core woken
+/// every millisecond for nothing spent about 15% more CPU per echoed message
+/// (bench/RESULTS.md); work that needs the timer wakes it at once ([`Core::need_timer`]).
+const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// Where a core's connection numbers start: random, so that a restarted node does not
 /// reuse the ids of its previous run, and a late reply the backend addressed to an old
@@ -83,6 +89,8 @@ pub struct Core {
     /// reading instead of buffering more.
     overflow: RefCell<VecDeque<Parked>>,
     paused_readers: RefCell<Vec<Waker>>,
+    /// The timer task's waker while it idles, for work that needs it sooner.
+    timer_waker: RefCell<Option<Waker>>,
     /// The shared read buffer.
     pub scratch: RefCell<Box<[u8]>>,
     connections_opened: Cell<u64>,
@@ -113,6 +121,7 @@ impl Core {
             engine: RefCell::new(engine),
             overflow: RefCell::new(VecDeque::new()),
             paused_readers: RefCell::new(Vec::new()),
+            timer_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
             connections_opened: Cell::new(first_connection_number()),
             upgrading: Rc::new(Cell::new(0)),
@@ -269,6 +278,8 @@ impl Core {
         if let Err(parked) = parked.push(&self.node) {
             self.metrics.mailbox_full.fetch_add(1, Relaxed);
             overflow.push_back(parked);
+            drop(overflow);
+            self.need_timer();
         }
     }
 
@@ -292,6 +303,21 @@ impl Core {
     /// Wakes `waker` when the backpressure ends.
     pub fn wait_for_room(&self, waker: &Waker) {
         self.paused_readers.borrow_mut().push(waker.clone());
+        self.need_timer();
+    }
+
+    /// Wakes the idle timer: something now waits for its next tick.
+    pub fn need_timer(&self) {
+        if let Some(waker) = self.timer_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether anything waits for the timer: parked messages, paused readers, engine work.
+    fn timer_needed(&self) -> bool {
+        !self.overflow.borrow().is_empty()
+            || !self.paused_readers.borrow().is_empty()
+            || self.engine.borrow().wants_tick()
     }
 
     fn retry_overflow(&self) {
@@ -382,7 +408,11 @@ impl Core {
     /// read again once the backpressure is over.
     pub async fn housekeeping(self: Rc<Self>) {
         loop {
-            monoio::time::sleep(TICK).await;
+            if self.timer_needed() {
+                monoio::time::sleep(TICK).await;
+            } else {
+                self.idle_until_needed().await;
+            }
             self.node.core_beats[self.index].fetch_add(1, Relaxed);
             self.retry_overflow();
             self.engine.borrow_mut().tick(&self);
@@ -390,6 +420,20 @@ impl Core {
                 self.resume_readers();
             }
         }
+    }
+
+    /// Sleeps [`IDLE_TICK`], or less if [`Core::need_timer`] calls first.
+    async fn idle_until_needed(&self) {
+        let mut idle = std::pin::pin!(monoio::time::sleep(IDLE_TICK));
+        poll_fn(|cx| {
+            if idle.as_mut().poll(cx).is_ready() || self.timer_needed() {
+                return Poll::Ready(());
+            }
+            *self.timer_waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        self.timer_waker.borrow_mut().take();
     }
 
     /// Pings silent sessions and closes the ones silent past the idle timeout. One sweep

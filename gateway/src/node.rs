@@ -18,7 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Verifier;
 use crate::bridge::{Bridge, BridgeInbox, BridgeSettings};
-use crate::config::{Config, EngineKind, JwtAlgorithm};
+use crate::config::{Config, EngineKind, IoDriver, JwtAlgorithm};
 use crate::core::Core;
 use crate::engine::Engine;
 use crate::engine::amqp::AmqpEngine;
@@ -145,11 +145,16 @@ impl Gateway {
             }
         };
         admin::spawn(admin, node.clone())?;
-        let uring = monoio::utils::detect_uring();
-        if uring {
-            tracing::info!(cores, %local_addr, %admin_addr, "starting on io_uring");
-        } else {
-            tracing::warn!(cores, %local_addr, %admin_addr, "io_uring is unavailable here: falling back to epoll");
+        match node.config.io_driver {
+            IoDriver::Epoll => {
+                tracing::info!(cores, %local_addr, %admin_addr, "starting on epoll");
+            }
+            IoDriver::IoUring if monoio::utils::detect_uring() => {
+                tracing::info!(cores, %local_addr, %admin_addr, "starting on io_uring");
+            }
+            IoDriver::IoUring => {
+                tracing::warn!(cores, %local_addr, %admin_addr, "io_uring is unavailable here: falling back to epoll");
+            }
         }
         let mut handles = Vec::with_capacity(cores);
         for (index, listener) in listeners.into_iter().enumerate() {
@@ -300,41 +305,57 @@ fn run_core(
     if let Err(error) = monoio::utils::bind_to_cpu_set([index % cpus]) {
         tracing::warn!(core = index, ?error, "could not pin the core thread");
     }
-    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(node.config.ring_entries)
-        .enable_timer()
-        .build()
-        .context("building the runtime (io_uring needs locked memory: raise LimitMEMLOCK)")?;
-    runtime.block_on(async move {
-        let listener = TcpListener::from_std(listener).context("registering the listener")?;
-        let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
-            (EngineKind::Amqp, Some(bridge)) => {
-                let topology = Topology {
-                    prefix: node.config.amqp_prefix.clone(),
-                    shards: node.config.shards,
-                };
-                Box::new(AmqpEngine::new(
-                    bridge,
-                    topology,
-                    node.config.node_id,
-                    node.config.ack_window,
-                ))
-            }
-            _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
-        };
-        let core = Rc::new(Core::new(index, node.clone(), engine));
-        monoio::spawn(core.clone().pump_mailbox());
-        monoio::spawn(core.clone().housekeeping());
-        monoio::spawn(core.clone().sweep_idle());
-        node.cores_ready.fetch_add(1, Ordering::AcqRel);
-        accept_loop(&core, listener).await;
-        tracing::info!(core = index, "stopped accepting");
-        let deadline = Instant::now() + node.config.shutdown_deadline;
-        while !core.is_idle() && Instant::now() < deadline {
-            monoio::time::sleep(Duration::from_millis(10)).await;
+    let serve = serve_core(index, node.clone(), listener, bridge);
+    match node.config.io_driver {
+        IoDriver::IoUring => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(node.config.ring_entries)
+            .enable_timer()
+            .build()
+            .context("building the runtime (io_uring needs locked memory: raise LimitMEMLOCK)")?
+            .block_on(serve),
+        IoDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .context("building the epoll runtime")?
+            .block_on(serve),
+    }
+}
+
+/// One core's life inside its runtime: engine, core tasks, accepting, then the drain.
+async fn serve_core(
+    index: usize,
+    node: Arc<Node>,
+    listener: StdListener,
+    bridge: Option<Arc<BridgeInbox>>,
+) -> Result<()> {
+    let listener = TcpListener::from_std(listener).context("registering the listener")?;
+    let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
+        (EngineKind::Amqp, Some(bridge)) => {
+            let topology = Topology {
+                prefix: node.config.amqp_prefix.clone(),
+                shards: node.config.shards,
+            };
+            Box::new(AmqpEngine::new(
+                bridge,
+                topology,
+                node.config.node_id,
+                node.config.ack_window,
+            ))
         }
-        Ok(())
-    })
+        _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
+    };
+    let core = Rc::new(Core::new(index, node.clone(), engine));
+    monoio::spawn(core.clone().pump_mailbox());
+    monoio::spawn(core.clone().housekeeping());
+    monoio::spawn(core.clone().sweep_idle());
+    node.cores_ready.fetch_add(1, Ordering::AcqRel);
+    accept_loop(&core, listener).await;
+    tracing::info!(core = index, "stopped accepting");
+    let deadline = Instant::now() + node.config.shutdown_deadline;
+    while !core.is_idle() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {

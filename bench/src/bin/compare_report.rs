@@ -109,8 +109,9 @@ fn read_path(dir: &Path) -> Result<Vec<PathRun>> {
     Ok(runs)
 }
 
-const SERVER_COLORS: [RGBColor; 4] = [
+const SERVER_COLORS: [RGBColor; 5] = [
     RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x94, 0x67, 0xbd),

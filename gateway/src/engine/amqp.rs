@@ -137,6 +137,7 @@ impl Engine for AmqpEngine {
                     since: received_at,
                 });
             entry.seq = entry.seq.max(seq);
+            core.need_timer();
             return;
         }
         let shard = match frame.chat_id() {
@@ -147,6 +148,10 @@ impl Engine for AmqpEngine {
     }
 
     fn message(&mut self, _core: &Core, _msg: EngineMsg) {}
+
+    fn wants_tick(&self) -> bool {
+        !self.acks.is_empty()
+    }
 
     fn tick(&mut self, core: &Core) {
         let now = Instant::now();

@@ -39,6 +39,13 @@ pub trait Engine {
     /// A message from another core's shard.
     fn message(&mut self, core: &Core, msg: EngineMsg);
 
-    /// Called every few milliseconds, for work on a timer (flushing coalesced acks).
+    /// Called every millisecond while [`Engine::wants_tick`] says so, for work on a timer
+    /// (flushing coalesced acks).
     fn tick(&mut self, _core: &Core) {}
+
+    /// Whether work waits for [`Engine::tick`]; an engine that starts such work calls
+    /// [`Core::need_timer`].
+    fn wants_tick(&self) -> bool {
+        false
+    }
 }
