@@ -276,7 +276,7 @@ pub fn knee(runs: &[PathRun]) -> Option<&PathRun> {
 /// The full path's table (rising load) and the knee.
 pub fn path_markdown(runs: &[PathRun]) -> String {
     let mut out = String::from(
-        "| msg/s per user | offered msg/s | deliveries/s | delivery p50 ms | p99 ms | p99.9 ms | lost | duplicated | errors |\n\
+        "| msg/s per user | offered msg/s | deliveries/s | delivery p50 ms | p99 ms | p99.9 ms | not delivered by the end | duplicated | errors |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for run in runs {
@@ -295,7 +295,11 @@ pub fn path_markdown(runs: &[PathRun]) -> String {
             f.errors,
         );
     }
-    out.push('\n');
+    out.push_str(
+        "\n*Not delivered by the end*: deliveries the tester had not received when it stopped, \
+         its drain time after the last send. Below the knee that is loss; past it, mostly \
+         backlog still queued, which a client would fetch with `sync` on reconnect.\n\n",
+    );
     match (
         knee(runs),
         runs.iter()
