@@ -697,3 +697,35 @@ async fn new_connections_beyond_the_per_ip_limit_get_429() {
     gateway.begin_shutdown();
     gateway.join();
 }
+
+#[tokio::test]
+async fn the_epoll_driver_serves_the_same_chat_across_cores() {
+    let gateway = start(2, &["--io-driver", "epoll"]);
+    let mut alice = connect_on_core(&gateway, 1, 0).await;
+    let mut bob = connect_on_core(&gateway, 2, 1).await;
+    let chat_id = create_group(&mut alice, vec![2]).await;
+    assert!(matches!(recv(&mut bob).await, ServerFrame::ChatCreated(c) if c.chat_id == chat_id));
+    for client_msg_id in 1..=3 {
+        send(
+            &mut alice,
+            ClientFrame::Send(SendMessage {
+                chat_id,
+                client_msg_id,
+                body: format!("over epoll {client_msg_id}"),
+            }),
+        )
+        .await;
+        assert!(
+            matches!(recv(&mut alice).await, ServerFrame::Receipt(r) if r.seq == client_msg_id)
+        );
+        match recv(&mut bob).await {
+            ServerFrame::Message(m) => assert_eq!(
+                (m.seq, m.body),
+                (client_msg_id, format!("over epoll {client_msg_id}"))
+            ),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    gateway.begin_shutdown();
+    gateway.join();
+}
