@@ -215,8 +215,8 @@ pub enum Scenario {
     /// server returns unchanged; open loop at a rate, or --closed-loop.
     Echo(EchoArgs),
     /// One sender per group. On our gateway a group is a chat whose first member alone
-    /// sends; with --raw, every message any client sends is expected at every client of the
-    /// peer server (the sender included).
+    /// sends; with --raw, a client asks the peer server for its group with `?group=`, and
+    /// every message is expected at every client of the sender's group (the sender included).
     Broadcast(BroadcastArgs),
     /// Hold the connections with heartbeats and report the server's memory per connection.
     Idle(IdleArgs),
@@ -268,10 +268,11 @@ pub struct BroadcastArgs {
     /// A peer server without our protocol: payloads are opaque binary frames.
     #[arg(long)]
     pub raw: bool,
-    /// Members per group chat on our gateway (the first one sends).
+    /// Members per group: a group chat on our gateway (the first member sends); with --raw,
+    /// `group=` in the upgrade request's query.
     #[arg(long, short = 'g', default_value_t = 100)]
     pub group_size: usize,
-    /// With --raw: how many connections send (the first ones).
+    /// With --raw: how many connections of each group send (the first ones).
     #[arg(long, default_value_t = 1)]
     pub senders: usize,
     /// Messages per second each sender sends.

@@ -72,9 +72,12 @@ pub enum Work {
         /// One outstanding message per connection.
         closed_loop: bool,
     },
-    /// A raw peer that broadcasts every message to all its clients.
+    /// A raw peer that broadcasts every message to every client of the sender's group.
     RawBroadcast {
-        /// The first `senders` connections send.
+        /// Connections per group: connection `i` is in group `i / group_size` and asks for
+        /// it with `group=` in the upgrade request's query.
+        group_size: usize,
+        /// The first `senders` connections of each group send.
         senders: usize,
         /// Messages per second per sender.
         rate: f64,
@@ -297,6 +300,14 @@ impl Plan {
     pub fn user_id(&self, index: usize) -> u64 {
         self.first_user_id + index as u64
     }
+
+    /// The raw broadcast group of connection `index`, if the work has groups.
+    pub fn raw_group(&self, index: usize) -> Option<u64> {
+        match self.work {
+            Work::RawBroadcast { group_size, .. } => Some((index / group_size) as u64),
+            _ => None,
+        }
+    }
 }
 
 fn check_rate(rate: f64) -> Result<f64, PlanError> {
@@ -354,10 +365,12 @@ fn work(scenario: &Scenario, connections: usize) -> Result<Work, PlanError> {
             closed_loop: a.closed_loop,
         },
         Scenario::Broadcast(a) if a.raw => {
-            if a.senders == 0 || a.senders > connections {
-                return Err(invalid("--senders", "1 to --connections"));
+            let group_size = check_group(a.group_size)?;
+            if a.senders == 0 || a.senders > group_size.min(connections) {
+                return Err(invalid("--senders", "1 to --group-size"));
             }
             Work::RawBroadcast {
+                group_size,
                 senders: a.senders,
                 rate: check_rate(a.rate)?,
                 size: check_size(a.size, MAX_RAW_SIZE)?,

@@ -544,7 +544,7 @@ async fn connection(ctx: Rc<ThreadCtx>, index: usize) {
             + plan.token_ttl.as_secs();
         gateway::auth::mint_hs256(secret.as_bytes(), user_id, exp)
     });
-    let request = upgrade::request(&plan.target, &key, token.as_deref());
+    let request = upgrade::request(&plan.target, &key, token.as_deref(), plan.raw_group(index));
     let started = ctx.now_us();
     ctx.stats_mut().first_attempt_us.get_or_insert(started);
     let opened = monoio::time::timeout(

@@ -43,12 +43,18 @@ pub fn key(random: u128) -> String {
     STANDARD.encode(random.to_le_bytes())
 }
 
-/// The upgrade request, with the token as a bearer header when there is one.
-pub fn request(target: &Target, key: &str, token: Option<&str>) -> Vec<u8> {
+/// The upgrade request, with the token as a bearer header when there is one and the raw
+/// broadcast group, if any, added to the query as `group=`.
+pub fn request(target: &Target, key: &str, token: Option<&str>, group: Option<u64>) -> Vec<u8> {
+    let path = match group {
+        Some(group) if target.path.contains('?') => format!("{}&group={group}", target.path),
+        Some(group) => format!("{}?group={group}", target.path),
+        None => target.path.clone(),
+    };
     let mut head = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n",
-        target.path, target.host
+        target.host
     );
     if let Some(token) = token {
         head.push_str("Authorization: Bearer ");
@@ -101,7 +107,7 @@ mod tests {
     #[test]
     fn the_gateway_accepts_our_request_and_we_accept_its_answer() {
         let key = key(7);
-        let request = request(&target(), &key, Some("abc.def.ghi"));
+        let request = request(&target(), &key, Some("abc.def.ghi"), None);
         let (parsed, len) = parse_upgrade(&request, &HandshakeLimits::default())
             .expect("valid")
             .expect("complete");
@@ -113,6 +119,16 @@ mod tests {
         assert_eq!(response(&answer, &key), Ok(Some(head)));
         assert_eq!(response(&answer[..head - 1], &key), Ok(None));
         assert_eq!(response(&answer, "another"), Err(UpgradeError::BadAccept));
+    }
+
+    #[test]
+    fn a_raw_broadcast_group_joins_the_query() {
+        let with_query = request(&target(), &key(1), None, Some(3));
+        assert!(with_query.starts_with(b"GET /ws?format=binary&group=3 HTTP/1.1\r\n"));
+        let bare = Target::parse("ws://127.0.0.1:9/ws").expect("target");
+        assert!(
+            request(&bare, &key(1), None, Some(0)).starts_with(b"GET /ws?group=0 HTTP/1.1\r\n")
+        );
     }
 
     #[test]

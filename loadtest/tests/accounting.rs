@@ -191,3 +191,34 @@ fn raw_broadcast_reaches_every_client_including_the_sender() {
     assert_eq!((a.deliveries_expected, a.deliveries_received), (160, 160));
     assert_eq!((a.losses, a.duplicates, a.out_of_order), (0, 0, 0));
 }
+
+#[test]
+fn raw_broadcast_groups_ask_for_their_group_and_hear_only_it() {
+    let addr = common::start(Mode::RawBroadcast);
+    let report = run(
+        &url(addr),
+        &[
+            "-n",
+            "8",
+            "-d",
+            "1s",
+            "--drain",
+            "500ms",
+            "broadcast",
+            "--raw",
+            "-g",
+            "4",
+            "--senders",
+            "1",
+            "-r",
+            "10",
+            "-s",
+            "64",
+        ],
+    );
+    let a = &report.accounting;
+    // Two groups of four, one sender each: every message reaches its own group only.
+    assert_eq!(a.messages_sent, 20, "{}", report.render());
+    assert_eq!((a.deliveries_expected, a.deliveries_received), (80, 80));
+    assert_eq!((a.losses, a.duplicates, a.unexpected), (0, 0, 0));
+}

@@ -1,8 +1,9 @@
 //! Broadcast against a raw peer server. The contract, since such a server has no chats:
-//! every binary message any client sends is written by the server to every client it has,
-//! the sender included. The first `senders` connections send on their schedules; every
-//! connection that was up at Setup is expected to receive every message, and order is
-//! checked per sender.
+//! a client names its group with `group=` in the upgrade request's query, and every binary
+//! message a client sends is written by the server to every client of that group, the
+//! sender included. The first `senders` connections of each group send on their schedules;
+//! every member that was up at Setup is expected to receive every message of its group, and
+//! order is checked per sender.
 
 use crate::body::Stamp;
 use crate::cli::Metric;
@@ -11,13 +12,12 @@ use crate::plan::{Plan, Work};
 use crate::schedule::OpenLoop;
 use crate::thread::Phase;
 
-/// The one "chat" of a raw broadcast server.
-const ROOM: u64 = 0;
-
 /// One client of a raw broadcast server.
 #[derive(Debug)]
 pub struct RawBroadcast {
     id: u64,
+    /// The group, which the ledger treats as a chat.
+    group: u64,
     sends: bool,
     rate: f64,
     size: usize,
@@ -30,6 +30,7 @@ impl RawBroadcast {
     /// Connection `index`.
     pub fn new(plan: &Plan, index: usize) -> RawBroadcast {
         let Work::RawBroadcast {
+            group_size,
             senders,
             rate,
             size,
@@ -39,7 +40,8 @@ impl RawBroadcast {
         };
         RawBroadcast {
             id: plan.user_id(index),
-            sends: index < senders,
+            group: (index / group_size) as u64,
+            sends: index % group_size < senders,
             rate,
             size,
             duration_us: plan.duration.as_micros() as u64,
@@ -52,7 +54,7 @@ impl RawBroadcast {
 impl Behavior for RawBroadcast {
     fn on_phase(&mut self, phase: Phase, cx: &mut Cx<'_>) {
         match phase {
-            Phase::Setup => cx.thread.stats_mut().ledger.join(ROOM, self.id),
+            Phase::Setup => cx.thread.stats_mut().ledger.join(self.group, self.id),
             Phase::Run if self.sends => {
                 let start = cx.thread.shared.run_start_us();
                 let phase = cx.thread.random_fraction();
@@ -76,7 +78,7 @@ impl Behavior for RawBroadcast {
         let mut stats = cx.thread.stats_mut();
         stats.received();
         let reception = stats.ledger.received(
-            ROOM,
+            self.group,
             self.id,
             stamp.sender,
             stamp.number,
@@ -106,7 +108,7 @@ impl Behavior for RawBroadcast {
         cx.send_binary(body.as_bytes());
         let mut stats = cx.thread.stats_mut();
         stats.sent(Some(cx.now_us.saturating_sub(due)));
-        stats.ledger.sent(ROOM, self.id, self.next);
+        stats.ledger.sent(self.group, self.id, self.next);
     }
 
     fn deadline(&self) -> Option<u64> {

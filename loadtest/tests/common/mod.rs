@@ -40,7 +40,8 @@ pub enum Mode {
     Chat(Faults),
     /// Every binary message back to its sender.
     RawEcho,
-    /// Every binary message to every client, the sender included.
+    /// Every binary message to every client of the sender's group (`group=` in the upgrade
+    /// request's query, 0 without one), the sender included.
     RawBroadcast,
 }
 
@@ -52,6 +53,8 @@ struct State {
     deliveries: u64,
     held: HashMap<u64, Vec<u8>>,
     next_raw_client: u64,
+    /// Raw broadcast: each client's group.
+    groups: HashMap<u64, u64>,
 }
 
 struct Server {
@@ -86,6 +89,17 @@ pub fn start(mode: Mode) -> SocketAddr {
     rx.recv().expect("server address")
 }
 
+/// The `group=` of the request line's query, 0 without one.
+fn group_of(head: &[u8]) -> u64 {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let target = String::from_utf8_lossy(line);
+    target
+        .split(['?', '&', ' '])
+        .find_map(|part| part.strip_prefix("group="))
+        .and_then(|group| group.parse().ok())
+        .unwrap_or(0)
+}
+
 fn frame(frame: &ServerFrame) -> Vec<u8> {
     binary_frame(&frame.encode().expect("server frame encodes"))
 }
@@ -106,6 +120,7 @@ async fn serve(server: Arc<Server>, mut stream: TcpStream) {
             Err(_) => return,
         }
     };
+    let group = group_of(&buf[..head]);
     buf.drain(..head);
     let chat = matches!(server.mode, Mode::Chat(_));
     let user = if chat {
@@ -122,7 +137,9 @@ async fn serve(server: Arc<Server>, mut stream: TcpStream) {
     } else {
         let mut state = server.state.lock().expect("state");
         state.next_raw_client += 1;
-        state.next_raw_client
+        let client = state.next_raw_client;
+        state.groups.insert(client, group);
+        client
     };
     if stream
         .write_all(&switching_protocols(&request))
@@ -197,8 +214,12 @@ impl Server {
             }
             Mode::RawBroadcast => {
                 let out = binary_frame(bytes);
-                for client in self.state.lock().expect("state").clients.values() {
-                    let _ = client.send(out.clone());
+                let state = self.state.lock().expect("state");
+                let group = state.groups.get(&user);
+                for (other, client) in &state.clients {
+                    if state.groups.get(other) == group {
+                        let _ = client.send(out.clone());
+                    }
                 }
             }
             Mode::Chat(faults) => {
