@@ -25,13 +25,13 @@ OUT=${OUT:-target/compare/$(date -u +%Y-%m-%dT%H%M%SZ)}
 
 # The loads: name, connections, then the scenario's arguments for our gateway and for a
 # raw peer. Equal offered load on both sides: echo is our ping frame and its pong against
-# an opaque 64-byte payload echoed back; broadcast is one group holding every connection,
-# its first member sending (the peers put every connection in one group).
+# an opaque 64-byte payload echoed back; broadcast is groups of 100, each with its first
+# member sending (a group chat on ours; `?group=` on the peers).
 LOADS=(
   "echo-1k|1000|echo -r 10|echo --raw-echo -r 10"
   "echo-10k|10000|echo -r 1|echo --raw-echo -r 1"
   "echo-max-1k|1000|echo --closed-loop|echo --raw-echo --closed-loop"
-  "broadcast-1k|1000|broadcast -g 1000 -r 20 --no-delivered-acks --read-ack-interval 0|broadcast --raw --senders 1 -r 20"
+  "broadcast-1k|1000|broadcast -g 100 -r 20 --no-delivered-acks --read-ack-interval 0|broadcast --raw -g 100 --senders 1 -r 20"
   "idle-10k|10000|idle --ping-interval 10s|idle --raw --ping-interval 10s"
 )
 

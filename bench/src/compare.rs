@@ -36,7 +36,7 @@ const LOADS: [(&str, &str); 5] = [
     ),
     (
         "broadcast-1k",
-        "broadcast, one group of 1,000 connections, one sender at 20 msg/s (20,000 frames/s out)",
+        "broadcast, 1,000 connections in 10 groups of 100, one sender per group at 20 msg/s (20,000 frames/s out)",
     ),
     (
         "idle-10k",

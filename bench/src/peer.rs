@@ -3,12 +3,20 @@
 //! stop on SIGTERM or SIGINT, and the two counters they print when they stop. The WebSocket
 //! handling itself stays in each binary, written from its crate's documented usage, so that
 //! each peer is measured at its idiomatic best on the same load as the gateway.
+//!
+//! Broadcast mode has groups, which the client picks in its upgrade request's query string:
+//! `?group=<u64>`, among any other parameters and in any order (`?token=a&group=7`). A missing
+//! or unparsable group is group 0. Every data message a client sends goes to every client of
+//! its group, the sender included, and to no other group. Each group is a broadcast ring of
+//! its own ([`Groups`]), made when its first client joins.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,7 +63,8 @@ pub struct Args {
 pub enum Mode {
     /// Send it back unchanged to its sender.
     Echo,
-    /// Send it unchanged to every connected client, the sender included.
+    /// Send it unchanged to every client of the sender's group (`?group=<u64>` in the upgrade
+    /// request, 0 without one), the sender included.
     Broadcast,
 }
 
@@ -68,10 +77,60 @@ impl Display for Mode {
     }
 }
 
-/// The one group of broadcast mode: every connection subscribes, every data message is sent
-/// once into the ring and read by every subscriber.
-pub fn hub<T: Clone>() -> broadcast::Sender<T> {
-    broadcast::Sender::new(BROADCAST_CAPACITY)
+/// The broadcast group an upgrade request's query string asks for: the first `group`
+/// parameter's value as a `u64` in decimal digits, or 0 when there is none or it is anything
+/// else.
+pub fn group_of(query: Option<&str>) -> u64 {
+    query
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix("group="))
+        // Digits only: `parse` alone would also take a leading `+`.
+        .filter(|group| group.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|group| group.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Broadcast mode's groups, shared by every connection: one broadcast ring per group, made
+/// when its first client joins. Every member subscribes to its group's ring, and every data
+/// message is sent once into it and read by every subscriber.
+pub struct Groups<T> {
+    rings: Arc<Mutex<HashMap<u64, broadcast::Sender<T>>>>,
+}
+
+impl<T: Clone> Groups<T> {
+    /// No groups yet.
+    pub fn new() -> Groups<T> {
+        Groups {
+            rings: Arc::default(),
+        }
+    }
+
+    /// Joins `group`, making its ring on the first join: the sender for the client's messages
+    /// and the receiver of the group's, its own included.
+    pub fn join(&self, group: u64) -> (broadcast::Sender<T>, broadcast::Receiver<T>) {
+        // Held only for the lookup, never across an await; nothing panics while holding it.
+        let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = rings
+            .entry(group)
+            .or_insert_with(|| broadcast::Sender::new(BROADCAST_CAPACITY));
+        (ring.clone(), ring.subscribe())
+    }
+}
+
+impl<T: Clone> Default for Groups<T> {
+    fn default() -> Groups<T> {
+        Groups::new()
+    }
+}
+
+// Not derived: a derived Clone would ask `T: Clone` of the handle, which only clones the Arc.
+impl<T> Clone for Groups<T> {
+    fn clone(&self) -> Groups<T> {
+        Groups {
+            rings: Arc::clone(&self.rings),
+        }
+    }
 }
 
 /// One peer server: its name for stderr and what it counts instead of logging each time.
@@ -193,5 +252,38 @@ impl Peer {
                 self.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_of_reads_the_group_parameter_or_defaults_to_0() {
+        assert_eq!(group_of(None), 0);
+        assert_eq!(group_of(Some("")), 0);
+        assert_eq!(group_of(Some("group=3")), 3);
+        assert_eq!(group_of(Some("token=a&group=7")), 7);
+        assert_eq!(group_of(Some("group=7&token=a")), 7);
+        assert_eq!(group_of(Some("group=x")), 0);
+        assert_eq!(group_of(Some("group=")), 0);
+        assert_eq!(group_of(Some("group=+3")), 0);
+        assert_eq!(group_of(Some("group=x&group=5")), 0);
+        assert_eq!(group_of(Some("subgroup=5")), 0);
+        assert_eq!(group_of(Some("group=18446744073709551615")), u64::MAX);
+        assert_eq!(group_of(Some("group=18446744073709551616")), 0);
+    }
+
+    #[test]
+    fn groups_deliver_only_within_a_group() {
+        let groups = Groups::<u32>::new();
+        let (one, mut one_rx) = groups.join(1);
+        let (_, mut also_one_rx) = groups.join(1);
+        let (_, mut two_rx) = groups.join(2);
+        one.send(7).unwrap();
+        assert_eq!(one_rx.try_recv().unwrap(), 7);
+        assert_eq!(also_one_rx.try_recv().unwrap(), 7);
+        assert!(two_rx.try_recv().is_err());
     }
 }

@@ -2,13 +2,17 @@
 
 // A peer WebSocket server on Node's ws package, for the benchmarks that run the gateway
 // beside it on the same load: --mode echo sends each data message back to its sender,
-// --mode broadcast to every connected client, the sender included. The same flags and
-// behaviour as the Rust peers (bench/src/peer.rs), single-threaded as Node is.
+// --mode broadcast to every client of the sender's group, the sender included, and to no
+// other group. A client picks its group with ?group=<u64> in its upgrade request, among any
+// other parameters and in any order (?token=a&group=7); a missing or unparsable group is
+// group 0. The same flags and behaviour as the Rust peers (bench/src/peer.rs),
+// single-threaded as Node is.
 //
 // Written from ws's documented usage (its README's "Simple server" and "Server broadcast"):
 // a WebSocketServer that accepts the upgrade on any path, a 'message' listener that sends the
-// data back with the same opcode, wss.clients for the group, and ws's defaults answering
-// pings and close frames.
+// data back with the same opcode, the group read from the 'connection' event's request URL
+// into a Map of group to Set of sockets (as "Server broadcast" loops over wss.clients), and
+// ws's defaults answering pings and close frames.
 //
 //   npm install && node server.js --listen 127.0.0.1:8080 --mode echo
 
@@ -82,10 +86,38 @@ function echo(ws) {
   });
 }
 
-function broadcast(ws) {
+// The largest u64, the largest group.
+const MAX_GROUP = (1n << 64n) - 1n;
+
+// The group an upgrade request's URL asks for, as the Rust peers' group_of reads it: the
+// first group parameter as a u64 in decimal digits (a BigInt, so that every u64 is exact), or
+// 0 when there is none or it is anything else.
+function groupOf(url) {
+  const group = new URL(url, 'http://x').searchParams.get('group');
+  if (group === null || !/^[0-9]+$/.test(group)) return 0n;
+  const value = BigInt(group);
+  return value <= MAX_GROUP ? value : 0n;
+}
+
+// Broadcast mode's groups: each one's open sockets, a group made when its first client joins
+// and dropped when its last one leaves.
+const groups = new Map();
+
+function broadcast(ws, req) {
+  const group = groupOf(req.url);
+  let members = groups.get(group);
+  if (members === undefined) {
+    members = new Set();
+    groups.set(group, members);
+  }
+  members.add(ws);
+  ws.on('close', () => {
+    members.delete(ws);
+    if (members.size === 0 && groups.get(group) === members) groups.delete(group);
+  });
   ws.on('error', connectionFailed);
   ws.on('message', (data, isBinary) => {
-    for (const client of wss.clients) {
+    for (const client of members) {
       if (client.readyState !== WebSocket.OPEN) continue;
       // ws queues without bound what the socket cannot take: close a client that has fallen
       // more than the ring's worth of these messages behind.

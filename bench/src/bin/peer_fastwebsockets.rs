@@ -1,9 +1,11 @@
 //! A peer WebSocket server on fastwebsockets (Deno's), for the benchmarks that run the gateway
 //! beside it on the same load: `--mode echo` sends each data message back to its sender,
-//! `--mode broadcast` to every connected client. Flags and shared parts are in `bench::peer`.
+//! `--mode broadcast` to every client of the sender's group, which each client picks with
+//! `?group=<u64>` in its upgrade request (0 without one). Flags, the group contract and the
+//! other shared parts are in `bench::peer`.
 //!
 //! Written from fastwebsockets' documented usage: hyper 1 serves the HTTP upgrade through
-//! `fastwebsockets::upgrade::upgrade`, each WebSocket runs on a task of its own under
+//! `fastwebsockets::upgrade::upgrade`, the group is read from the hyper request's URI first, each WebSocket runs on a task of its own under
 //! `tokio::task::unconstrained` as in the crate's echo examples, `FragmentCollector` (or
 //! `FragmentCollectorRead` over the split read half) hands over whole messages, and the
 //! crate's defaults answer pings and close frames.
@@ -11,7 +13,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use bench::peer::{self, Args, Mode, Peer};
+use bench::peer::{self, Args, Groups, Mode, Peer};
 use clap::Parser;
 use fastwebsockets::upgrade::{self, UpgradeFut};
 use fastwebsockets::{
@@ -44,15 +46,17 @@ type Writer = WebSocketWrite<WriteHalf<TokioIo<Upgraded>>>;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mode = args.mode;
-    let hub = peer::hub::<Delivery>();
-    PEER.run(&args, move |stream| serve_http(stream, mode, hub.clone()))
+    let groups = Groups::<Delivery>::new();
+    PEER.run(&args, move |stream| {
+        serve_http(stream, mode, groups.clone())
+    })
 }
 
 /// Serves one TCP connection's HTTP/1 until its upgrade hands the socket to a WebSocket task.
-async fn serve_http(stream: TcpStream, mode: Mode, hub: broadcast::Sender<Delivery>) {
+async fn serve_http(stream: TcpStream, mode: Mode, groups: Groups<Delivery>) {
     let service = service_fn(move |request| {
-        let hub = hub.clone();
-        async move { answer_upgrade(request, mode, hub) }
+        let groups = groups.clone();
+        async move { answer_upgrade(request, mode, groups) }
     });
     let served = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -63,18 +67,20 @@ async fn serve_http(stream: TcpStream, mode: Mode, hub: broadcast::Sender<Delive
     }
 }
 
-/// Answers the upgrade request (on any path; a query or an Authorization header is ignored)
-/// and starts the WebSocket once hyper has sent the 101.
+/// Answers the upgrade request (on any path; of the query only `group` is read, in broadcast
+/// mode, and an Authorization header is ignored) and starts the WebSocket once hyper has sent
+/// the 101.
 fn answer_upgrade(
     mut request: Request<Incoming>,
     mode: Mode,
-    hub: broadcast::Sender<Delivery>,
+    groups: Groups<Delivery>,
 ) -> Result<Response<Empty<Bytes>>, WebSocketError> {
+    let group = peer::group_of(request.uri().query());
     let (response, websocket) = upgrade::upgrade(&mut request)?;
     tokio::spawn(tokio::task::unconstrained(async move {
         let ended = match mode {
             Mode::Echo => echo(websocket).await,
-            Mode::Broadcast => broadcast(websocket, hub).await,
+            Mode::Broadcast => broadcast(websocket, &groups, group).await,
         };
         if let Err(err) = ended {
             PEER.connection_failed(&err);
@@ -96,16 +102,21 @@ async fn echo(websocket: UpgradeFut) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the client's messages into the hub on this task and writes the hub's messages to the
-/// client on a task of its own, so that a delivery wakes only the writer, until either ends.
-async fn broadcast(websocket: UpgradeFut, hub: broadcast::Sender<Delivery>) -> anyhow::Result<()> {
+/// Joins `group`, reads the client's messages into the group's ring on this task and writes
+/// the ring's messages to the client on a task of its own, so that a delivery wakes only the
+/// writer, until either ends.
+async fn broadcast(
+    websocket: UpgradeFut,
+    groups: &Groups<Delivery>,
+    group: u64,
+) -> anyhow::Result<()> {
     let (read, write) = websocket.await?.split(tokio::io::split);
     let mut read = FragmentCollectorRead::new(read);
     // The reader's pongs and close replies and the deliveries share the write half, behind a
     // lock as the crate's split test shares it.
     let write = Arc::new(Mutex::new(write));
     // Subscribed before the first read, so the client's own messages come back to it.
-    let deliveries = hub.subscribe();
+    let (hub, deliveries) = groups.join(group);
     let mut writer = tokio::spawn(tokio::task::unconstrained(deliver(
         Arc::clone(&write),
         deliveries,

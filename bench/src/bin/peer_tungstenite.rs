@@ -1,9 +1,13 @@
 //! A peer WebSocket server on tokio-tungstenite, for the benchmarks that run the gateway
 //! beside it on the same load: `--mode echo` sends each data message back to its sender,
-//! `--mode broadcast` to every connected client. Flags and shared parts are in `bench::peer`.
+//! `--mode broadcast` to every client of the sender's group, which each client picks with
+//! `?group=<u64>` in its upgrade request (0 without one). Flags, the group contract and the
+//! other shared parts are in `bench::peer`.
 //!
-//! Written from tokio-tungstenite's documented usage: `accept_async_with_config` on the accepted TCP
-//! stream (any path; a query or an Authorization header is ignored), the stream split into
+//! Written from tokio-tungstenite's documented usage: `accept_async_with_config` on the accepted
+//! TCP stream in echo mode, `accept_hdr_async_with_config` in broadcast mode with a callback
+//! that reads the group from the request's URI (any path; of the query only `group` is read,
+//! and an Authorization header is ignored), the stream split into
 //! its `Sink` and `Stream` halves driven with futures' `SinkExt`/`StreamExt`, echo as the
 //! crate's echo-server example forwards it, and tungstenite's defaults answering pings and
 //! close frames while the stream is read. One setting departs from the defaults, as the
@@ -14,15 +18,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use bench::peer::{self, Args, Mode, Peer};
+use bench::peer::{self, Args, Groups, Mode, Peer};
 use clap::Parser;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt, TryStreamExt, future};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message};
-use tokio_tungstenite::{WebSocketStream, accept_async_with_config};
+use tokio_tungstenite::{WebSocketStream, accept_async_with_config, accept_hdr_async_with_config};
 
 static PEER: Peer = Peer::new("peer_tungstenite");
 
@@ -34,13 +39,13 @@ type Connection = WebSocketStream<TcpStream>;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mode = args.mode;
-    let hub = peer::hub::<Message>();
+    let groups = Groups::<Message>::new();
     PEER.run(&args, move |stream| {
-        let hub = hub.clone();
+        let groups = groups.clone();
         async move {
             let ended = match mode {
                 Mode::Echo => echo(stream).await,
-                Mode::Broadcast => broadcast(stream, hub).await,
+                Mode::Broadcast => broadcast(stream, &groups).await,
             };
             if let Err(err) = ended {
                 PEER.connection_failed(&err);
@@ -59,12 +64,22 @@ async fn echo(stream: TcpStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the client's messages into the hub on this task and writes the hub's messages to the
-/// client on a task of its own, so that a delivery wakes only the writer, until either ends.
-async fn broadcast(stream: TcpStream, hub: broadcast::Sender<Message>) -> anyhow::Result<()> {
-    let (write, mut read) = accept(stream).await?.split();
+/// Joins the group the upgrade request asks for, reads the client's messages into the group's
+/// ring on this task and writes the ring's messages to the client on a task of its own, so
+/// that a delivery wakes only the writer, until either ends.
+async fn broadcast(stream: TcpStream, groups: &Groups<Message>) -> anyhow::Result<()> {
+    let mut group = 0;
+    // The error type, an HTTP response, is tungstenite's `Callback` signature, not ours.
+    #[allow(clippy::result_large_err)]
+    let read_group = |request: &Request, response: Response| {
+        group = peer::group_of(request.uri().query());
+        Ok(response)
+    };
+    let connection = accept_hdr_async_with_config(stream, read_group, Some(config())).await?;
+    let (write, mut read) = connection.split();
     // Subscribed before the first read, so the client's own messages come back to it.
-    let mut writer = tokio::spawn(deliver(write, hub.subscribe()));
+    let (hub, deliveries) = groups.join(group);
+    let mut writer = tokio::spawn(deliver(write, deliveries));
     tokio::select! {
         read = receive(&mut read, &hub) => {
             writer.abort();
@@ -116,6 +131,9 @@ async fn deliver(
 }
 
 async fn accept(stream: TcpStream) -> Result<Connection, Error> {
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    accept_async_with_config(stream, Some(config)).await
+    accept_async_with_config(stream, Some(config())).await
+}
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
 }
