@@ -5,10 +5,11 @@
 //! other shared parts are in `bench::peer`.
 //!
 //! Written from fastwebsockets' documented usage: hyper 1 serves the HTTP upgrade through
-//! `fastwebsockets::upgrade::upgrade`, the group is read from the hyper request's URI first, each WebSocket runs on a task of its own under
-//! `tokio::task::unconstrained` as in the crate's echo examples, `FragmentCollector` (or
-//! `FragmentCollectorRead` over the split read half) hands over whole messages, and the
-//! crate's defaults answer pings and close frames.
+//! `fastwebsockets::upgrade::upgrade` (the group is read from the hyper request's URI
+//! first), each WebSocket runs on a task of its own under `tokio::task::unconstrained` as in
+//! the crate's echo examples, `FragmentCollector` (or `FragmentCollectorRead` over the split
+//! read half) hands over whole messages, and the crate's defaults answer pings and close
+//! frames.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -4,12 +4,12 @@
 //! `?group=<u64>` in its upgrade request (0 without one). Flags, the group contract and the
 //! other shared parts are in `bench::peer`.
 //!
-//! Written from tokio-tungstenite's documented usage: `accept_async_with_config` on the accepted
-//! TCP stream in echo mode, `accept_hdr_async_with_config` in broadcast mode with a callback
-//! that reads the group from the request's URI (any path; of the query only `group` is read,
-//! and an Authorization header is ignored), the stream split into
-//! its `Sink` and `Stream` halves driven with futures' `SinkExt`/`StreamExt`, echo as the
-//! crate's echo-server example forwards it, and tungstenite's defaults answering pings and
+//! Written from tokio-tungstenite's documented usage: `accept_async_with_config` on the
+//! accepted TCP stream in echo mode, `accept_hdr_async_with_config` in broadcast mode with a
+//! callback that reads the group from the request's URI (any path; of the query only `group`
+//! is read, and an Authorization header is ignored), the stream split into its `Sink` and
+//! `Stream` halves driven with futures' `SinkExt`/`StreamExt`, echo as the crate's
+//! echo-server example forwards it, and tungstenite's defaults answering pings and
 //! close frames while the stream is read. One setting departs from the defaults, as the
 //! crate's documentation advises for many connections: a 4 KiB read buffer instead of
 //! 128 KiB, which tungstenite allocates per connection up front (with the default, an idle

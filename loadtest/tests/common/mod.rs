@@ -89,15 +89,16 @@ pub fn start(mode: Mode) -> SocketAddr {
     rx.recv().expect("server address")
 }
 
-/// The `group=` of the request line's query, 0 without one.
+/// The broadcast group the request line's query asks for, read as the peer servers read it.
 fn group_of(head: &[u8]) -> u64 {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let target = String::from_utf8_lossy(line);
-    target
-        .split(['?', '&', ' '])
-        .find_map(|part| part.strip_prefix("group="))
-        .and_then(|group| group.parse().ok())
-        .unwrap_or(0)
+    let line = String::from_utf8_lossy(line);
+    let query = line
+        .split(' ')
+        .nth(1)
+        .and_then(|target| target.split_once('?'))
+        .map(|(_, query)| query);
+    bench::peer::group_of(query)
 }
 
 fn frame(frame: &ServerFrame) -> Vec<u8> {
