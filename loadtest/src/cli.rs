@@ -236,6 +236,14 @@ pub struct ChatArgs {
     /// Message body size in bytes (at least the 48-byte stamp).
     #[arg(long, short = 's', default_value_t = 64)]
     pub size: usize,
+    /// How recipients ack.
+    #[command(flatten)]
+    pub acks: AckArgs,
+}
+
+/// The recipients' acks, for the scenarios with group chats (`chat`, `broadcast`).
+#[derive(Debug, Clone, Args)]
+pub struct AckArgs {
     /// Recipients ack read at most this often per chat; 0 sends no read acks.
     #[arg(long, value_parser = parse_duration, default_value = "100ms")]
     pub read_ack_interval: Duration,
@@ -281,12 +289,9 @@ pub struct BroadcastArgs {
     /// Message size in bytes (at least the 48-byte stamp).
     #[arg(long, short = 's', default_value_t = 64)]
     pub size: usize,
-    /// Recipients ack read at most this often per chat; 0 sends no read acks.
-    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
-    pub read_ack_interval: Duration,
-    /// Recipients do not ack delivered.
-    #[arg(long)]
-    pub no_delivered_acks: bool,
+    /// How recipients ack.
+    #[command(flatten)]
+    pub acks: AckArgs,
 }
 
 /// `idle`.

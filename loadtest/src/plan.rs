@@ -351,8 +351,8 @@ fn work(scenario: &Scenario, connections: usize) -> Result<Work, PlanError> {
             all_send: true,
             rate: check_rate(a.rate)?,
             size: check_size(a.size, MAX_BODY_BYTES)?,
-            read_ack_interval: nonzero(a.read_ack_interval),
-            delivered_acks: !a.no_delivered_acks,
+            read_ack_interval: nonzero(a.acks.read_ack_interval),
+            delivered_acks: !a.acks.no_delivered_acks,
         },
         Scenario::Echo(a) => Work::Echo {
             rate: check_rate(a.rate)?,
@@ -381,8 +381,8 @@ fn work(scenario: &Scenario, connections: usize) -> Result<Work, PlanError> {
             all_send: false,
             rate: check_rate(a.rate)?,
             size: check_size(a.size, MAX_BODY_BYTES)?,
-            read_ack_interval: nonzero(a.read_ack_interval),
-            delivered_acks: !a.no_delivered_acks,
+            read_ack_interval: nonzero(a.acks.read_ack_interval),
+            delivered_acks: !a.acks.no_delivered_acks,
         },
         Scenario::Idle(a) => Work::Idle {
             ping_interval: nonzero(a.ping_interval),

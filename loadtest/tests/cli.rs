@@ -28,7 +28,7 @@ fn defaults_and_global_flags_after_the_scenario() {
         panic!("chat expected");
     };
     assert_eq!((chat.group_size, chat.rate, chat.size), (10, 1.0, 64));
-    assert_eq!(chat.read_ack_interval, Duration::from_millis(100));
+    assert_eq!(chat.acks.read_ack_interval, Duration::from_millis(100));
 
     let cli = parse(&[
         "chat",
