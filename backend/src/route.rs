@@ -132,7 +132,7 @@ fn presence(client_msg_id: u64, users: &[UserId], directory: &Directory, now_us:
 #[cfg(test)]
 mod tests {
     use wire::ServerFrameRef;
-    use wire::envelope::{ArchivedTarget, OutboundView};
+    use wire::envelope::OutboundView;
     use wire::server::TypingEvent;
 
     use super::*;
@@ -148,14 +148,7 @@ mod tests {
 
     fn decode(envelope: &Envelope) -> (Vec<Target>, ServerFrame) {
         let view = OutboundView::access(&envelope.body).expect("valid envelope");
-        let targets = view
-            .targets
-            .iter()
-            .map(|t| match t {
-                ArchivedTarget::User(u) => Target::User(u.to_native()),
-                ArchivedTarget::Connection(c) => Target::Connection(c.to_native()),
-            })
-            .collect();
+        let targets = view.targets.iter().map(|t| t.to_native()).collect();
         let frame = ServerFrameRef::access(view.frame_bytes())
             .and_then(|f| f.to_owned())
             .expect("frame");

@@ -345,14 +345,7 @@ async fn route(node: &Node, data: &[u8]) {
             return;
         }
     };
-    let targets: Arc<[Target]> = envelope
-        .targets
-        .iter()
-        .map(|t| match t {
-            wire::envelope::ArchivedTarget::User(user) => Target::User(user.to_native()),
-            wire::envelope::ArchivedTarget::Connection(id) => Target::Connection(id.to_native()),
-        })
-        .collect();
+    let targets: Arc<[Target]> = envelope.targets.iter().map(|t| t.to_native()).collect();
     for (core, mailbox) in node.mailboxes.iter().enumerate() {
         if !crate::router::core_holds_any(&targets, core) {
             continue;

@@ -50,6 +50,16 @@ pub enum Target {
     Connection(u64),
 }
 
+impl ArchivedTarget {
+    /// The target as a native value; both variants are plain integers, so this cannot fail.
+    pub fn to_native(&self) -> Target {
+        match self {
+            ArchivedTarget::User(user) => Target::User(user.to_native()),
+            ArchivedTarget::Connection(id) => Target::Connection(id.to_native()),
+        }
+    }
+}
+
 /// One server frame for a list of targets on one node.
 #[derive(Debug, rkyv::Archive, rkyv::Serialize)]
 #[rkyv(archived = ArchivedOutbound)]

@@ -15,13 +15,6 @@ fn target() -> impl Strategy<Value = Target> {
     ]
 }
 
-fn native(target: &ArchivedTarget) -> Target {
-    match target {
-        ArchivedTarget::User(id) => Target::User(id.to_native()),
-        ArchivedTarget::Connection(id) => Target::Connection(id.to_native()),
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -67,7 +60,7 @@ proptest! {
         let mut buf = vec![0x5Au8; pad + bytes.len() + 8];
         buf[pad..pad + bytes.len()].copy_from_slice(&bytes);
         let view = OutboundView::access(&buf[pad..pad + bytes.len()]).unwrap();
-        let read: Vec<Target> = view.targets.iter().map(native).collect();
+        let read: Vec<Target> = view.targets.iter().map(ArchivedTarget::to_native).collect();
         prop_assert_eq!(read, targets);
         prop_assert_eq!(view.frame_bytes(), &frame_bytes[..]);
         prop_assert_eq!(view.server_frame().unwrap().to_owned().unwrap(), frame);

@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::envelope::{ArchivedTarget, Inbound, OutboundView, Target};
+use wire::envelope::{Inbound, OutboundView, Target};
 use wire::{ClientFrame, ClientFrameRef, ServerFrame, ServerFrameRef, UserId};
 
 /// The gateway node this fake plays.
@@ -401,14 +401,7 @@ impl NodeReader {
             .and_then(|h| h.inner().get(REPUBLISH_HEADER).cloned())
             == Some(AMQPValue::Boolean(true));
         let view = OutboundView::access(&delivery.data).expect("a valid outbound envelope");
-        let targets = view
-            .targets
-            .iter()
-            .map(|t| match t {
-                ArchivedTarget::User(u) => Target::User(u.to_native()),
-                ArchivedTarget::Connection(c) => Target::Connection(c.to_native()),
-            })
-            .collect();
+        let targets = view.targets.iter().map(|t| t.to_native()).collect();
         let frame = ServerFrameRef::access(view.frame_bytes())
             .and_then(|f| f.to_owned())
             .expect("a valid server frame");
