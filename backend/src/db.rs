@@ -126,42 +126,36 @@ impl Db {
         Ok(outcome)
     }
 
-    /// Marks stored messages as published, once the broker confirmed all their deliveries.
-    ///
-    /// Without waiting for the flush to disk (`synchronous_commit` off for this transaction
-    /// only), in one round trip: if a crash loses the mark, a redelivery republishes the
-    /// message marked as a republish, which is what an unmarked message is for anyway. The
-    /// batch's own transaction stays synchronous, since its frames are acknowledged after it.
-    /// After an error the session may be inside a failed transaction: drop the connection.
-    pub(crate) async fn mark_published(
-        &self,
-        messages: &[(i64, i64)],
-    ) -> Result<(), tokio_postgres::Error> {
-        if messages.is_empty() {
-            return Ok(());
+    /// Runs `requests` in one transaction, each inside a savepoint of its own, and commits
+    /// what the database took. Returns the outcome of the taken ones and, per refused one, its
+    /// index and the error. This is the one retry of a batch the database refused as a
+    /// whole: it finds every frame at fault in one transaction, not one transaction each. A
+    /// failure that is not the frame's own (the connection, a conflict) fails the whole.
+    pub(crate) async fn apply_each(
+        &mut self,
+        requests: &[&Request],
+        now_us: u64,
+    ) -> Result<(Outcome, Vec<(usize, tokio_postgres::Error)>), tokio_postgres::Error> {
+        let mut tx = self.client.transaction().await?;
+        let mut outcome = Outcome::default();
+        let mut refused = Vec::new();
+        for (index, &request) in requests.iter().enumerate() {
+            let savepoint = tx.savepoint("frame").await?;
+            match crate::persist::apply(&savepoint, &self.st, &[request], now_us).await {
+                Ok(one) => {
+                    savepoint.commit().await?;
+                    outcome.merge(one);
+                }
+                Err(error) if classify(&error) == Failure::Permanent => {
+                    savepoint.rollback().await?;
+                    refused.push((index, error));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        self.client
-            .batch_execute(&mark_published_sql(messages))
-            .await
+        tx.commit().await?;
+        Ok((outcome, refused))
     }
-}
-
-/// The simple-query text of [`Db::mark_published`]. The arrays are written inline (the simple
-/// protocol has no parameters); they hold only formatted integers.
-fn mark_published_sql(messages: &[(i64, i64)]) -> String {
-    let list = |values: &mut dyn Iterator<Item = i64>| {
-        values.map(|v| v.to_string()).collect::<Vec<_>>().join(",")
-    };
-    let chats = list(&mut messages.iter().map(|m| m.0));
-    let seqs = list(&mut messages.iter().map(|m| m.1));
-    format!(
-        "BEGIN;
-         SET LOCAL synchronous_commit TO off;
-         UPDATE messages m SET published = true
-         FROM unnest('{{{chats}}}'::bigint[], '{{{seqs}}}'::bigint[]) AS p(chat_id, seq)
-         WHERE m.chat_id = p.chat_id AND m.seq = p.seq AND NOT m.published;
-         COMMIT;"
-    )
 }
 
 /// Every statement the worker runs, prepared once per connection.
@@ -176,10 +170,8 @@ pub(crate) struct Statements {
     pub insert_messages: Statement,
     /// (chat_ids[]) -> (chat_id, user_id) of every member.
     pub members_of_chats: Statement,
-    /// (chat_id, user_id, seq) -> (chat exists, old watermark, new watermark, senders[]).
-    pub ack_delivered: Statement,
-    /// Like `ack_delivered`, for the read watermark (which also raises the delivered one).
-    pub ack_read: Statement,
+    /// A segment's folded acks: see `persist::APPLY_ACKS`.
+    pub apply_acks: Statement,
     /// (chat_id, user_id) -> (chat exists, user is a member).
     pub membership: Statement,
     /// (chat_id, after_seq, limit) -> messages after the seq, oldest first.
@@ -202,7 +194,7 @@ impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         let p = |sql: &'static str| client.prepare(sql);
         Ok(Statements {
-            find_messages: p("SELECT m.sender, m.client_msg_id, m.chat_id, m.seq, m.server_time_us, m.body, m.published
+            find_messages: p("SELECT m.sender, m.client_msg_id, m.chat_id, m.seq, m.server_time_us, m.body
                  FROM unnest($1::bigint[], $2::bigint[]) AS k(sender, client_msg_id)
                  JOIN messages m ON m.sender = k.sender AND m.client_msg_id = k.client_msg_id")
             .await?,
@@ -221,8 +213,7 @@ impl Statements {
             .await?,
             members_of_chats: p("SELECT chat_id, user_id FROM chat_members WHERE chat_id = ANY ($1::bigint[])")
                 .await?,
-            ack_delivered: p(ACK_DELIVERED).await?,
-            ack_read: p(ACK_READ).await?,
+            apply_acks: p(crate::persist::APPLY_ACKS).await?,
             membership: p("SELECT EXISTS (SELECT 1 FROM chats WHERE id = $1),
                         EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)")
             .await?,
@@ -254,42 +245,6 @@ impl Statements {
     }
 }
 
-/// An ack in one statement (so that acks of one batch can be pipelined): lock the member's
-/// row, move the watermark up to the acked seq but never past the chat's last seq and never
-/// down, and return the distinct senders (other than the acker) of the messages it passed.
-/// Not a member: no `target` row, and the outer left join still answers whether the chat
-/// exists.
-macro_rules! ack_statement {
-    ($column:literal, $set:literal) => {
-        concat!(
-            "WITH target AS (
-                 SELECT cm.chat_id, cm.user_id, cm.", $column, " AS old_seq,
-                        GREATEST(cm.", $column, ", LEAST($3::bigint, c.last_seq)) AS new_seq
-                 FROM chat_members cm JOIN chats c ON c.id = cm.chat_id
-                 WHERE cm.chat_id = $1 AND cm.user_id = $2
-                 FOR UPDATE OF cm
-             ), moved AS (
-                 UPDATE chat_members cm SET ", $set, "
-                 FROM target t
-                 WHERE cm.chat_id = t.chat_id AND cm.user_id = t.user_id AND t.new_seq > t.old_seq
-             )
-             SELECT EXISTS (SELECT 1 FROM chats WHERE id = $1), t.old_seq, t.new_seq,
-                    ARRAY (SELECT DISTINCT m.sender FROM messages m
-                           WHERE m.chat_id = t.chat_id AND m.seq > t.old_seq AND m.seq <= t.new_seq
-                             AND m.sender <> t.user_id)
-             FROM (SELECT 1) AS one LEFT JOIN target t ON true"
-        )
-    };
-}
-
-const ACK_DELIVERED: &str = ack_statement!("delivered_seq", "delivered_seq = t.new_seq");
-// Reading implies delivery: the read watermark lifts the delivered one silently (the read
-// receipt already tells the senders more than a delivered one would).
-const ACK_READ: &str = ack_statement!(
-    "read_seq",
-    "read_seq = t.new_seq, delivered_seq = GREATEST(cm.delivered_seq, t.new_seq)"
-);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,14 +258,5 @@ mod tests {
             assert!(check_schema_name(bad).is_err(), "{bad}");
         }
         assert_eq!(quote_identifier("edge"), "\"edge\"");
-    }
-
-    #[test]
-    fn the_mark_inlines_only_integers() {
-        let sql = mark_published_sql(&[(1, 2), (3, -4)]);
-        assert!(
-            sql.contains("unnest('{1,3}'::bigint[], '{2,-4}'::bigint[])"),
-            "{sql}"
-        );
     }
 }

@@ -8,8 +8,14 @@ use anyhow::{Context, bail};
 use tokio_postgres::Client;
 
 /// Versioned SQL, in order. Never edit an applied migration: add the next one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "published flag dropped",
+        include_str!("../migrations/0002_published_flag_dropped.sql"),
+    ),
+];
 
 /// First key of the two-key advisory lock: names the lock's purpose, so that other
 /// advisory-lock users of the database do not collide with it.

@@ -48,8 +48,6 @@ impl Output {
 pub(crate) struct Outcome {
     /// In the order of the frames that caused them (per chat, seq order).
     pub outputs: Vec<Output>,
-    /// Messages (chat id, seq) to mark published once every output is confirmed.
-    pub unpublished: Vec<(i64, i64)>,
     /// Messages stored by this batch.
     pub stored: u64,
     /// Sends that were already stored and only got their sent receipt again.
@@ -64,7 +62,6 @@ impl Outcome {
     /// Appends another outcome (of a later part of the same batch).
     pub(crate) fn merge(&mut self, other: Outcome) {
         self.outputs.extend(other.outputs);
-        self.unpublished.extend(other.unpublished);
         self.stored += other.stored;
         self.duplicates += other.duplicates;
         self.republished += other.republished;

@@ -1,9 +1,10 @@
-//! From outputs and a registry lookup to outbound envelopes: one per (server frame, node),
-//! each frame encoded once however many nodes and targets receive it.
+//! From outputs and a registry lookup to outbound envelopes: one batch per node (more only
+//! when a node's frames outgrow [`BATCH_BYTES`]), each frame encoded once however many
+//! nodes and targets receive it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wire::envelope::{Outbound, Target};
+use wire::envelope::{MAX_ENVELOPE_BYTES, Outbound, OutboundBatch, Target};
 use wire::server::{Presence, PresenceEntry};
 use wire::{ServerFrame, UserId};
 
@@ -13,6 +14,12 @@ use crate::registry::Directory;
 /// Most targets in one envelope, so that a frame for a large group on one node stays far
 /// below the envelope size limit (a target takes 9 to 16 bytes archived).
 pub(crate) const MAX_TARGETS_PER_ENVELOPE: usize = 2048;
+
+/// Size a node's batch grows to before the next frame starts another one. Large enough that
+/// a busy batch is one broker message per node, small enough that a gateway routes one
+/// without holding much memory; a frame larger than this (a full sync page) travels alone.
+pub(crate) const BATCH_BYTES: usize = 256 * 1024;
+const _: () = assert!(BATCH_BYTES < MAX_ENVELOPE_BYTES);
 
 /// One publish to one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +46,18 @@ pub(crate) fn lookups(outputs: &[Output]) -> (Vec<UserId>, Vec<UserId>) {
     (nodes.into_iter().collect(), seen.into_iter().collect())
 }
 
-/// Builds the envelopes, in output order (so each node receives a chat's messages in seq
-/// order). Outputs that cannot be encoded are logged and counted in the second value; they
-/// are bugs (every frame the backend builds is within the protocol's limits).
+/// Builds the envelopes: per node, the frames in output order (so each node receives a
+/// chat's messages in seq order), batched. Outputs that cannot be encoded are logged and
+/// counted in the second value; they are bugs (every frame the backend builds is within the
+/// protocol's limits).
 pub(crate) fn route(
     outputs: Vec<Output>,
     directory: &Directory,
     now_us: u64,
 ) -> (Vec<Envelope>, u64) {
-    let mut envelopes = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(outputs.len());
+    // Per node: (frame index, targets, republish), in output order.
+    let mut per_node: BTreeMap<u32, Vec<(usize, Vec<Target>, bool)>> = BTreeMap::new();
     let mut dropped = 0;
     for output in outputs {
         let frame = match output.body {
@@ -65,45 +75,82 @@ pub(crate) fn route(
                 continue;
             }
         };
-        let mut per_node: BTreeMap<u32, Vec<Target>> = BTreeMap::new();
+        let index = frames.len();
+        frames.push(bytes);
+        let mut targets: BTreeMap<u32, Vec<Target>> = BTreeMap::new();
         match output.to {
             Recipients::Users(users) => {
                 for user in users {
                     for &node in directory.nodes_of(user) {
-                        per_node.entry(node).or_default().push(Target::User(user));
+                        targets.entry(node).or_default().push(Target::User(user));
                     }
                 }
             }
             Recipients::Connection {
                 node_id,
                 connection_id,
-            } => per_node
+            } => targets
                 .entry(node_id)
                 .or_default()
                 .push(Target::Connection(connection_id)),
         }
-        for (node_id, targets) in per_node {
+        for (node_id, targets) in targets {
+            let items = per_node.entry(node_id).or_default();
             for chunk in targets.chunks(MAX_TARGETS_PER_ENVELOPE) {
-                match (Outbound {
-                    targets: chunk,
-                    frame: &bytes,
+                items.push((index, chunk.to_vec(), output.republish));
+            }
+        }
+    }
+    let mut envelopes = Vec::with_capacity(per_node.len());
+    for (node_id, items) in per_node {
+        for batch in cut(&items, &frames) {
+            let republish = batch.iter().any(|(_, _, republish)| *republish);
+            let outbound: Vec<Outbound> = batch
+                .iter()
+                .map(|(index, targets, _)| Outbound {
+                    targets,
+                    frame: &frames[*index],
                 })
-                .encode()
-                {
-                    Ok(body) => envelopes.push(Envelope {
-                        node_id,
-                        body,
-                        republish: output.republish,
-                    }),
-                    Err(error) => {
-                        tracing::error!(%error, node_id, "dropping an envelope that does not encode");
-                        dropped += 1;
-                    }
+                .collect();
+            match (OutboundBatch { items: &outbound }).encode() {
+                Ok(body) => envelopes.push(Envelope {
+                    node_id,
+                    body,
+                    republish,
+                }),
+                Err(error) => {
+                    tracing::error!(%error, node_id, frames = batch.len(), "dropping an envelope that does not encode");
+                    dropped += batch.len() as u64;
                 }
             }
         }
     }
     (envelopes, dropped)
+}
+
+/// Cuts a node's items into batches of at most [`BATCH_BYTES`] (estimated from the frame and
+/// target sizes, with room for the archive's own fields), never splitting an item.
+fn cut<'a>(
+    items: &'a [(usize, Vec<Target>, bool)],
+    frames: &[Vec<u8>],
+) -> Vec<&'a [(usize, Vec<Target>, bool)]> {
+    let size = |(index, targets, _): &(usize, Vec<Target>, bool)| {
+        frames[*index].len() + targets.len() * 16 + 32
+    };
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let item_bytes = size(item);
+        if i > start && bytes + item_bytes > BATCH_BYTES {
+            batches.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += item_bytes;
+    }
+    if start < items.len() {
+        batches.push(&items[start..]);
+    }
+    batches
 }
 
 fn presence(client_msg_id: u64, users: &[UserId], directory: &Directory, now_us: u64) -> Presence {
@@ -132,8 +179,8 @@ fn presence(client_msg_id: u64, users: &[UserId], directory: &Directory, now_us:
 #[cfg(test)]
 mod tests {
     use wire::ServerFrameRef;
-    use wire::envelope::OutboundView;
-    use wire::server::TypingEvent;
+    use wire::envelope::outbound_items;
+    use wire::server::{SyncBatch, TypingEvent};
 
     use super::*;
 
@@ -146,13 +193,32 @@ mod tests {
         d
     }
 
+    fn decode_all(envelope: &Envelope) -> Vec<(Vec<Target>, ServerFrame)> {
+        outbound_items(&envelope.body)
+            .expect("valid envelope")
+            .iter()
+            .map(|view| {
+                let targets = view.targets.iter().map(|t| t.to_native()).collect();
+                let frame = ServerFrameRef::access(view.frame_bytes())
+                    .and_then(|f| f.to_owned())
+                    .expect("frame");
+                (targets, frame)
+            })
+            .collect()
+    }
+
+    /// The only frame of an envelope.
     fn decode(envelope: &Envelope) -> (Vec<Target>, ServerFrame) {
-        let view = OutboundView::access(&envelope.body).expect("valid envelope");
-        let targets = view.targets.iter().map(|t| t.to_native()).collect();
-        let frame = ServerFrameRef::access(view.frame_bytes())
-            .and_then(|f| f.to_owned())
-            .expect("frame");
-        (targets, frame)
+        let mut items = decode_all(envelope);
+        assert_eq!(items.len(), 1, "one frame in the envelope");
+        items.remove(0)
+    }
+
+    fn typing(chat_id: u64) -> ServerFrame {
+        ServerFrame::Typing(TypingEvent {
+            chat_id,
+            user_id: 9,
+        })
     }
 
     #[test]
@@ -223,20 +289,83 @@ mod tests {
     }
 
     #[test]
-    fn large_target_lists_are_split() {
+    fn large_target_lists_are_split_into_items_of_one_envelope() {
         let mut d = Directory::default();
         let users: Vec<u64> = (0..5000).collect();
         for &u in &users {
             d.add(u, 1);
         }
-        let frame = ServerFrame::Typing(TypingEvent {
-            chat_id: 5,
-            user_id: 9,
-        });
-        let (envelopes, dropped) = route(vec![Output::new(frame, Recipients::Users(users))], &d, 0);
+        let (envelopes, dropped) = route(
+            vec![Output::new(typing(5), Recipients::Users(users))],
+            &d,
+            0,
+        );
         assert_eq!(dropped, 0);
-        assert_eq!(envelopes.len(), 3);
-        let total: usize = envelopes.iter().map(|e| decode(e).0.len()).sum();
+        assert_eq!(envelopes.len(), 1);
+        let items = decode_all(&envelopes[0]);
+        assert_eq!(items.len(), 3);
+        let total: usize = items.iter().map(|(targets, _)| targets.len()).sum();
         assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn a_batch_is_one_envelope_per_node_with_frames_in_output_order() {
+        let outputs: Vec<Output> = (0..100)
+            .map(|chat| Output::new(typing(chat), Recipients::Users(vec![1, 2])))
+            .collect();
+        let (envelopes, dropped) = route(outputs, &directory(), 0);
+        assert_eq!(dropped, 0);
+        let nodes: Vec<u32> = envelopes.iter().map(|e| e.node_id).collect();
+        assert_eq!(nodes, [10, 20]);
+        let chats = |envelope: &Envelope| -> Vec<u64> {
+            decode_all(envelope)
+                .into_iter()
+                .map(|(_, frame)| match frame {
+                    ServerFrame::Typing(t) => t.chat_id,
+                    other => panic!("not typing: {other:?}"),
+                })
+                .collect()
+        };
+        let expected: Vec<u64> = (0..100).collect();
+        assert_eq!(chats(&envelopes[0]), expected);
+        assert_eq!(chats(&envelopes[1]), expected);
+        assert!(envelopes.iter().all(|e| !e.republish));
+    }
+
+    #[test]
+    fn batches_are_cut_by_size_and_keep_the_order() {
+        let page = |chat_id| {
+            ServerFrame::SyncBatch(SyncBatch {
+                client_msg_id: 1,
+                chat_id,
+                messages: (1..=200)
+                    .map(|seq| wire::server::Message {
+                        chat_id,
+                        seq,
+                        sender: 2,
+                        client_msg_id: seq,
+                        server_time_us: 0,
+                        body: "x".repeat(1000),
+                    })
+                    .collect(),
+                has_more: true,
+            })
+        };
+        let to = Recipients::Connection {
+            node_id: 7,
+            connection_id: 1,
+        };
+        let outputs: Vec<Output> = (0..5).map(|c| Output::new(page(c), to.clone())).collect();
+        let (envelopes, dropped) = route(outputs, &Directory::default(), 0);
+        assert_eq!(dropped, 0);
+        // Each page is about 215 KB: one per batch.
+        assert_eq!(envelopes.len(), 5);
+        for (chat, envelope) in envelopes.iter().enumerate() {
+            assert!(envelope.body.len() <= MAX_ENVELOPE_BYTES);
+            match decode(envelope).1 {
+                ServerFrame::SyncBatch(page) => assert_eq!(page.chat_id, chat as u64),
+                other => panic!("not a page: {other:?}"),
+            }
+        }
     }
 }

@@ -1,18 +1,21 @@
 //! One shard's worker: consume the shard queue in batches, persist each batch in one
-//! transaction, publish what it produced with confirms, then acknowledge it.
+//! transaction, publish what it produced with confirms (one envelope per gateway node),
+//! then acknowledge it.
 //!
 //! The order of the steps is the delivery guarantee. Nothing is acknowledged before its
 //! transaction commits and its deliveries are confirmed; a failure anywhere before the ack
 //! leaves the frames with the broker (held by this worker while it retries, or returned to
 //! the queue when the channel goes), and doing them again is safe because the database side
-//! is idempotent: see `persist`.
+//! is idempotent: see `persist`. A frame the broker returns that way comes back marked as
+//! redelivered, and a stored message found by a redelivered frame is published again in
+//! full, since its first publish may never have happened.
 
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use broker::{REPUBLISH_HEADER, Topology};
+use broker::{DEAD_LETTER_REASON_HEADER, REPUBLISH_HEADER, Topology};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -25,6 +28,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wire::ErrorCode;
+use wire::envelope::Inbound;
 use wire::server::ErrorFrame;
 
 use crate::config::Config;
@@ -130,10 +134,34 @@ struct Channels {
     publish: Channel,
 }
 
+/// The frames of the deliveries taken so far, in queue order, and the last delivery's tag.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Request>,
+    last_tag: Option<u64>,
+}
+
+/// How a transaction runs its frames.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// All together: the fast path.
+    Whole,
+    /// Each frame in a savepoint, to find the ones the database refuses.
+    EachFrame,
+}
+
 /// The result of trying a set of frames in one transaction.
 enum Attempt {
-    Committed(Outcome),
+    /// Committed, with the frames the database refused (by index, with the reason); only
+    /// [`Mode::EachFrame`] commits with refusals.
+    Committed(Outcome, Vec<(usize, String)>),
     Refused(tokio_postgres::Error),
+}
+
+/// A frame the database refuses, on its way to the dead-letter queue.
+struct Poisoned {
+    request: Request,
+    error: String,
 }
 
 impl ShardWorker {
@@ -185,13 +213,20 @@ impl ShardWorker {
                 }
                 next = consumer.next() => next,
             };
-            let mut batch = vec![delivery(first, &queue)?];
+            // A delivery holds one frame or a gateway's batch of them: the batch is counted
+            // in frames, and a delivery is never split.
+            let mut batch = Batch::default();
+            self.take(&channels, &mut batch, delivery(first, &queue)?)
+                .await?;
             let deadline = Instant::now() + batch_wait;
-            while batch.len() < batch_size {
+            while batch.requests.len() < batch_size {
                 // `timeout_at` polls the stream before looking at the clock, so deliveries
                 // that are already here join the batch even with a zero wait.
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(next) => batch.push(delivery(next, &queue)?),
+                    Ok(next) => {
+                        self.take(&channels, &mut batch, delivery(next, &queue)?)
+                            .await?
+                    }
                     Err(_) => break,
                 }
             }
@@ -200,28 +235,34 @@ impl ShardWorker {
         }
     }
 
-    async fn handle_batch(
-        &mut self,
+    /// Decodes a delivery into the batch; an invalid one is dead-lettered at once.
+    async fn take(
+        &self,
         channels: &Channels,
-        deliveries: Vec<Delivery>,
+        batch: &mut Batch,
+        delivery: Delivery,
     ) -> anyhow::Result<()> {
-        let mut requests = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            match request::decode(delivery.delivery_tag, &delivery.data) {
-                Ok(request) => requests.push(request),
-                Err(error) => {
-                    tracing::warn!(
-                        shard = self.shard,
-                        tag = delivery.delivery_tag,
-                        bytes = delivery.data.len(),
-                        %error,
-                        "dead-lettering an invalid inbound envelope"
-                    );
-                    reject(&channels.consume, delivery.delivery_tag).await?;
-                    Stats::add(&self.shared.stats.invalid, 1);
-                }
+        let tag = delivery.delivery_tag;
+        batch.last_tag = Some(tag);
+        match request::decode(tag, redelivered(&delivery), &delivery.data) {
+            Ok(requests) => batch.requests.extend(requests),
+            Err(error) => {
+                tracing::warn!(
+                    shard = self.shard,
+                    tag,
+                    bytes = delivery.data.len(),
+                    %error,
+                    "dead-lettering an invalid inbound envelope"
+                );
+                reject(&channels.consume, tag).await?;
+                Stats::add(&self.shared.stats.invalid, 1);
             }
         }
+        Ok(())
+    }
+
+    async fn handle_batch(&mut self, channels: &Channels, batch: Batch) -> anyhow::Result<()> {
+        let Batch { requests, last_tag } = batch;
         if requests.is_empty() {
             return Ok(());
         }
@@ -229,9 +270,6 @@ impl ShardWorker {
         let started = Instant::now();
         let (outcome, poisoned) = self.persist(&requests, now_us).await?;
         let persisted = started.elapsed();
-        for &tag in &poisoned {
-            reject(&channels.consume, tag).await?;
-        }
         let directory = self.look_up(&outcome.outputs, &requests).await?;
         let looked_up = started.elapsed();
         let stats = &self.shared.stats;
@@ -249,26 +287,18 @@ impl ShardWorker {
             );
         }
         let published = envelopes.len() as u64;
-        self.publish(&channels.publish, envelopes).await?;
+        self.publish(&channels.publish, envelopes, poisoned).await?;
         Stats::add(&self.shared.stats.published, published);
         let confirmed = started.elapsed();
-        self.mark_published(&outcome.unpublished).await?;
-        // Every delivery up to the last handled one: the rejected ones are settled already.
-        let last = requests
-            .iter()
-            .map(|r| r.tag)
-            .filter(|tag| !poisoned.contains(tag))
-            .max();
-        if let Some(last) = last {
+        // Every delivery up to the last one: the invalid ones are settled already.
+        if let Some(last) = last_tag {
             channels
                 .consume
                 .basic_ack(last, BasicAckOptions { multiple: true })
                 .await
                 .context("acknowledging a batch")?;
         }
-        self.shared
-            .stats
-            .record_batch((requests.len() - poisoned.len()) as u64);
+        self.shared.stats.record_batch(requests.len() as u64);
         tracing::debug!(
             shard = self.shard,
             frames = requests.len(),
@@ -276,82 +306,91 @@ impl ShardWorker {
             persist_us = persisted.as_micros(),
             lookup_us = (looked_up - persisted).as_micros(),
             publish_us = (confirmed - looked_up).as_micros(),
-            mark_and_ack_us = (started.elapsed() - confirmed).as_micros(),
+            ack_us = (started.elapsed() - confirmed).as_micros(),
             "batch done"
         );
         Ok(())
     }
 
-    /// Commits the batch in one transaction; if the database refuses it, commits its frames
-    /// one at a time and returns the tags of the ones it still refuses (each answered with
-    /// an error frame), to be dead-lettered.
+    /// Commits the batch in one transaction. If the database refuses it, tries it once more
+    /// with every frame in a savepoint of its own, commits what the database takes, answers
+    /// each refused frame with an error, and returns those frames to be dead-lettered.
     async fn persist(
         &mut self,
         requests: &[Request],
         now_us: u64,
-    ) -> anyhow::Result<(Outcome, Vec<u64>)> {
+    ) -> anyhow::Result<(Outcome, Vec<Poisoned>)> {
         let all: Vec<&Request> = requests.iter().collect();
-        let error = match self.attempt(&all, now_us).await? {
-            Attempt::Committed(outcome) => return Ok((outcome, Vec::new())),
+        let error = match self.attempt(&all, now_us, Mode::Whole).await? {
+            Attempt::Committed(outcome, _) => return Ok((outcome, Vec::new())),
             Attempt::Refused(error) => error,
         };
-        let mut outcome = Outcome::default();
-        let mut poisoned = Vec::new();
-        if all.len() > 1 {
-            tracing::warn!(
+        tracing::warn!(
+            shard = self.shard,
+            frames = all.len(),
+            error = describe(&error),
+            "the database refused a batch; trying it once more with each frame isolated"
+        );
+        let (mut outcome, refused) = match self.attempt(&all, now_us, Mode::EachFrame).await? {
+            Attempt::Committed(outcome, refused) => (outcome, refused),
+            // Not a frame's fault after all (a conflict that outlasted its retries): the
+            // whole batch is refused, every frame answered and dead-lettered.
+            Attempt::Refused(error) => (
+                Outcome::default(),
+                (0..all.len()).map(|i| (i, describe(&error))).collect(),
+            ),
+        };
+        let mut poisoned = Vec::with_capacity(refused.len());
+        for (index, error) in refused {
+            let request = all[index];
+            tracing::error!(
                 shard = self.shard,
-                frames = all.len(),
-                error = describe(&error),
-                "the database refused a batch; retrying it one frame at a time"
+                tag = request.tag,
+                user = request.origin.user_id,
+                kind = request.frame.kind().name(),
+                error,
+                "dead-lettering a frame the database refuses"
             );
-        }
-        for &request in &all {
-            let refused = if all.len() == 1 {
-                Some(describe(&error))
-            } else {
-                match self.attempt(&[request], now_us).await? {
-                    Attempt::Committed(one) => {
-                        outcome.merge(one);
-                        None
-                    }
-                    Attempt::Refused(error) => Some(describe(&error)),
-                }
-            };
-            if let Some(error) = refused {
-                tracing::error!(
-                    shard = self.shard,
-                    tag = request.tag,
-                    user = request.origin.user_id,
-                    kind = request.frame.kind().name(),
-                    error,
-                    "dead-lettering a frame the database refuses"
-                );
-                poisoned.push(request.tag);
-                // The client would otherwise wait for an answer that never comes.
-                outcome.outputs.push(Output::new(
-                    wire::ServerFrame::Error(ErrorFrame::new(
-                        ErrorCode::Internal,
-                        "the server could not store this request",
-                        request.client_msg_id(),
-                    )),
-                    Recipients::Connection {
-                        node_id: request.origin.node_id,
-                        connection_id: request.origin.connection_id,
-                    },
-                ));
-            }
+            // The client would otherwise wait for an answer that never comes.
+            outcome.outputs.push(Output::new(
+                wire::ServerFrame::Error(ErrorFrame::new(
+                    ErrorCode::Internal,
+                    "the server could not store this request",
+                    request.client_msg_id(),
+                )),
+                Recipients::Connection {
+                    node_id: request.origin.node_id,
+                    connection_id: request.origin.connection_id,
+                },
+            ));
+            poisoned.push(Poisoned {
+                request: request.clone(),
+                error,
+            });
         }
         Ok((outcome, poisoned))
     }
 
     /// Runs frames in one transaction, reconnecting and retrying for as long as the failure
     /// is the connection's, and a few times if it is a conflict with another transaction.
-    async fn attempt(&mut self, requests: &[&Request], now_us: u64) -> anyhow::Result<Attempt> {
+    async fn attempt(
+        &mut self,
+        requests: &[&Request],
+        now_us: u64,
+        mode: Mode,
+    ) -> anyhow::Result<Attempt> {
         let mut conflicts = 0;
         loop {
             let db = self.database().await?;
-            let error = match db.apply(requests, now_us).await {
-                Ok(outcome) => return Ok(Attempt::Committed(outcome)),
+            let result = match mode {
+                Mode::Whole => db.apply(requests, now_us).await.map(|o| (o, Vec::new())),
+                Mode::EachFrame => db.apply_each(requests, now_us).await.map(|(o, refused)| {
+                    let refused = refused.into_iter().map(|(i, e)| (i, describe(&e)));
+                    (o, refused.collect())
+                }),
+            };
+            let error = match result {
+                Ok((outcome, refused)) => return Ok(Attempt::Committed(outcome, refused)),
                 Err(error) => error,
             };
             match classify(&error) {
@@ -397,28 +436,6 @@ impl ShardWorker {
         self.db.as_mut().context("the database connection vanished")
     }
 
-    async fn mark_published(&mut self, messages: &[(i64, i64)]) -> anyhow::Result<()> {
-        loop {
-            let db = self.database().await?;
-            let Err(error) = db.mark_published(messages).await else {
-                return Ok(());
-            };
-            // Whatever failed, the session may be left inside the failed transaction.
-            self.db = None;
-            if classify(&error) != Failure::Connection {
-                // The flag only decides whether a later resend republishes in full; leaving
-                // it false costs a duplicate delivery at worst, never a lost one.
-                tracing::error!(
-                    shard = self.shard,
-                    error = describe(&error),
-                    "could not mark messages published"
-                );
-                return Ok(());
-            }
-            self.pause().await?;
-        }
-    }
-
     /// The nodes of every recipient, in one Redis round trip (retried until Redis answers),
     /// plus what the batch itself shows: each sender is on the node its frame came from.
     async fn look_up(
@@ -444,28 +461,56 @@ impl ShardWorker {
         }
     }
 
-    /// Publishes every envelope in order, with at most `max_unconfirmed` awaiting their
-    /// confirms, and returns once the broker confirmed them all.
+    /// Publishes every envelope in order, then each poisoned frame to the dead-letter
+    /// exchange, with at most `max_unconfirmed` awaiting their confirms, and returns once the
+    /// broker confirmed them all.
     ///
     /// lapin's `basic_publish` resolves only once its I/O loop has written the frames, so
     /// awaiting each publish in turn costs a loop turn per envelope. Instead each publish is
     /// polled once as soon as it is made, which queues its frames (and numbers its confirm)
     /// right then, in envelope order, and the writes are awaited together afterwards.
-    async fn publish(&self, channel: &Channel, envelopes: Vec<Envelope>) -> anyhow::Result<()> {
-        let exchange = self.shared.topology.outbound_exchange();
+    async fn publish(
+        &self,
+        channel: &Channel,
+        envelopes: Vec<Envelope>,
+        poisoned: Vec<Poisoned>,
+    ) -> anyhow::Result<()> {
+        let topology = &self.shared.topology;
+        let (outbound, dead) = (
+            topology.outbound_exchange(),
+            topology.dead_letter_exchange(),
+        );
+        let mut publications: Vec<(&str, String, Vec<u8>, BasicProperties)> = envelopes
+            .into_iter()
+            .map(|e| {
+                let key = Topology::node_routing_key(e.node_id);
+                (outbound.as_str(), key, e.body, properties(e.republish))
+            })
+            .collect();
+        for poison in poisoned {
+            match dead_letter(&poison) {
+                Ok(body) => publications.push((
+                    dead.as_str(),
+                    Topology::shard_routing_key(self.shard),
+                    body,
+                    dead_letter_properties(&poison.error),
+                )),
+                Err(error) => tracing::error!(%error, "a refused frame does not encode; dropped"),
+            }
+        }
         let window = self.shared.config.max_unconfirmed;
-        let mut writes = Vec::with_capacity(window.min(envelopes.len()));
+        let mut writes = Vec::with_capacity(window.min(publications.len()));
         let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(writes.capacity());
-        for envelope in &envelopes {
+        for (exchange, key, body, properties) in &publications {
             if writes.len() + confirms.len() >= window {
                 settle(&mut writes, &mut confirms).await?;
             }
             let mut write = Box::pin(channel.basic_publish(
-                exchange.as_str().into(),
-                Topology::node_routing_key(envelope.node_id).into(),
+                (*exchange).into(),
+                key.as_str().into(),
                 BasicPublishOptions::default(),
-                &envelope.body,
-                properties(envelope.republish),
+                body,
+                properties.clone(),
             ));
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(result) => confirms.push(result.context("publishing a delivery")?),
@@ -528,6 +573,50 @@ fn properties(republish: bool) -> BasicProperties {
     } else {
         properties
     }
+}
+
+/// A refused frame as the single-frame inbound envelope it would have come in, so that an
+/// operator can inspect it and replay it to its shard.
+fn dead_letter(poison: &Poisoned) -> Result<Vec<u8>, wire::WireError> {
+    let request = &poison.request;
+    let frame = request.frame.encode()?;
+    Inbound {
+        user_id: request.origin.user_id,
+        node_id: request.origin.node_id,
+        core: 0,
+        connection_id: request.origin.connection_id,
+        received_at_us: 0,
+        frame: &frame,
+    }
+    .encode()
+}
+
+/// Persistent (the dead-letter queue is durable), with the database's reason.
+fn dead_letter_properties(error: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        DEAD_LETTER_REASON_HEADER.into(),
+        AMQPValue::LongString(error.into()),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
+/// Whether the broker handed this delivery out before. Quorum queues also count returns in
+/// `x-delivery-count`, which survives a broker restart.
+fn redelivered(delivery: &Delivery) -> bool {
+    let count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    delivery.redelivered
+        || matches!(
+            count,
+            Some(AMQPValue::LongLongInt(n)) if n > 0
+        )
+        || matches!(count, Some(AMQPValue::LongInt(n)) if n > 0)
 }
 
 /// A database error with the server's message, which `Display` alone leaves out.

@@ -144,17 +144,7 @@ async fn seqs_are_gap_free_over_100_messages() {
         .await,
         [100]
     );
-    // Marked published after the confirms, so the last batch may still be marking: a stopped
-    // worker has finished its batch.
     backend.stop().await;
-    assert_eq!(
-        env.column(&format!(
-            "SELECT count(*) FROM {{schema}}.messages WHERE chat_id = {chat} AND published"
-        ))
-        .await,
-        [100]
-    );
-
     node.close().await;
     env.cleanup().await;
 }
@@ -621,11 +611,14 @@ async fn a_frame_the_database_refuses_is_isolated_and_dead_lettered() {
         .chat_id;
     backend.stop().await;
 
-    // Valid UTF-8 and within every limit, but PostgreSQL text cannot hold a NUL: published
-    // while no worker runs, the three frames meet in one batch.
+    // A frame within every limit of the protocol that the database refuses all the same
+    // (here by a constraint the test adds; in the field, a bug or a schema the protocol
+    // does not know of). Published while no worker runs, the three frames meet in one batch.
+    env.execute("ALTER TABLE {schema}.messages ADD CONSTRAINT no_poison CHECK (body <> 'poison')")
+        .await;
     env.send_all(&[
         (ALICE, 5, send(chat, 10, "before")),
-        (ALICE, 5, send(chat, 11, "nul \0 inside")),
+        (ALICE, 5, send(chat, 11, "poison")),
         (ALICE, 5, send(chat, 12, "after")),
     ])
     .await;

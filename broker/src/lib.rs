@@ -15,11 +15,15 @@ pub use connect::{DEFAULT_CONNECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_SECS, connect
 pub use error::BrokerError;
 pub use shard::shard_of;
 pub use topology::{
-    DELIVERY_LIMIT, INBOUND_MAX_LENGTH, NODE_MAX_LENGTH, NODE_MESSAGE_TTL_MS,
-    NODE_QUEUE_EXPIRES_MS, Topology,
+    DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_LENGTH, DEAD_LETTER_TTL_MS, DELIVERY_LIMIT,
+    INBOUND_MAX_LENGTH, NODE_MAX_LENGTH, NODE_MESSAGE_TTL_MS, NODE_QUEUE_EXPIRES_MS, Topology,
 };
 
 /// The message header that marks an outbound delivery the backend sent again because it
 /// could not prove the first send reached the broker (see the backend's README). Gateways
 /// may ignore it; tests use it to tell a legitimate republish from a bug.
 pub const REPUBLISH_HEADER: &str = "x-edge-republish";
+
+/// Header of a frame the backend dead-lettered because the database refused it: the
+/// database's reason.
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-edge-refused";

@@ -36,6 +36,16 @@ pub const NODE_QUEUE_EXPIRES_MS: i64 = 3_600_000;
 /// a seq gap and sync.
 pub const NODE_MAX_LENGTH: i64 = 1_000_000;
 
+/// Most frames the dead-letter queue holds; past it the oldest are dropped (`drop-head`), so
+/// a flood of poison frames that nobody inspects cannot fill the broker's disk.
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 100_000;
+
+/// Most bytes the dead-letter queue holds (the same `drop-head` policy).
+pub const DEAD_LETTER_MAX_BYTES: i64 = 256 * 1024 * 1024;
+
+/// How long a dead-lettered frame is kept for an operator to inspect or replay.
+pub const DEAD_LETTER_TTL_MS: i64 = 7 * 24 * 3_600_000;
+
 /// The exchanges and queues of one deployment: every name starts with `prefix`, and the
 /// inbound side is split into `shards` queues. Every gateway and backend of a deployment must
 /// use the same two values.
@@ -114,7 +124,7 @@ impl Topology {
         declare_exchange(channel, &self.outbound_exchange(), ExchangeKind::Direct).await?;
         declare_exchange(channel, &self.dead_letter_exchange(), ExchangeKind::Fanout).await?;
         let dead = self.dead_letter_queue();
-        declare_queue(channel, &dead, quorum()).await?;
+        declare_queue(channel, &dead, dead_letter_arguments()).await?;
         bind(channel, &dead, &self.dead_letter_exchange(), "").await?;
         for shard in 0..self.shards {
             let queue = self.inbound_queue(shard);
@@ -200,6 +210,24 @@ impl Topology {
         );
         args
     }
+}
+
+fn dead_letter_arguments() -> FieldTable {
+    let mut args = quorum();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX_LENGTH),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX_BYTES),
+    );
+    args.insert("x-overflow".into(), string("drop-head"));
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_TTL_MS),
+    );
+    args
 }
 
 fn node_arguments() -> FieldTable {

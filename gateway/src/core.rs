@@ -88,6 +88,10 @@ pub struct Core {
     /// Messages for cores whose mailbox was full, in order; while any wait, sessions stop
     /// reading instead of buffering more.
     overflow: RefCell<VecDeque<Parked>>,
+    /// Session changes for the registry that found its queue full, in order. Apart from
+    /// `overflow`, so that they never wait behind frames that wait for the broker, and
+    /// without pausing readers: they do not grow with what clients send.
+    parked_changes: RefCell<VecDeque<(Arc<BridgeInbox>, BridgeMsg)>>,
     paused_readers: RefCell<Vec<Waker>>,
     /// The timer task's waker while it idles, for work that needs it sooner.
     timer_waker: RefCell<Option<Waker>>,
@@ -120,6 +124,7 @@ impl Core {
             users: RefCell::new(HashMap::new()),
             engine: RefCell::new(engine),
             overflow: RefCell::new(VecDeque::new()),
+            parked_changes: RefCell::new(VecDeque::new()),
             paused_readers: RefCell::new(Vec::new()),
             timer_waker: RefCell::new(None),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
@@ -264,9 +269,24 @@ impl Core {
         self.send(Parked::Core(core, msg));
     }
 
-    /// Hands work to the broker bridge, in order with everything parked before it.
+    /// Hands work to the broker bridge: a frame in order with everything parked before it,
+    /// a session change in order with the session changes parked before it.
     pub fn send_to_bridge(&self, inbox: &Arc<BridgeInbox>, msg: BridgeMsg) {
-        self.send(Parked::Bridge(inbox.clone(), msg));
+        if !BridgeInbox::is_session_change(&msg) {
+            self.send(Parked::Bridge(inbox.clone(), msg));
+            return;
+        }
+        let mut parked = self.parked_changes.borrow_mut();
+        if parked.is_empty() {
+            match inbox.push(msg) {
+                Ok(()) => return,
+                Err(msg) => parked.push_back((inbox.clone(), msg)),
+            }
+        } else {
+            parked.push_back((inbox.clone(), msg));
+        }
+        drop(parked);
+        self.need_timer();
     }
 
     fn send(&self, parked: Parked) {
@@ -316,11 +336,19 @@ impl Core {
     /// Whether anything waits for the timer: parked messages, paused readers, engine work.
     fn timer_needed(&self) -> bool {
         !self.overflow.borrow().is_empty()
+            || !self.parked_changes.borrow().is_empty()
             || !self.paused_readers.borrow().is_empty()
             || self.engine.borrow().wants_tick()
     }
 
     fn retry_overflow(&self) {
+        let mut changes = self.parked_changes.borrow_mut();
+        while let Some((inbox, msg)) = changes.pop_front() {
+            if let Err(msg) = inbox.push(msg) {
+                changes.push_front((inbox, msg));
+                break;
+            }
+        }
         let mut overflow = self.overflow.borrow_mut();
         while let Some(parked) = overflow.pop_front() {
             if let Err(parked) = parked.push(&self.node) {

@@ -335,12 +335,7 @@ async fn serve_core(
                 prefix: node.config.amqp_prefix.clone(),
                 shards: node.config.shards,
             };
-            Box::new(AmqpEngine::new(
-                bridge,
-                topology,
-                node.config.node_id,
-                node.config.ack_window,
-            ))
+            Box::new(AmqpEngine::new(bridge, topology, node.config.ack_window))
         }
         _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
     };

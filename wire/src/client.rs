@@ -80,10 +80,11 @@ limits!(
     CreateChat,
     ArchivedCreateChat,
     title <= MAX_TITLE_BYTES,
-    members <= MAX_MEMBERS_PER_CHAT
+    members <= MAX_MEMBERS_PER_CHAT;
+    text title
 );
 limits!(Membership, ArchivedMembership);
-limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES);
+limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
 limits!(Ack, ArchivedAck);
 limits!(SyncRequest, ArchivedSyncRequest; sync_page limit);
 limits!(Typing, ArchivedTyping);

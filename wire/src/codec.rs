@@ -77,7 +77,7 @@ where
 /// The limits of one frame body, checked on the owned form (before encoding, after JSON
 /// decoding) and on the archived form (after validation).
 pub(crate) trait CheckLimits {
-    fn check_limits(&self) -> Result<(), crate::limits::LimitExceeded> {
+    fn check_limits(&self) -> Result<(), WireError> {
         Ok(())
     }
 }
@@ -156,7 +156,7 @@ macro_rules! frame_set {
                 })
             }
 
-            fn check_limits(&self) -> Result<(), $crate::limits::LimitExceeded> {
+            fn check_limits(&self) -> Result<(), $crate::WireError> {
                 use $crate::codec::CheckLimits;
                 match self {
                     $( $FrameRef::$Variant(body) => body.check_limits(), )+
@@ -202,7 +202,7 @@ macro_rules! frame_set {
                 serde_json::to_string(self).unwrap_or_default()
             }
 
-            fn check_limits(&self) -> Result<(), $crate::limits::LimitExceeded> {
+            fn check_limits(&self) -> Result<(), $crate::WireError> {
                 use $crate::codec::CheckLimits;
                 match self {
                     $( $Frame::$Variant(body) => body.check_limits(), )+
@@ -216,20 +216,23 @@ pub(crate) use frame_set;
 
 /// Implements [`CheckLimits`] alike for a body and its archive: each listed field's length
 /// (bytes of a string, items of a list) must be at most its bound; `sync_page` checks a page
-/// size.
+/// size; each `text` field must not contain U+0000, which PostgreSQL's `text` cannot store
+/// (refusing it here answers the client at once instead of failing the backend's batch).
 macro_rules! limits {
-    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)?) => {
+    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)* $(; text $($text:ident),+)?) => {
         impl $crate::codec::CheckLimits for $Body {
-            fn check_limits(&self) -> Result<(), $crate::limits::LimitExceeded> {
+            fn check_limits(&self) -> Result<(), $crate::WireError> {
                 $( $crate::limits::at_most(stringify!($field), self.$field.len(), $max)?; )*
-                $( $crate::limits::sync_page(self.$page)?; )?
+                $( $crate::limits::sync_page(self.$page)?; )*
+                $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }
         }
         impl $crate::codec::CheckLimits for $Archived {
-            fn check_limits(&self) -> Result<(), $crate::limits::LimitExceeded> {
+            fn check_limits(&self) -> Result<(), $crate::WireError> {
                 $( $crate::limits::at_most(stringify!($field), self.$field.len(), $max)?; )*
-                $( $crate::limits::sync_page(self.$page.to_native())?; )?
+                $( $crate::limits::sync_page(self.$page.to_native())?; )*
+                $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }
         }

@@ -6,8 +6,15 @@
 //! * outbound (backend to gateway): the targets on one node and one server frame that every
 //!   target receives as the same bytes.
 //!
-//! Layout: one version byte, then an rkyv archive (same unaligned format as the frames).
-//! The serialising side borrows the frame bytes, so building an envelope is one copy.
+//! Each direction has two forms: one frame ([`Inbound`], [`Outbound`]), and a batch of them
+//! ([`InboundBatch`], [`OutboundBatch`]) that travels as one broker message, so the broker's
+//! cost (a message, a confirm, a queue entry, an ack) is paid per batch instead of per frame.
+//! Receivers accept both forms: a gateway or backend of the previous release sends the single
+//! form, and a rolling upgrade mixes them.
+//!
+//! Layout: one version byte that names the form, then an rkyv archive (same unaligned format
+//! as the frames). The serialising side borrows the frame bytes, so building an envelope is
+//! one copy.
 
 use rkyv::with::InlineAsBox;
 
@@ -15,8 +22,11 @@ use crate::client::ClientFrameRef;
 use crate::server::ServerFrameRef;
 use crate::{UserId, WireError, codec};
 
-/// Version of the envelope layout.
+/// Version byte of the single-frame form.
 pub const ENVELOPE_VERSION: u8 = 1;
+
+/// Version byte of the batch form.
+pub const BATCH_ENVELOPE_VERSION: u8 = 2;
 
 /// Largest envelope either side accepts: a maximal server frame plus a maximal target list.
 pub const MAX_ENVELOPE_BYTES: usize = crate::limits::MAX_SERVER_FRAME_BYTES + 64 * 1024;
@@ -72,17 +82,71 @@ pub struct Outbound<'a> {
     pub frame: &'a [u8],
 }
 
+/// Client frames, in the order they were read, bound for one shard.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize)]
+#[rkyv(archived = ArchivedInboundBatch)]
+pub struct InboundBatch<'a> {
+    /// The frames.
+    #[rkyv(with = InlineAsBox)]
+    pub items: &'a [Inbound<'a>],
+}
+
+/// Server frames, in the order they must be written, for one node.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize)]
+#[rkyv(archived = ArchivedOutboundBatch)]
+pub struct OutboundBatch<'a> {
+    /// The frames with their targets.
+    #[rkyv(with = InlineAsBox)]
+    pub items: &'a [Outbound<'a>],
+}
+
 impl Inbound<'_> {
     /// The envelope's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        encode_envelope(self)
+        encode_envelope(ENVELOPE_VERSION, self)
     }
 }
 
 impl Outbound<'_> {
     /// The envelope's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        encode_envelope(self)
+        encode_envelope(ENVELOPE_VERSION, self)
+    }
+}
+
+impl InboundBatch<'_> {
+    /// The envelope's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_envelope(BATCH_ENVELOPE_VERSION, self)
+    }
+}
+
+impl OutboundBatch<'_> {
+    /// The envelope's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_envelope(BATCH_ENVELOPE_VERSION, self)
+    }
+}
+
+/// The frames of an inbound envelope of either form, validated in place (the frames
+/// inside are checked by [`InboundView::client_frame`]).
+pub fn inbound_items(bytes: &[u8]) -> Result<&[InboundView], WireError> {
+    match split_version(bytes)? {
+        (ENVELOPE_VERSION, archive) => {
+            Ok(std::slice::from_ref(codec::access::<InboundView>(archive)?))
+        }
+        (_, archive) => Ok(&codec::access::<ArchivedInboundBatch<'static>>(archive)?.items),
+    }
+}
+
+/// The frames of an outbound envelope of either form, validated in place (the frames
+/// inside are checked by [`OutboundView::server_frame`]).
+pub fn outbound_items(bytes: &[u8]) -> Result<&[OutboundView], WireError> {
+    match split_version(bytes)? {
+        (ENVELOPE_VERSION, archive) => Ok(std::slice::from_ref(codec::access::<OutboundView>(
+            archive,
+        )?)),
+        (_, archive) => Ok(&codec::access::<ArchivedOutboundBatch<'static>>(archive)?.items),
     }
 }
 
@@ -119,7 +183,10 @@ impl InboundView {
     /// Validates an inbound envelope in place. The frame inside is checked by
     /// [`InboundView::client_frame`].
     pub fn access(bytes: &[u8]) -> Result<&InboundView, WireError> {
-        codec::access(split_version(bytes)?)
+        match split_version(bytes)? {
+            (ENVELOPE_VERSION, archive) => codec::access(archive),
+            (version, _) => Err(WireError::UnsupportedVersion(version)),
+        }
     }
 
     /// The client's frame, validated in place.
@@ -132,7 +199,10 @@ impl OutboundView {
     /// Validates an outbound envelope in place. The frame inside is checked by
     /// [`OutboundView::server_frame`].
     pub fn access(bytes: &[u8]) -> Result<&OutboundView, WireError> {
-        codec::access(split_version(bytes)?)
+        match split_version(bytes)? {
+            (ENVELOPE_VERSION, archive) => codec::access(archive),
+            (version, _) => Err(WireError::UnsupportedVersion(version)),
+        }
     }
 
     /// The server frame, validated in place.
@@ -146,7 +216,7 @@ impl OutboundView {
     }
 }
 
-fn encode_envelope<T>(value: &T) -> Result<Vec<u8>, WireError>
+fn encode_envelope<T>(version: u8, value: &T) -> Result<Vec<u8>, WireError>
 where
     T: for<'a> rkyv::Serialize<
             rkyv::api::high::HighSerializer<
@@ -156,9 +226,8 @@ where
             >,
         >,
 {
-    let out =
-        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, vec![ENVELOPE_VERSION])
-            .map_err(|e| WireError::Encode(e.to_string()))?;
+    let out = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(value, vec![version])
+        .map_err(|e| WireError::Encode(e.to_string()))?;
     if out.len() > MAX_ENVELOPE_BYTES {
         return Err(WireError::TooLarge {
             size: out.len(),
@@ -168,7 +237,8 @@ where
     Ok(out)
 }
 
-fn split_version(bytes: &[u8]) -> Result<&[u8], WireError> {
+/// The version byte (one this build reads) and the archive after it.
+fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
         return Err(WireError::TooLarge {
             size: bytes.len(),
@@ -176,7 +246,10 @@ fn split_version(bytes: &[u8]) -> Result<&[u8], WireError> {
         });
     }
     match bytes {
-        [ENVELOPE_VERSION, archive @ ..] => Ok(archive),
+        [
+            version @ (ENVELOPE_VERSION | BATCH_ENVELOPE_VERSION),
+            archive @ ..,
+        ] => Ok((*version, archive)),
         [version, ..] => Err(WireError::UnsupportedVersion(*version)),
         [] => Err(WireError::Truncated(0)),
     }

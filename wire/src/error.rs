@@ -31,6 +31,14 @@ pub enum WireError {
     /// A field broke a protocol limit.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
+    /// A text field holds U+0000, which no text field may hold.
+    #[error("{field} holds U+0000 at byte {offset}; text fields may not contain it")]
+    NulInText {
+        /// The field, as named in PROTOCOL.md.
+        field: &'static str,
+        /// Where the first one is, in bytes.
+        offset: usize,
+    },
     /// A value could not be archived (an offset overflowed the 32-bit format).
     #[error("could not encode frame: {0}")]
     Encode(String),
@@ -44,9 +52,10 @@ impl WireError {
             WireError::UnknownKind(_) => ErrorCode::UnknownKind,
             WireError::TooLarge { .. } => ErrorCode::TooLarge,
             WireError::Limit(_) => ErrorCode::LimitExceeded,
-            WireError::Truncated(_) | WireError::Malformed(_) | WireError::Json(_) => {
-                ErrorCode::MalformedFrame
-            }
+            WireError::Truncated(_)
+            | WireError::Malformed(_)
+            | WireError::Json(_)
+            | WireError::NulInText { .. } => ErrorCode::MalformedFrame,
             WireError::Encode(_) => ErrorCode::Internal,
         }
     }

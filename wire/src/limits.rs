@@ -55,6 +55,14 @@ pub(crate) fn at_most(
     }
 }
 
+/// Checks that a text field holds no U+0000.
+pub(crate) fn no_nul(field: &'static str, text: &[u8]) -> Result<(), crate::WireError> {
+    match text.iter().position(|&b| b == 0) {
+        None => Ok(()),
+        Some(offset) => Err(crate::WireError::NulInText { field, offset }),
+    }
+}
+
 /// Checks a sync page size: zero is as wrong as too many.
 pub(crate) fn sync_page(limit: u32) -> Result<(), LimitExceeded> {
     if (1..=MAX_SYNC_PAGE).contains(&limit) {

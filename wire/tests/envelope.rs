@@ -3,8 +3,9 @@
 
 use proptest::prelude::*;
 use wire::envelope::{
-    ArchivedTarget, ENVELOPE_VERSION, Inbound, InboundView, MAX_ENVELOPE_BYTES, Outbound,
-    OutboundView, Target,
+    ArchivedTarget, BATCH_ENVELOPE_VERSION, ENVELOPE_VERSION, Inbound, InboundBatch, InboundView,
+    MAX_ENVELOPE_BYTES, Outbound, OutboundBatch, OutboundView, Target, inbound_items,
+    outbound_items,
 };
 use wire::{ClientFrame, ServerFrame, WireError};
 
@@ -214,5 +215,105 @@ fn envelope_frame_bytes_are_checked_by_the_frame_codec() {
     assert_eq!(
         view.server_frame().unwrap_err(),
         WireError::UnknownKind(200)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// A batch carries its frames in order, each with its own assertions, byte for byte; the
+    /// single form reads as a batch of one, so receivers handle both with one loop.
+    #[test]
+    fn batches_round_trip_in_order_and_singles_read_as_batches_of_one(
+        frames in proptest::collection::vec(any::<ClientFrame>(), 1..16),
+        replies in proptest::collection::vec(
+            (any::<ServerFrame>(), proptest::collection::vec(target(), 0..8)),
+            1..16,
+        ),
+    ) {
+        let encoded: Vec<Vec<u8>> = frames.iter().map(|f| f.encode().unwrap()).collect();
+        let items: Vec<Inbound> = encoded
+            .iter()
+            .enumerate()
+            .map(|(i, frame)| Inbound {
+                user_id: i as u64,
+                node_id: 7,
+                core: (i % 3) as u16,
+                connection_id: 100 + i as u64,
+                received_at_us: 1000 + i as u64,
+                frame,
+            })
+            .collect();
+        let bytes = InboundBatch { items: &items }.encode().unwrap();
+        prop_assert_eq!(bytes[0], BATCH_ENVELOPE_VERSION);
+        let read = inbound_items(&bytes).unwrap();
+        prop_assert_eq!(read.len(), frames.len());
+        for (i, (view, frame)) in read.iter().zip(&frames).enumerate() {
+            prop_assert_eq!(view.user_id.to_native(), i as u64);
+            prop_assert_eq!(view.connection_id.to_native(), 100 + i as u64);
+            prop_assert_eq!(&view.client_frame().unwrap().to_owned().unwrap(), frame);
+        }
+        let single = items[0].encode().unwrap();
+        let read = inbound_items(&single).unwrap();
+        prop_assert_eq!(read.len(), 1);
+        prop_assert_eq!(&read[0].client_frame().unwrap().to_owned().unwrap(), &frames[0]);
+
+        let encoded: Vec<Vec<u8>> = replies.iter().map(|(f, _)| f.encode().unwrap()).collect();
+        let items: Vec<Outbound> = encoded
+            .iter()
+            .zip(&replies)
+            .map(|(frame, (_, targets))| Outbound { targets, frame })
+            .collect();
+        let bytes = OutboundBatch { items: &items }.encode().unwrap();
+        let read = outbound_items(&bytes).unwrap();
+        prop_assert_eq!(read.len(), replies.len());
+        for (view, (frame, targets)) in read.iter().zip(&replies) {
+            let got: Vec<Target> = view.targets.iter().map(ArchivedTarget::to_native).collect();
+            prop_assert_eq!(&got, targets);
+            prop_assert_eq!(&view.server_frame().unwrap().to_owned().unwrap(), frame);
+        }
+        let single = items[0].encode().unwrap();
+        prop_assert_eq!(outbound_items(&single).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_as_batches(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for version in [ENVELOPE_VERSION, BATCH_ENVELOPE_VERSION] {
+            let mut bytes = bytes.clone();
+            bytes.insert(0, version);
+            if let Ok(items) = inbound_items(&bytes) {
+                for item in items {
+                    let _ = item.client_frame().map(|f| f.to_owned());
+                }
+            }
+            if let Ok(items) = outbound_items(&bytes) {
+                for item in items {
+                    let _ = item.server_frame().map(|f| f.to_owned());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batches_over_the_envelope_limit_do_not_encode() {
+    let frame = vec![0u8; 64 * 1024];
+    let items: Vec<Inbound> = (0..(MAX_ENVELOPE_BYTES / frame.len() + 1))
+        .map(|_| Inbound {
+            user_id: 1,
+            node_id: 2,
+            core: 3,
+            connection_id: 4,
+            received_at_us: 5,
+            frame: &frame,
+        })
+        .collect();
+    assert!(matches!(
+        InboundBatch { items: &items }.encode(),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert_eq!(
+        inbound_items(&[3, 0, 0]).unwrap_err(),
+        WireError::UnsupportedVersion(3)
     );
 }

@@ -177,7 +177,10 @@ fn check_flipped_client(flipped: &[u8], byte: usize, full: bool) {
             Ok(view) if full => assert_client_stable(view),
             Ok(view) => assert!(view.to_owned().unwrap().encode().is_ok()),
             Err(e) => assert!(
-                matches!(e, WireError::Malformed(_) | WireError::Limit(_)),
+                matches!(
+                    e,
+                    WireError::Malformed(_) | WireError::Limit(_) | WireError::NulInText { .. }
+                ),
                 "{e:?}"
             ),
         },
@@ -198,7 +201,10 @@ fn check_flipped_server(flipped: &[u8], byte: usize, full: bool) {
             Ok(view) if full => assert_server_stable(view),
             Ok(view) => assert!(view.to_owned().unwrap().encode().is_ok()),
             Err(e) => assert!(
-                matches!(e, WireError::Malformed(_) | WireError::Limit(_)),
+                matches!(
+                    e,
+                    WireError::Malformed(_) | WireError::Limit(_) | WireError::NulInText { .. }
+                ),
                 "{e:?}"
             ),
         },
@@ -369,9 +375,10 @@ fn short_frames_are_truncated() {
 }
 
 /// The limit of the format itself, pinned so that a change to it is deliberate: cutting the
-/// last 8 bytes of a send frame with a long body leaves a shorter, well-formed send frame
-/// whose fields are the old bytes shifted. Only the WebSocket message boundary tells the
-/// two apart, which is why a frame must travel as one whole WebSocket message.
+/// last 8 bytes of a send frame with a long body leaves a well-formed archive of a shorter
+/// send frame whose fields are the old bytes shifted. Only the WebSocket message boundary
+/// tells the two apart, which is why a frame must travel as one whole WebSocket message.
+/// This one is refused all the same, because the shifted body holds U+0000.
 #[test]
 fn a_cut_send_frame_can_be_another_send_frame() {
     let frame = ClientFrame::Send(client::SendMessage {
@@ -380,14 +387,45 @@ fn a_cut_send_frame_can_be_another_send_frame() {
         body: "hello world, this is long".into(),
     });
     let bytes = frame.encode().unwrap();
-    let cut = ClientFrame::decode(&bytes[..bytes.len() - 8]).unwrap();
     assert_eq!(
-        cut,
-        ClientFrame::Send(client::SendMessage {
-            chat_id: u64::from_le_bytes(*b" is long"),
-            client_msg_id: 7,
-            body: "\x03\0\0\0\0\0\0\0".into(),
-        })
+        ClientFrame::decode(&bytes[..bytes.len() - 8]).unwrap_err(),
+        WireError::NulInText {
+            field: "body",
+            offset: 1
+        }
+    );
+}
+
+/// PostgreSQL's `text` cannot hold U+0000, so no text field may: both encodings refuse it
+/// before anything acts on the frame, and the error code is the malformed-frame one.
+#[test]
+fn text_fields_with_nul_are_refused_in_both_encodings() {
+    let send = ClientFrame::Send(client::SendMessage {
+        chat_id: 7,
+        client_msg_id: 3,
+        body: "a\0b".into(),
+    });
+    let refused = WireError::NulInText {
+        field: "body",
+        offset: 1,
+    };
+    assert_eq!(send.encode().unwrap_err(), refused);
+    assert_eq!(refused.code(), wire::ErrorCode::MalformedFrame);
+    assert_eq!(
+        ClientFrame::from_json(
+            r#"{"type":"send","chat_id":7,"client_msg_id":3,"body":"a\u0000b"}"#
+        )
+        .unwrap_err(),
+        refused
+    );
+    let create =
+        r#"{"type":"create_chat","client_msg_id":1,"kind":"group","title":"\u0000","members":[]}"#;
+    assert_eq!(
+        ClientFrame::from_json(create).unwrap_err(),
+        WireError::NulInText {
+            field: "title",
+            offset: 0
+        }
     );
 }
 

@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wire::envelope::{Inbound, OutboundView, Target};
+use wire::envelope::{Inbound, Target, outbound_items};
 use wire::{ClientFrame, ClientFrameRef, ServerFrame, ServerFrameRef, UserId};
 
 /// The gateway node this fake plays.
@@ -320,6 +320,15 @@ impl Env {
         None
     }
 
+    /// Runs a statement in the test's schema (`{schema}` names it).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sql.replace("{schema}", &self.schema);
+        self.pg
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// One query's first column, as i64s.
     pub async fn column(&self, sql: &str) -> Vec<i64> {
         let sql = sql.replace("{schema}", &self.schema);
@@ -400,16 +409,19 @@ impl NodeReader {
             .as_ref()
             .and_then(|h| h.inner().get(REPUBLISH_HEADER).cloned())
             == Some(AMQPValue::Boolean(true));
-        let view = OutboundView::access(&delivery.data).expect("a valid outbound envelope");
-        let targets = view.targets.iter().map(|t| t.to_native()).collect();
-        let frame = ServerFrameRef::access(view.frame_bytes())
-            .and_then(|f| f.to_owned())
-            .expect("a valid server frame");
-        Some(Received {
-            targets,
-            frame,
-            republish,
-        })
+        // One envelope carries a batch of frames: each is one received delivery, in order.
+        for view in outbound_items(&delivery.data).expect("a valid outbound envelope") {
+            let targets = view.targets.iter().map(|t| t.to_native()).collect();
+            let frame = ServerFrameRef::access(view.frame_bytes())
+                .and_then(|f| f.to_owned())
+                .expect("a valid server frame");
+            self.buffer.push_back(Received {
+                targets,
+                frame,
+                republish,
+            });
+        }
+        self.buffer.pop_front()
     }
 
     /// Reads deliveries until one matches `wanted`, returning it; others are kept for later

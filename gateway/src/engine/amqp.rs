@@ -1,7 +1,9 @@
-//! The amqp engine: every frame a session sends goes, in an inbound envelope, to the broker
-//! bridge, which publishes it to the backend's shard for its chat; deliveries come back
-//! through the bridge. Delivered and read acks are coalesced per session and chat for a
-//! short window, so a client acking every message costs the backend one ack per window.
+//! The amqp engine: every frame a session sends goes, with what the gateway asserts about
+//! it, to the broker bridge, which batches it into the backend's shard for its chat;
+//! deliveries come back through the bridge. Delivered and read acks are watermarks: they are
+//! folded per user and chat (whichever of the user's sessions on this core sent them) to
+//! the highest seq for a short window, so a client acking every message costs the backend
+//! one ack per window.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,19 +11,19 @@ use std::time::{Duration, Instant};
 
 use broker::Topology;
 use wire::client::Ack;
-use wire::envelope::Inbound;
 use wire::{ChatId, ClientFrame, ClientFrameRef, UserId};
 
 use super::{Engine, EngineMsg};
-use crate::bridge::{BridgeInbox, BridgeMsg};
+use crate::bridge::{BridgeInbox, BridgeMsg, InboundFrame};
 use crate::core::Core;
 use crate::router::Origin;
 
-/// A coalesced watermark waiting for its window to end.
+/// A folded watermark waiting for its window to end.
 #[derive(Debug, Clone, Copy)]
 struct PendingAck {
     seq: u64,
-    user_id: UserId,
+    /// The session that acked last: an error answering the ack goes to it.
+    connection_id: u64,
     since: Instant,
 }
 
@@ -30,24 +32,17 @@ struct PendingAck {
 pub struct AmqpEngine {
     bridge: Arc<BridgeInbox>,
     topology: Topology,
-    node_id: u32,
     ack_window: Duration,
-    /// Keyed by (connection, chat, is read).
-    acks: HashMap<(u64, ChatId, bool), PendingAck>,
+    /// Keyed by (user, chat, is read).
+    acks: HashMap<(UserId, ChatId, bool), PendingAck>,
 }
 
 impl AmqpEngine {
     /// A shard publishing through `bridge`.
-    pub fn new(
-        bridge: Arc<BridgeInbox>,
-        topology: Topology,
-        node_id: u32,
-        ack_window: Duration,
-    ) -> AmqpEngine {
+    pub fn new(bridge: Arc<BridgeInbox>, topology: Topology, ack_window: Duration) -> AmqpEngine {
         AmqpEngine {
             bridge,
             topology,
-            node_id,
             ack_window,
             acks: HashMap::new(),
         }
@@ -61,41 +56,43 @@ impl AmqpEngine {
         frame: &[u8],
         received_at: Instant,
     ) {
-        let envelope = Inbound {
+        let frame = InboundFrame {
             user_id: origin.user_id,
-            node_id: self.node_id,
             core: core.index() as u16,
             connection_id: origin.connection_id,
             received_at_us: core
                 .now_us()
                 .saturating_sub(received_at.elapsed().as_micros() as u64),
-            frame,
+            frame: frame.to_vec(),
         };
-        match envelope.encode() {
-            Ok(body) => core.send_to_bridge(
-                &self.bridge,
-                BridgeMsg::Publish {
-                    shard: chat_or_user_shard,
-                    body,
-                },
-            ),
-            Err(error) => tracing::error!(%error, "could not encode an inbound envelope"),
-        }
+        core.send_to_bridge(
+            &self.bridge,
+            BridgeMsg::Publish {
+                shard: chat_or_user_shard,
+                frame,
+            },
+        );
     }
 }
 
 impl Engine for AmqpEngine {
     fn connected(&mut self, core: &Core, origin: Origin) {
-        core.send_to_bridge(&self.bridge, BridgeMsg::Online(origin.user_id));
+        core.send_to_bridge(
+            &self.bridge,
+            BridgeMsg::Online {
+                user: origin.user_id,
+                core: core.index() as u16,
+            },
+        );
     }
 
     fn disconnected(&mut self, core: &Core, origin: Origin) {
         // What the session acked before leaving still counts.
         let pending: Vec<_> = self
             .acks
-            .keys()
-            .filter(|(conn, _, _)| *conn == origin.connection_id)
-            .copied()
+            .iter()
+            .filter(|(_, ack)| ack.connection_id == origin.connection_id)
+            .map(|(key, _)| *key)
             .collect();
         for key in pending {
             if let Some(ack) = self.acks.remove(&key) {
@@ -104,7 +101,11 @@ impl Engine for AmqpEngine {
         }
         core.send_to_bridge(
             &self.bridge,
-            BridgeMsg::Offline(origin.user_id, core.now_us()),
+            BridgeMsg::Offline {
+                user: origin.user_id,
+                core: core.index() as u16,
+                at_us: core.now_us(),
+            },
         );
     }
 
@@ -130,13 +131,14 @@ impl Engine for AmqpEngine {
             };
             let entry = self
                 .acks
-                .entry((origin.connection_id, chat_id, read))
+                .entry((origin.user_id, chat_id, read))
                 .or_insert(PendingAck {
                     seq,
-                    user_id: origin.user_id,
+                    connection_id: origin.connection_id,
                     since: received_at,
                 });
             entry.seq = entry.seq.max(seq);
+            entry.connection_id = origin.connection_id;
             core.need_timer();
             return;
         }
@@ -173,7 +175,7 @@ impl AmqpEngine {
     fn flush_ack(
         &self,
         core: &Core,
-        (connection_id, chat_id, read): (u64, ChatId, bool),
+        (user_id, chat_id, read): (UserId, ChatId, bool),
         ack: PendingAck,
     ) {
         let body = Ack {
@@ -188,8 +190,8 @@ impl AmqpEngine {
         match frame.encode() {
             Ok(bytes) => {
                 let origin = Origin {
-                    user_id: ack.user_id,
-                    connection_id,
+                    user_id,
+                    connection_id: ack.connection_id,
                 };
                 self.publish(
                     core,

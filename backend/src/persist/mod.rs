@@ -1,22 +1,27 @@
 //! The frames' semantics, run inside one transaction per batch.
 //!
 //! A batch is cut into segments at the frames that change membership (create, join, leave).
-//! Within a segment the sends go first, all together in a fixed number of statements (look
-//! up duplicates and memberships, take the seqs of every chat at once, insert every message
-//! at once, read the member lists), then the other frames, each one statement, pipelined on
-//! the connection. Moving acks, syncs and typing after the sends of their segment changes
-//! nothing they answer except to include those sends, and keeps a busy chat's sends in a few
-//! statements per batch instead of a few per message. The membership change that ends a
+//! Within a segment the sends go first, all together in a fixed number of statements (see
+//! `sends`), then the acks, folded into watermarks and applied in one statement (see
+//! `acks`), then the other frames, each one statement, pipelined on the connection. Moving
+//! acks, syncs and typing after the sends of their segment changes nothing they answer
+//! except to include those sends, and keeps a busy chat's sends and acks in a few
+//! statements per batch instead of a few per frame. The membership change that ends a
 //! segment runs last, so every frame sees the memberships in queue order.
 
-use std::collections::{HashMap, HashSet};
+mod acks;
+mod sends;
+
+use std::collections::HashMap;
 
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Transaction};
-use wire::client::{Ack, CreateChat, Membership, PresenceQuery, SendMessage, SyncRequest, Typing};
+use wire::client::{CreateChat, Membership, PresenceQuery, SyncRequest, Typing};
 use wire::limits::{MAX_MEMBERS_PER_CHAT, MAX_SYNC_PAGE};
 use wire::server::{ChatCreated, ChatEvent, ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
+
+pub(crate) use acks::APPLY_ACKS;
 use wire::{
     ChatId, ChatKind, ClientFrame, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
 };
@@ -43,15 +48,17 @@ pub(crate) async fn apply(
     for &request in requests {
         match &request.frame {
             ClientFrame::Send(send) => segment.sends.push((request, send)),
+            ClientFrame::AckDelivered(ack) => {
+                segment.acks.add(request, ack.chat_id, ack.seq, false)
+            }
+            ClientFrame::AckRead(ack) => segment.acks.add(request, ack.chat_id, ack.seq, true),
             ClientFrame::CreateChat(_) | ClientFrame::Join(_) | ClientFrame::Leave(_) => {
                 run.segment(std::mem::take(&mut segment)).await?;
                 run.membership_change(request).await?;
             }
-            ClientFrame::AckDelivered(_)
-            | ClientFrame::AckRead(_)
-            | ClientFrame::Sync(_)
-            | ClientFrame::Typing(_)
-            | ClientFrame::PresenceQuery(_) => segment.others.push(request),
+            ClientFrame::Sync(_) | ClientFrame::Typing(_) | ClientFrame::PresenceQuery(_) => {
+                segment.others.push(request)
+            }
             // The gateway answers pings itself; one that reaches us needs nothing.
             ClientFrame::Ping(_) => {}
         }
@@ -62,7 +69,8 @@ pub(crate) async fn apply(
 
 #[derive(Default)]
 struct Segment<'r> {
-    sends: Vec<(&'r Request, &'r SendMessage)>,
+    sends: Vec<sends::Send<'r>>,
+    acks: acks::Acks<'r>,
     others: Vec<&'r Request>,
 }
 
@@ -77,278 +85,33 @@ struct Run<'a, 't> {
     handled: HashMap<(UserId, ClientMsgId), (ChatId, Seq)>,
 }
 
-/// A message as stored.
-struct Stored {
-    chat_id: ChatId,
-    seq: Seq,
-    server_time_us: u64,
-    body: String,
-    published: bool,
-}
-
-/// What to do with one send of a segment.
-enum Plan {
-    /// Already stored and published (or handled earlier in this batch): receipt only.
-    Receipt { chat_id: ChatId, seq: Seq },
-    /// Stored by an earlier attempt whose publishes were never confirmed: publish in full.
-    Republish(Stored),
-    /// A repeat, within this segment, of the send at this index.
-    SameAs(usize),
-    /// Store it; `ordinal` is its place among this segment's new messages of its chat.
-    New { ordinal: i64 },
-    /// Answer with an error.
-    Refuse(ErrorCode, String),
-}
-
 impl Run<'_, '_> {
     async fn segment(&mut self, segment: Segment<'_>) -> Result<(), Error> {
         if !segment.sends.is_empty() {
             self.sends(&segment.sends).await?;
         }
-        if !segment.others.is_empty() {
-            let (tx, st) = (self.tx, self.st);
-            let answers =
-                try_join_all(segment.others.iter().map(|&request| other(tx, st, request))).await?;
-            for (outputs, refused) in answers {
-                self.outcome.refused += u64::from(refused);
-                self.outcome.outputs.extend(outputs);
-            }
-        }
-        Ok(())
-    }
-
-    async fn sends(&mut self, sends: &[(&Request, &SendMessage)]) -> Result<(), Error> {
-        // Duplicates and memberships of the sends this transaction has not seen yet.
-        let fresh: Vec<_> = sends
-            .iter()
-            .filter(|(r, m)| {
-                !self
-                    .handled
-                    .contains_key(&(r.origin.user_id, m.client_msg_id))
-            })
-            .collect();
-        let senders: Vec<i64> = fresh.iter().map(|(r, _)| db(r.origin.user_id)).collect();
-        let client_msg_ids: Vec<i64> = fresh.iter().map(|(_, m)| db(m.client_msg_id)).collect();
-        let chats: Vec<i64> = fresh.iter().map(|(_, m)| db(m.chat_id)).collect();
-        let (find_params, membership_params) = (
-            [&senders as &(dyn ToSql + Sync), &client_msg_ids],
-            [&chats as &(dyn ToSql + Sync), &senders],
-        );
-        let (stored_rows, membership_rows) = tokio::try_join!(
-            self.tx.query(&self.st.find_messages, &find_params),
-            self.tx.query(&self.st.membership_pairs, &membership_params),
-        )?;
-        let mut stored: HashMap<(UserId, ClientMsgId), Stored> = HashMap::new();
-        for row in stored_rows {
-            let key = (wire_id(row.try_get(0)?), wire_id(row.try_get(1)?));
-            stored.insert(
-                key,
-                Stored {
-                    chat_id: wire_id(row.try_get(2)?),
-                    seq: wire_id(row.try_get(3)?),
-                    server_time_us: wire_id(row.try_get(4)?),
-                    body: row.try_get(5)?,
-                    published: row.try_get(6)?,
-                },
-            );
-        }
-        let mut membership: HashMap<(ChatId, UserId), (bool, bool)> = HashMap::new();
-        for row in membership_rows {
-            membership.insert(
-                (wire_id(row.try_get(0)?), wire_id(row.try_get(1)?)),
-                (row.try_get(2)?, row.try_get(3)?),
-            );
-        }
-
-        // Decide each send in queue order.
-        let mut plans = Vec::with_capacity(sends.len());
-        let mut first_index: HashMap<(UserId, ClientMsgId), usize> = HashMap::new();
-        let mut new_per_chat: HashMap<ChatId, i64> = HashMap::new();
-        for (index, (request, send)) in sends.iter().enumerate() {
-            let sender = request.origin.user_id;
-            let key = (sender, send.client_msg_id);
-            let plan = if let Some(&(chat_id, seq)) = self.handled.get(&key) {
-                Plan::Receipt { chat_id, seq }
-            } else if let Some(&first) = first_index.get(&key) {
-                Plan::SameAs(first)
-            } else if let Some(message) = stored.remove(&key) {
-                first_index.insert(key, index);
-                if message.published {
-                    Plan::Receipt {
-                        chat_id: message.chat_id,
-                        seq: message.seq,
-                    }
-                } else {
-                    Plan::Republish(message)
-                }
-            } else {
-                match membership.get(&(send.chat_id, sender)) {
-                    Some((true, true)) => {
-                        first_index.insert(key, index);
-                        let count = new_per_chat.entry(send.chat_id).or_insert(0);
-                        *count += 1;
-                        Plan::New { ordinal: *count }
-                    }
-                    Some((true, false)) => Plan::Refuse(
-                        ErrorCode::NotMember,
-                        format!("not a member of chat {}", send.chat_id),
-                    ),
-                    _ => Plan::Refuse(
-                        ErrorCode::UnknownChat,
-                        format!("chat {} does not exist", send.chat_id),
-                    ),
-                }
-            };
-            plans.push(plan);
-        }
-
-        // Take every chat's seqs at once (row-locking the chats until commit) and read the
-        // member lists of every chat that gets a message.
-        // In chat order, so that two transactions locking the same chats (only while a
-        // consumer fails over) tend to lock them in the same order instead of deadlocking.
-        let mut per_chat: Vec<(i64, i64)> =
-            new_per_chat.iter().map(|(&c, &n)| (db(c), n)).collect();
-        per_chat.sort_unstable();
-        let (take_chats, take_counts): (Vec<i64>, Vec<i64>) = per_chat.into_iter().unzip();
-        let mut fan_out_chats: HashSet<i64> = take_chats.iter().copied().collect();
-        fan_out_chats.extend(plans.iter().filter_map(|p| match p {
-            Plan::Republish(m) => Some(db(m.chat_id)),
-            _ => None,
-        }));
-        let fan_out_chats: Vec<i64> = fan_out_chats.into_iter().collect();
-        let (seq_rows, member_rows) = tokio::try_join!(
+        let (tx, st) = (self.tx, self.st);
+        let (acked, answers) = tokio::try_join!(
             async {
-                if take_chats.is_empty() {
-                    Ok(Vec::new())
+                if segment.acks.is_empty() {
+                    Ok((Vec::new(), 0))
                 } else {
-                    self.tx
-                        .query(&self.st.take_seqs, &[&take_chats, &take_counts])
-                        .await
+                    self.acks(&segment.acks).await
                 }
             },
-            async {
-                if fan_out_chats.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    self.tx
-                        .query(&self.st.members_of_chats, &[&fan_out_chats])
-                        .await
-                }
-            },
+            try_join_all(segment.others.iter().map(|&request| other(tx, st, request))),
         )?;
-        // The seq before this segment's first new message, per chat.
-        let mut base: HashMap<ChatId, Seq> = HashMap::new();
-        for row in seq_rows {
-            let chat_id: ChatId = wire_id(row.try_get(0)?);
-            let last: i64 = row.try_get(1)?;
-            let count = new_per_chat.get(&chat_id).copied().unwrap_or(0);
-            base.insert(chat_id, wire_id(last - count));
-        }
-        let mut members: HashMap<ChatId, Vec<UserId>> = HashMap::new();
-        for row in member_rows {
-            members
-                .entry(wire_id(row.try_get(0)?))
-                .or_default()
-                .push(wire_id(row.try_get(1)?));
-        }
-
-        // Insert the new messages, then answer every send in order.
-        let mut rows = NewRows::default();
-        let mut seqs: Vec<Option<(ChatId, Seq)>> = Vec::with_capacity(sends.len());
-        for ((request, send), plan) in sends.iter().zip(&plans) {
-            let placed = match plan {
-                Plan::New { ordinal } => {
-                    let first = base.get(&send.chat_id).copied().unwrap_or(0);
-                    let seq = first + wire_id(*ordinal);
-                    rows.push(request.origin.user_id, send, seq, self.now_us);
-                    Some((send.chat_id, seq))
-                }
-                Plan::Republish(m) => Some((m.chat_id, m.seq)),
-                Plan::Receipt { chat_id, seq } => Some((*chat_id, *seq)),
-                Plan::SameAs(first) => seqs.get(*first).copied().flatten(),
-                Plan::Refuse(..) => None,
-            };
-            seqs.push(placed);
-        }
-        if !rows.chats.is_empty() {
-            self.tx
-                .execute(
-                    &self.st.insert_messages,
-                    &[
-                        &rows.chats,
-                        &rows.seqs,
-                        &rows.senders,
-                        &rows.client_msg_ids,
-                        &rows.bodies,
-                        &rows.times,
-                    ],
-                )
-                .await?;
-        }
-        for (((request, send), plan), placed) in sends.iter().zip(plans).zip(seqs) {
-            let sender = request.origin.user_id;
-            match plan {
-                Plan::New { .. } => {
-                    let Some((chat_id, seq)) = placed else {
-                        continue;
-                    };
-                    self.deliver(
-                        Message {
-                            chat_id,
-                            seq,
-                            sender,
-                            client_msg_id: send.client_msg_id,
-                            server_time_us: self.now_us,
-                            body: send.body.clone(),
-                        },
-                        members.get(&chat_id).map_or(&[][..], Vec::as_slice),
-                        false,
-                    );
-                    self.outcome.stored += 1;
-                }
-                Plan::Republish(m) => {
-                    self.deliver(
-                        Message {
-                            chat_id: m.chat_id,
-                            seq: m.seq,
-                            sender,
-                            client_msg_id: send.client_msg_id,
-                            server_time_us: m.server_time_us,
-                            body: m.body,
-                        },
-                        members.get(&m.chat_id).map_or(&[][..], Vec::as_slice),
-                        true,
-                    );
-                    self.outcome.republished += 1;
-                }
-                Plan::Receipt { .. } | Plan::SameAs(_) => {
-                    if let Some((chat_id, seq)) = placed {
-                        self.outcome.outputs.push(sent_receipt(
-                            chat_id,
-                            seq,
-                            sender,
-                            send.client_msg_id,
-                            false,
-                        ));
-                    }
-                    self.outcome.duplicates += 1;
-                }
-                Plan::Refuse(code, reason) => {
-                    self.outcome.outputs.push(refusal(
-                        &request.origin,
-                        code,
-                        reason,
-                        Some(send.client_msg_id),
-                    ));
-                    self.outcome.refused += 1;
-                }
-            }
+        self.outcome.refused += acked.1;
+        self.outcome.outputs.extend(acked.0);
+        for (outputs, refused) in answers {
+            self.outcome.refused += u64::from(refused);
+            self.outcome.outputs.extend(outputs);
         }
         Ok(())
     }
 
     /// The message to every member but its sender, and the sent receipt to the sender;
-    /// records it as handled and as awaiting its confirms.
+    /// records it as handled.
     fn deliver(&mut self, message: Message, members: &[UserId], republish: bool) {
         let (chat_id, seq, sender, client_msg_id) = (
             message.chat_id,
@@ -357,7 +120,6 @@ impl Run<'_, '_> {
             message.client_msg_id,
         );
         self.handled.insert((sender, client_msg_id), (chat_id, seq));
-        self.outcome.unpublished.push((db(chat_id), db(seq)));
         let others: Vec<UserId> = members.iter().copied().filter(|&u| u != sender).collect();
         if !others.is_empty() {
             self.outcome.outputs.push(Output {
@@ -590,56 +352,11 @@ async fn other(
     request: &Request,
 ) -> Result<(Vec<Output>, bool), Error> {
     match &request.frame {
-        ClientFrame::AckDelivered(ack) => {
-            acknowledge(tx, st, request, ack, ReceiptKind::Delivered).await
-        }
-        ClientFrame::AckRead(ack) => acknowledge(tx, st, request, ack, ReceiptKind::Read).await,
         ClientFrame::Sync(sync) => history(tx, st, request, sync).await,
         ClientFrame::Typing(typing) => typing_event(tx, st, request, typing).await,
         ClientFrame::PresenceQuery(query) => Ok((vec![presence(request, query)], false)),
         _ => Ok((Vec::new(), false)),
     }
-}
-
-async fn acknowledge(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    request: &Request,
-    ack: &Ack,
-    kind: ReceiptKind,
-) -> Result<(Vec<Output>, bool), Error> {
-    let user = request.origin.user_id;
-    let statement = match kind {
-        ReceiptKind::Read => &st.ack_read,
-        ReceiptKind::Delivered | ReceiptKind::Sent => &st.ack_delivered,
-    };
-    let row = tx
-        .query_one(
-            statement,
-            &[&db(ack.chat_id), &db(user), &seq_param(ack.seq)],
-        )
-        .await?;
-    let exists: bool = row.try_get(0)?;
-    let old: Option<i64> = row.try_get(1)?;
-    let new: Option<i64> = row.try_get(2)?;
-    let (Some(old), Some(new)) = (old, new) else {
-        return Ok((
-            vec![membership_refusal(request, ack.chat_id, exists, None)],
-            true,
-        ));
-    };
-    let senders = ids(&row, 3)?;
-    if new <= old || senders.is_empty() {
-        return Ok((Vec::new(), false));
-    }
-    let frame = ServerFrame::Receipt(Receipt {
-        chat_id: ack.chat_id,
-        kind,
-        seq: wire_id(new),
-        user_id: user,
-        client_msg_id: None,
-    });
-    Ok((vec![Output::new(frame, Recipients::Users(senders))], false))
 }
 
 async fn history(
@@ -725,28 +442,6 @@ fn presence(request: &Request, query: &PresenceQuery) -> Output {
         },
         to: to_origin(&request.origin),
         republish: false,
-    }
-}
-
-/// The rows of one segment's new messages, as the insert's column arrays.
-#[derive(Default)]
-struct NewRows<'a> {
-    chats: Vec<i64>,
-    seqs: Vec<i64>,
-    senders: Vec<i64>,
-    client_msg_ids: Vec<i64>,
-    bodies: Vec<&'a str>,
-    times: Vec<i64>,
-}
-
-impl<'a> NewRows<'a> {
-    fn push(&mut self, sender: UserId, send: &'a SendMessage, seq: Seq, now_us: u64) {
-        self.chats.push(db(send.chat_id));
-        self.seqs.push(db(seq));
-        self.senders.push(db(sender));
-        self.client_msg_ids.push(db(send.client_msg_id));
-        self.bodies.push(&send.body);
-        self.times.push(db(now_us));
     }
 }
 

@@ -1,0 +1,234 @@
+//! Frames to the broker: what the cores queued since the last turn, grouped by shard, goes
+//! out as one inbound batch per shard (more when a shard's frames outgrow a batch), with
+//! publisher confirms. Publishes are pipelined: each is queued on the channel at once, in
+//! order, and its write and confirm complete in the background, so one slow publish holds
+//! up neither the next publishes nor the deliveries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use anyhow::{Result, bail};
+use broker::Topology;
+use crossbeam_queue::ArrayQueue;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation};
+use wire::envelope::{Inbound, InboundBatch};
+
+use super::{BridgeSettings, InboundFrame};
+
+/// Most frames in one batch. The backend runs a batch's frames in one transaction; this
+/// keeps one envelope a modest part of it.
+pub(super) const MAX_BATCH_FRAMES: usize = 256;
+
+/// Frame bytes a batch grows to before the next frame starts another one (a client frame is
+/// at most 16 KiB, so a batch holds at least eight).
+pub(super) const MAX_BATCH_BYTES: usize = 128 * 1024;
+
+/// Most frames one turn takes from the inbox, so a turn stays short and confirms and
+/// deliveries get their turn too.
+const MAX_FRAMES_PER_TURN: usize = 8 * MAX_BATCH_FRAMES;
+
+/// A publish on its way: its id and, once written and confirmed, the broker's answer.
+pub(super) type InFlight = Pin<Box<dyn Future<Output = (u64, lapin::Result<Confirmation>)>>>;
+
+/// Publishes not yet confirmed, in publish order, kept for a republish after a reconnect.
+pub(super) struct Publisher {
+    node_id: u32,
+    topology: Topology,
+    max_unconfirmed: usize,
+    next_id: u64,
+    pending: BTreeMap<u64, (u16, Arc<Vec<u8>>)>,
+}
+
+impl Publisher {
+    pub(super) fn new(settings: &BridgeSettings) -> Publisher {
+        Publisher {
+            node_id: settings.node_id,
+            topology: settings.topology.clone(),
+            max_unconfirmed: settings.max_unconfirmed.max(1),
+            next_id: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Publishes awaiting their confirm.
+    pub(super) fn unconfirmed(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether the node must stop taking frames until confirms come back.
+    pub(super) fn is_full(&self) -> bool {
+        self.pending.len() >= self.max_unconfirmed
+    }
+
+    /// Publishes on a new connection what the last one left unconfirmed, in its original
+    /// order.
+    pub(super) async fn republish(&self, channel: &Channel) -> Result<FuturesUnordered<InFlight>> {
+        let in_flight = FuturesUnordered::new();
+        if !self.pending.is_empty() {
+            tracing::info!(
+                count = self.pending.len(),
+                "republishing what the broker had not confirmed"
+            );
+        }
+        for (&id, (shard, body)) in &self.pending {
+            in_flight.push(start(channel, &self.topology, id, *shard, body.clone()).await);
+        }
+        Ok(in_flight)
+    }
+
+    /// Takes what the cores queued (up to a turn's worth), batches it per shard and
+    /// publishes the batches.
+    pub(super) async fn publish_queued(
+        &mut self,
+        channel: &Channel,
+        queue: &ArrayQueue<(u16, InboundFrame)>,
+    ) -> Result<Vec<InFlight>> {
+        let mut per_shard: HashMap<u16, Vec<InboundFrame>> = HashMap::new();
+        for _ in 0..MAX_FRAMES_PER_TURN {
+            let Some((shard, frame)) = queue.pop() else {
+                break;
+            };
+            per_shard.entry(shard).or_default().push(frame);
+        }
+        let mut started = Vec::new();
+        for (shard, frames) in per_shard {
+            for batch in cut(&frames) {
+                let body = Arc::new(self.encode(batch)?);
+                let id = self.next_id;
+                self.next_id += 1;
+                self.pending.insert(id, (shard, body.clone()));
+                started.push(start(channel, &self.topology, id, shard, body).await);
+            }
+        }
+        Ok(started)
+    }
+
+    /// Settles publish `id`: forgets it once the broker has it, publishes it again if the
+    /// broker refused it (the returned publish), and fails the session if the channel did.
+    pub(super) async fn confirmed(
+        &mut self,
+        channel: &Channel,
+        id: u64,
+        confirmation: lapin::Result<Confirmation>,
+    ) -> Result<Option<InFlight>> {
+        match confirmation {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => {
+                self.pending.remove(&id);
+                Ok(None)
+            }
+            Ok(Confirmation::Nack(_)) => {
+                let Some((shard, body)) = self.pending.get(&id).cloned() else {
+                    return Ok(None);
+                };
+                tracing::warn!(shard, "the broker refused a publish; retrying");
+                Ok(Some(start(channel, &self.topology, id, shard, body).await))
+            }
+            Err(error) => {
+                bail!("publishing or waiting for a publisher confirm: {error}")
+            }
+        }
+    }
+
+    fn encode(&self, frames: &[InboundFrame]) -> Result<Vec<u8>> {
+        let items: Vec<Inbound> = frames
+            .iter()
+            .map(|f| Inbound {
+                user_id: f.user_id,
+                node_id: self.node_id,
+                core: f.core,
+                connection_id: f.connection_id,
+                received_at_us: f.received_at_us,
+                frame: &f.frame,
+            })
+            .collect();
+        Ok(InboundBatch { items: &items }.encode()?)
+    }
+}
+
+/// Cuts one shard's frames, in order, into batches of at most [`MAX_BATCH_FRAMES`] frames
+/// and about [`MAX_BATCH_BYTES`] bytes.
+pub(super) fn cut(frames: &[InboundFrame]) -> Vec<&[InboundFrame]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, frame) in frames.iter().enumerate() {
+        let full = i - start >= MAX_BATCH_FRAMES || bytes + frame.frame.len() > MAX_BATCH_BYTES;
+        if i > start && full {
+            batches.push(&frames[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += frame.frame.len();
+    }
+    if start < frames.len() {
+        batches.push(&frames[start..]);
+    }
+    batches
+}
+
+/// Starts one publish. Its first poll queues the frames on the channel, which fixes the
+/// order of publishes (and of their confirms) now, not when the future is next polled.
+async fn start(
+    channel: &Channel,
+    topology: &Topology,
+    id: u64,
+    shard: u16,
+    body: Arc<Vec<u8>>,
+) -> InFlight {
+    let channel = channel.clone();
+    let exchange = topology.inbound_exchange();
+    let mut publish: InFlight = Box::pin(async move {
+        let written = channel
+            .basic_publish(
+                exchange.into(),
+                Topology::shard_routing_key(shard).into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
+        match written {
+            Ok(confirm) => (id, confirm.await),
+            Err(error) => (id, Err(error)),
+        }
+    });
+    match poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Box::pin(std::future::ready(done)),
+        Poll::Pending => publish,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> InboundFrame {
+        InboundFrame {
+            user_id: 1,
+            core: 0,
+            connection_id: 2,
+            received_at_us: 3,
+            frame: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_count_and_by_bytes_in_order() {
+        let frames: Vec<InboundFrame> = (0..MAX_BATCH_FRAMES * 2 + 1).map(|_| frame(10)).collect();
+        let sizes: Vec<usize> = cut(&frames).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [MAX_BATCH_FRAMES, MAX_BATCH_FRAMES, 1]);
+
+        let frames: Vec<InboundFrame> = (0..20).map(|_| frame(16 * 1024)).collect();
+        let sizes: Vec<usize> = cut(&frames).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [8, 8, 4]);
+
+        // A frame over the byte budget still travels, alone.
+        let frames = vec![frame(10), frame(MAX_BATCH_BYTES + 1), frame(10)];
+        let sizes: Vec<usize> = cut(&frames).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1, 1]);
+        assert!(cut(&[]).is_empty());
+    }
+}
