@@ -175,6 +175,20 @@ async fn malformed_and_oversized_frames_are_answered_or_closed() {
         ServerFrame::Error(error) => assert_eq!(error.code, ErrorCode::MalformedFrame.as_u16()),
         other => panic!("expected an error frame, got {other:?}"),
     }
+    // U+0000 in a stored text field is refused at the edge, before any engine sees it.
+    client
+        .send(Message::Text(
+            r#"{"type":"send","chat_id":1,"client_msg_id":77,"body":"a\u0000b"}"#.into(),
+        ))
+        .await
+        .expect("send");
+    match recv(&mut client).await {
+        ServerFrame::Error(error) => {
+            assert_eq!(error.code, ErrorCode::MalformedFrame.as_u16());
+            assert!(error.reason.contains("U+0000"), "{}", error.reason);
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
     // The session survived all of that.
     send(
         &mut client,
