@@ -134,7 +134,8 @@ struct Channels {
     publish: Channel,
 }
 
-/// The frames of the deliveries taken so far, in queue order, and the last delivery's tag.
+/// The frames of the deliveries taken so far, in queue order, and the tag of the last valid
+/// delivery (acknowledging a rejected one again would be a channel error).
 #[derive(Default)]
 struct Batch {
     requests: Vec<Request>,
@@ -243,9 +244,11 @@ impl ShardWorker {
         delivery: Delivery,
     ) -> anyhow::Result<()> {
         let tag = delivery.delivery_tag;
-        batch.last_tag = Some(tag);
         match request::decode(tag, redelivered(&delivery), &delivery.data) {
-            Ok(requests) => batch.requests.extend(requests),
+            Ok(requests) => {
+                batch.requests.extend(requests);
+                batch.last_tag = Some(tag);
+            }
             Err(error) => {
                 tracing::warn!(
                     shard = self.shard,
@@ -290,7 +293,7 @@ impl ShardWorker {
         self.publish(&channels.publish, envelopes, poisoned).await?;
         Stats::add(&self.shared.stats.published, published);
         let confirmed = started.elapsed();
-        // Every delivery up to the last one: the invalid ones are settled already.
+        // Every delivery up to the last valid one: the invalid ones are settled already.
         if let Some(last) = last_tag {
             channels
                 .consume

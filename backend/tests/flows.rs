@@ -591,8 +591,29 @@ async fn garbage_is_dead_lettered_and_does_not_block_the_next_message() {
     env.send(ALICE, 1, send(chat, 2, "after the garbage")).await;
     let delivered = node.find(|r| message(r).is_some()).await;
     assert_eq!(message(&delivered).map(|m| m.seq), Some(1));
-    assert_eq!(env.dead_letter().await, Some(garbage));
+    assert_eq!(env.dead_letter().await, Some(garbage.clone()));
     assert_eq!(backend.stats.snapshot().invalid, 1);
+    backend.stop().await;
+
+    // Garbage last in a batch: the batch is acknowledged up to its last valid delivery
+    // (acknowledging the rejected one again would break the channel), and work goes on.
+    env.send(ALICE, 1, send(chat, 3, "before the garbage"))
+        .await;
+    assert!(
+        env.publish_raw(0, &garbage)
+            .await
+            .await
+            .expect("confirm")
+            .is_ack()
+    );
+    let backend = env.start(&[]);
+    let delivered = node.find(|r| message(r).is_some()).await;
+    assert_eq!(message(&delivered).map(|m| m.seq), Some(2));
+    env.send(ALICE, 1, send(chat, 4, "after")).await;
+    let delivered = node.find(|r| message(r).is_some()).await;
+    assert_eq!(message(&delivered).map(|m| m.seq), Some(3));
+    assert_eq!(env.dead_letter().await, Some(garbage));
+    assert_eq!(backend.stats.snapshot().retries, 0);
 
     backend.stop().await;
     node.close().await;

@@ -133,3 +133,104 @@ impl Router {
         self.parked_total += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use wire::ServerFrame;
+    use wire::envelope::{Outbound, OutboundBatch};
+    use wire::server::TypingEvent;
+
+    use super::*;
+    use crate::bridge::SessionChange;
+    use crate::router::connection_id;
+
+    fn envelope(items: &[(Vec<Target>, u64)]) -> Vec<u8> {
+        let frames: Vec<Vec<u8>> = items
+            .iter()
+            .map(|(_, chat_id)| {
+                ServerFrame::Typing(TypingEvent {
+                    chat_id: *chat_id,
+                    user_id: 1,
+                })
+                .encode()
+                .expect("frame")
+            })
+            .collect();
+        let outbound: Vec<Outbound> = items
+            .iter()
+            .zip(&frames)
+            .map(|((targets, _), frame)| Outbound { targets, frame })
+            .collect();
+        OutboundBatch { items: &outbound }
+            .encode()
+            .expect("envelope")
+    }
+
+    /// What a mailbox holds: per delivery, its targets.
+    fn drain(mailbox: &Mailbox) -> Vec<Vec<Target>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(msg) = mailbox.poll_recv(&mut cx) {
+            if let CoreMsg::Deliver { targets, .. } = msg {
+                out.push(targets.to_vec());
+            }
+        }
+        out
+    }
+
+    fn router_with_user_7_on_core_1() -> Router {
+        let mut sessions = Sessions::default();
+        sessions.apply_for_test(SessionChange {
+            user: 7,
+            core: 1,
+            closed_at_us: None,
+        });
+        Router::new(3, Rc::new(RefCell::new(sessions)))
+    }
+
+    #[test]
+    fn deliveries_reach_only_the_cores_that_hold_their_targets() {
+        let mailboxes: Vec<Mailbox> = (0..3).map(|_| Mailbox::new(16)).collect();
+        let mut router = router_with_user_7_on_core_1();
+        let on_core_2 = Target::Connection(connection_id(2, 5));
+        router.route(
+            &mailboxes,
+            &envelope(&[
+                (vec![Target::User(7)], 1),
+                (vec![Target::User(7), on_core_2], 2),
+                (vec![Target::User(8)], 3),
+            ]),
+        );
+        assert_eq!(drain(&mailboxes[0]), [vec![Target::User(8)]]);
+        assert_eq!(
+            drain(&mailboxes[1]),
+            [
+                vec![Target::User(7)],
+                vec![Target::User(7)],
+                vec![Target::User(8)]
+            ]
+        );
+        assert_eq!(
+            drain(&mailboxes[2]),
+            [vec![on_core_2], vec![Target::User(8)]]
+        );
+    }
+
+    #[test]
+    fn a_full_mailbox_parks_deliveries_without_blocking_until_they_fit() {
+        let mailboxes: Vec<Mailbox> = (0..3).map(|_| Mailbox::new(2)).collect();
+        let mut router = router_with_user_7_on_core_1();
+        let items: Vec<(Vec<Target>, u64)> = (0..5).map(|c| (vec![Target::User(7)], c)).collect();
+        router.route(&mailboxes, &envelope(&items));
+        assert!(router.is_parked());
+        assert_eq!(drain(&mailboxes[1]).len(), 2);
+        router.retry(&mailboxes);
+        assert_eq!(drain(&mailboxes[1]).len(), 2);
+        router.retry(&mailboxes);
+        assert_eq!(drain(&mailboxes[1]).len(), 1);
+        assert!(!router.is_parked());
+        assert!(router.has_room());
+    }
+}

@@ -330,6 +330,11 @@ async fn session(
     node.broker_connected.store(true, Ordering::Release);
     tracing::info!(node = settings.node_id, "connected to the broker");
     loop {
+        if router.is_parked() {
+            // Also here, not only on the retry timer, which busy branches could keep from
+            // firing.
+            router.retry(&node.mailboxes);
+        }
         let paused = publisher.is_full();
         node.broker_paused.store(paused, Ordering::Release);
         if *stopping && inbox.publishes.is_empty() && publisher.unconfirmed() == 0 {

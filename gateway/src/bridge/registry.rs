@@ -87,6 +87,11 @@ impl Sessions {
         }
     }
 
+    #[cfg(test)]
+    pub(super) fn apply_for_test(&mut self, change: SessionChange) -> bool {
+        self.apply(change)
+    }
+
     fn users(&self) -> impl Iterator<Item = UserId> + '_ {
         self.users.keys().copied()
     }
