@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "BACKEND_BATCH_WAIT", value_parser = parse_duration, default_value = "0ms")]
     pub batch_wait: Duration,
 
+    /// Send each node one batch envelope per batch (`true`), or one single-frame envelope
+    /// per frame (`false`), which gateways of releases before batch envelopes read. For a
+    /// rolling upgrade: backends first with `false`, then the gateways, then `true`.
+    #[arg(long, env = "BACKEND_OUTBOUND_BATCHES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbound_batches: bool,
+
     /// Unacknowledged deliveries the broker may push to each shard consumer.
     #[arg(long, env = "BACKEND_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,

@@ -21,6 +21,15 @@ pub(crate) const MAX_TARGETS_PER_ENVELOPE: usize = 2048;
 pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 const _: () = assert!(BATCH_BYTES < MAX_ENVELOPE_BYTES);
 
+/// How frames travel to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Batch envelopes: one per node per batch.
+    Batch,
+    /// One single-frame envelope per frame, for gateways that predate batch envelopes.
+    Single,
+}
+
 /// One publish to one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Envelope {
@@ -54,6 +63,7 @@ pub(crate) fn route(
     outputs: Vec<Output>,
     directory: &Directory,
     now_us: u64,
+    form: Form,
 ) -> (Vec<Envelope>, u64) {
     let mut frames: Vec<Vec<u8>> = Vec::with_capacity(outputs.len());
     // Per node: (frame index, targets, republish), in output order.
@@ -103,7 +113,11 @@ pub(crate) fn route(
     }
     let mut envelopes = Vec::with_capacity(per_node.len());
     for (node_id, items) in per_node {
-        for batch in cut(&items, &frames) {
+        let batches = match form {
+            Form::Batch => cut(&items, &frames),
+            Form::Single => items.chunks(1).collect(),
+        };
+        for batch in batches {
             let republish = batch.iter().any(|(_, _, republish)| *republish);
             let outbound: Vec<Outbound> = batch
                 .iter()
@@ -112,7 +126,11 @@ pub(crate) fn route(
                     frame: &frames[*index],
                 })
                 .collect();
-            match (OutboundBatch { items: &outbound }).encode() {
+            let encoded = match (form, outbound.as_slice()) {
+                (Form::Single, [one]) => one.encode(),
+                _ => OutboundBatch { items: &outbound }.encode(),
+            };
+            match encoded {
                 Ok(body) => envelopes.push(Envelope {
                     node_id,
                     body,
@@ -228,7 +246,7 @@ mod tests {
             user_id: 9,
         });
         let outputs = vec![Output::new(frame.clone(), Recipients::Users(vec![1, 2, 3]))];
-        let (envelopes, dropped) = route(outputs, &directory(), 0);
+        let (envelopes, dropped) = route(outputs, &directory(), 0, Form::Batch);
         assert_eq!(dropped, 0);
         let nodes: Vec<u32> = envelopes.iter().map(|e| e.node_id).collect();
         assert_eq!(nodes, [10, 20]);
@@ -252,7 +270,7 @@ mod tests {
                 connection_id: 1234,
             },
         )];
-        let (envelopes, _) = route(outputs, &Directory::default(), 0);
+        let (envelopes, _) = route(outputs, &Directory::default(), 0, Form::Batch);
         assert_eq!(envelopes.len(), 1);
         assert_eq!(envelopes[0].node_id, 77);
         assert_eq!(
@@ -275,7 +293,7 @@ mod tests {
             republish: false,
         }];
         assert_eq!(lookups(&outputs), (vec![2, 3, 4], vec![2, 3, 4]));
-        let (envelopes, _) = route(outputs, &directory(), 1000);
+        let (envelopes, _) = route(outputs, &directory(), 1000, Form::Batch);
         let (_, frame) = decode(&envelopes[0]);
         let ServerFrame::Presence(presence) = frame else {
             panic!("not a presence frame: {frame:?}");
@@ -299,6 +317,7 @@ mod tests {
             vec![Output::new(typing(5), Recipients::Users(users))],
             &d,
             0,
+            Form::Batch,
         );
         assert_eq!(dropped, 0);
         assert_eq!(envelopes.len(), 1);
@@ -313,7 +332,7 @@ mod tests {
         let outputs: Vec<Output> = (0..100)
             .map(|chat| Output::new(typing(chat), Recipients::Users(vec![1, 2])))
             .collect();
-        let (envelopes, dropped) = route(outputs, &directory(), 0);
+        let (envelopes, dropped) = route(outputs, &directory(), 0, Form::Batch);
         assert_eq!(dropped, 0);
         let nodes: Vec<u32> = envelopes.iter().map(|e| e.node_id).collect();
         assert_eq!(nodes, [10, 20]);
@@ -330,6 +349,26 @@ mod tests {
         assert_eq!(chats(&envelopes[0]), expected);
         assert_eq!(chats(&envelopes[1]), expected);
         assert!(envelopes.iter().all(|e| !e.republish));
+    }
+
+    #[test]
+    fn the_single_form_is_one_envelope_per_frame_that_old_gateways_read() {
+        let outputs: Vec<Output> = (0..3)
+            .map(|chat| Output::new(typing(chat), Recipients::Users(vec![1])))
+            .collect();
+        let (envelopes, dropped) = route(outputs, &directory(), 0, Form::Single);
+        assert_eq!(dropped, 0);
+        assert_eq!(envelopes.len(), 3);
+        for (chat, envelope) in envelopes.iter().enumerate() {
+            assert_eq!(envelope.body[0], wire::envelope::ENVELOPE_VERSION);
+            let view = wire::envelope::OutboundView::access(&envelope.body).expect("single form");
+            assert_eq!(
+                view.server_frame()
+                    .and_then(|f| f.to_owned())
+                    .expect("frame"),
+                typing(chat as u64)
+            );
+        }
     }
 
     #[test]
@@ -356,7 +395,7 @@ mod tests {
             connection_id: 1,
         };
         let outputs: Vec<Output> = (0..5).map(|c| Output::new(page(c), to.clone())).collect();
-        let (envelopes, dropped) = route(outputs, &Directory::default(), 0);
+        let (envelopes, dropped) = route(outputs, &Directory::default(), 0, Form::Batch);
         assert_eq!(dropped, 0);
         // Each page is about 215 KB: one per batch.
         assert_eq!(envelopes.len(), 5);

@@ -281,7 +281,12 @@ impl ShardWorker {
         Stats::add(&stats.republished, outcome.republished);
         Stats::add(&stats.refused, outcome.refused);
         Stats::add(&stats.poisoned, poisoned.len() as u64);
-        let (envelopes, dropped) = route::route(outcome.outputs, &directory, now_us);
+        let form = if self.shared.config.outbound_batches {
+            route::Form::Batch
+        } else {
+            route::Form::Single
+        };
+        let (envelopes, dropped) = route::route(outcome.outputs, &directory, now_us, form);
         if dropped > 0 {
             tracing::error!(
                 shard = self.shard,
