@@ -3,6 +3,7 @@
 //! read two fields" operation written once per encoding.
 
 pub mod compare;
+pub mod cpu;
 pub mod peer;
 pub mod proto;
 

@@ -65,6 +65,10 @@ pub struct CpuUse {
     pub phase: &'static str,
     /// Its length, seconds.
     pub secs: f64,
+    /// Its start and end on the wall clock, µs since the Unix epoch, so that tools reading
+    /// other processes' CPU (bench's `cpu_report`) can measure over the same window.
+    pub from_unix_us: Option<u64>,
+    pub to_unix_us: Option<u64>,
     /// CPUs of the host.
     pub host_cpus: usize,
     /// Busy cores of the whole host.

@@ -183,6 +183,8 @@ fn drive_phases(
 /// CPU counters at one moment: the host's, the tester's and the server's.
 struct CpuSample {
     at_us: u64,
+    /// The same moment on the wall clock, µs since the Unix epoch.
+    unix_us: Option<u64>,
     host: Option<sys::HostCpu>,
     tester_secs: Option<f64>,
     server_secs: Option<f64>,
@@ -192,6 +194,10 @@ impl CpuSample {
     fn take(shared: &Shared) -> CpuSample {
         CpuSample {
             at_us: shared.now_us(),
+            unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_micros() as u64),
             host: sys::host_cpu().ok(),
             tester_secs: sys::process_cpu_secs("self").ok(),
             server_secs: shared
@@ -218,6 +224,8 @@ impl CpuSample {
         Some(CpuUse {
             phase,
             secs,
+            from_unix_us: self.unix_us,
+            to_unix_us: later.unix_us,
             host_cpus: cpus,
             host_cores,
             tester_cores,
