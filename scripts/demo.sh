@@ -29,6 +29,7 @@ RATE=${RATE:-0.02}
 RATES=${RATES:-$RATE}
 BODY=${BODY:-64}
 GATEWAY_CORES=${GATEWAY_CORES:-1}
+SHARDS=${SHARDS:-8}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 ADMIN_PORT=${ADMIN_PORT:-9090}
@@ -78,12 +79,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$bin/backend" --database-url postgres://postgres@127.0.0.1:5432/test --pg-schema "$prefix" \
-  --amqp-prefix "$prefix" --redis-prefix "$prefix" >"$out/backend.log" 2>&1 &
+  --amqp-prefix "$prefix" --redis-prefix "$prefix" --shards "$SHARDS" >"$out/backend.log" 2>&1 &
 backend_pid=$!
 pids+=("$backend_pid")
 "$bin/gateway" --listen "127.0.0.1:$GATEWAY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --cores "$GATEWAY_CORES" --engine amqp --amqp-prefix "$prefix" --redis-prefix "$prefix" \
-  >"$out/gateway.log" 2>&1 &
+  --shards "$SHARDS" >"$out/gateway.log" 2>&1 &
 gateway_pid=$!
 pids+=("$gateway_pid")
 

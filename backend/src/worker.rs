@@ -570,10 +570,10 @@ where
     Ok(())
 }
 
-/// Persistent, so that a durable node queue keeps deliveries across a broker restart within
-/// their TTL; a republish is marked for whoever wants to tell it from a bug.
+/// Transient: node queues carry deliveries that clients recover with sync, in memory (see
+/// `broker`'s topology); a republish is marked for whoever wants to tell it from a bug.
 fn properties(republish: bool) -> BasicProperties {
-    let properties = BasicProperties::default().with_delivery_mode(2);
+    let properties = BasicProperties::default().with_delivery_mode(1);
     if republish {
         let mut headers = FieldTable::default();
         headers.insert(REPUBLISH_HEADER.into(), AMQPValue::Boolean(true));
