@@ -9,7 +9,8 @@
 # those that start or end during the run included), Redis (on 6379) and the load tester,
 # as CPU seconds, cores used and CPU seconds per 1,000 user messages sent, with the host's
 # total beside them (bench's `cpu_report`, sampling /proc every 250 ms; seeing the
-# services' processes needs root). The table goes to $OUT/cpu*.md and $OUT/cpu*.json.
+# services' processes needs root). The table goes to $OUT/cpu*.md and $OUT/cpu*.json, the
+# raw samples to $OUT/cpu*-samples.tsv.
 #
 # Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (0.02: one
 # message per user every 50 s, with delivered and read acks), RATES (several rates, one run
@@ -110,7 +111,8 @@ for rate in $RATES; do
   cpu=()
   if [[ $CPU != 0 ]]; then
     cpu=("$release/cpu_report" --report "$out/$name.json" --json "$out/${name/report/cpu}.json"
-      --markdown "$out/${name/report/cpu}.md" --hz "$(getconf CLK_TCK)"
+      --markdown "$out/${name/report/cpu}.md" --samples "$out/${name/report/cpu}-samples.tsv"
+      --hz "$(getconf CLK_TCK)"
       "gateway=pid:$gateway_pid" "backend=pid:$backend_pid" rabbitmq=port:5672+port:4369
       postgresql=port:5432 redis=port:6379 tester=child --)
   fi

@@ -49,6 +49,9 @@ pub struct HostCpu {
     pub busy: u64,
     /// All ticks of all CPUs.
     pub total: u64,
+    /// Ticks in interrupts (irq + softirq): busy, but no process's utime or stime. Much
+    /// of it is loopback networking, the kernel's half of the sockets' traffic.
+    pub interrupts: u64,
 }
 
 /// Parses the `cpu` line of /proc/stat.
@@ -63,9 +66,11 @@ pub fn parse_host_cpu(proc_stat: &str) -> Option<HostCpu> {
     // user nice system idle iowait irq softirq steal (guest time is inside user already).
     let total: u64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    let interrupts = ticks.get(5).copied().unwrap_or(0) + ticks.get(6).copied().unwrap_or(0);
     Some(HostCpu {
         busy: total - idle,
         total,
+        interrupts,
     })
 }
 
@@ -290,9 +295,14 @@ pub struct CpuTable {
     pub sent: u64,
     /// Messages the clients received in the window (`throughput.received`).
     pub received: u64,
+    /// Deliveries the tester expected and those it got by its end (`accounting`): fewer
+    /// means the stack fell behind.
+    pub deliveries: Option<(u64, u64)>,
     pub rows: Vec<Row>,
     /// Busy CPU seconds of the whole host in the span.
     pub host_cpu_secs: Option<f64>,
+    /// Of which in interrupts (irq + softirq), charged to no process.
+    pub interrupt_cpu_secs: Option<f64>,
     /// CPUs of the host.
     pub host_cpus: usize,
     /// Clock ticks per second.
@@ -317,6 +327,9 @@ impl CpuTable {
                 .ok_or(CpuError::Missing(pointer))
         };
         let (sent, received) = (count("/throughput/sent")?, count("/throughput/received")?);
+        let deliveries = count("/accounting/deliveries_expected")
+            .ok()
+            .zip(count("/accounting/deliveries_received").ok());
         // Samples are in time order: the first and the last inside the window.
         let first = samples.partition_point(|s| s.unix_us < window.from_us);
         let last = samples.partition_point(|s| s.unix_us <= window.to_us);
@@ -348,8 +361,10 @@ impl CpuTable {
             span_us: (a.unix_us, b.unix_us),
             sent,
             received,
+            deliveries,
             rows,
             host_cpu_secs: delta(&|s: &Sample| s.host.map(|h| h.busy)),
+            interrupt_cpu_secs: delta(&|s: &Sample| s.host.map(|h| h.interrupts)),
             host_cpus,
             hz,
         })
@@ -407,6 +422,17 @@ impl CpuTable {
             thousands(self.sent_in_span().round() as u64),
             thousands(self.received),
         );
+        if let Some((expected, got)) = self.deliveries.filter(|(e, g)| g < e) {
+            let _ = writeln!(
+                out,
+                "**Behind:** {} of {} expected deliveries ({:.0}%) arrived by the tester's end. \
+                 Past the knee, CPU per message sent is what the host had to give, not what a \
+                 message costs.\n",
+                thousands(got),
+                thousands(expected),
+                got as f64 * 100.0 / expected as f64,
+            );
+        }
         out.push_str(
             "| process | CPU s during run | cores used | CPU s per 1,000 messages |\n|---|---:|---:|---:|\n",
         );
@@ -439,7 +465,15 @@ impl CpuTable {
                 &format!("host, all processes ({} CPUs)", self.host_cpus),
                 Some(host),
             );
-            line("other processes on the host", Some((host - total).max(0.0)));
+            let interrupts = self.interrupt_cpu_secs.unwrap_or(0.0);
+            line(
+                "kernel interrupts (irq + softirq: loopback networking)",
+                Some(interrupts),
+            );
+            line(
+                "other processes on the host",
+                Some((host - total - interrupts).max(0.0)),
+            );
         }
         out
     }
@@ -478,12 +512,15 @@ impl CpuTable {
             "messages_sent": self.sent,
             "messages_sent_in_span": self.sent_in_span(),
             "messages_received": self.received,
+            "deliveries_expected": self.deliveries.map(|d| d.0),
+            "deliveries_received": self.deliveries.map(|d| d.1),
             "clock_ticks_per_sec": self.hz,
             "processes": processes,
             "total": figures(Some(self.total())),
             "host": {
                 "cpus": self.host_cpus,
                 "busy": figures(self.host_cpu_secs),
+                "interrupts": figures(self.interrupt_cpu_secs),
             },
         })
     }
@@ -530,7 +567,8 @@ mod tests {
             parse_host_cpu(text),
             Some(HostCpu {
                 busy: 170,
-                total: 1010
+                total: 1010,
+                interrupts: 10
             })
         );
         assert_eq!(host_cpus(text), 1);
@@ -653,6 +691,7 @@ mod tests {
             host: Some(HostCpu {
                 busy: host_busy,
                 total: host_busy * 2,
+                interrupts: host_busy / 10,
             }),
             groups: ticks
                 .iter()
@@ -723,22 +762,39 @@ mod tests {
         assert_eq!(table.cores(gateway), 0.5);
         assert_eq!(table.per_thousand(gateway), Some(2.5));
         assert_eq!(table.rows[1].cpu_secs, None);
-        // Host: 150 ticks/s = 12 s, of which 8 s not ours.
+        // Host: 150 ticks/s = 12 s, of which 1.2 s in interrupts and 6.8 s in others.
         assert_eq!(table.host_cpu_secs, Some(12.0));
+        assert_eq!(table.interrupt_cpu_secs, Some(1.2));
         let md = table.markdown();
         assert!(md.contains("2,000 user messages sent"), "{md}");
+        assert!(!md.contains("Behind"), "{md}");
         assert!(
             md.contains("| gateway (2 processes) | 4.00 | 0.500 | 2.500 |"),
             "{md}"
         );
         assert!(md.contains("| redis | not found | | |"), "{md}");
         assert!(
-            md.contains("| other processes on the host | 8.00 | 1.000 | 5.000 |"),
+            md.contains("| other processes on the host | 6.80 | 0.850 | 4.250 |"),
             "{md}"
         );
         let json = table.json();
         assert_eq!(json["processes"][0]["cpu_secs_per_1000_messages"], 2.5);
         assert_eq!(json["messages_sent"], 2000);
+    }
+
+    #[test]
+    fn a_stack_that_fell_behind_is_flagged() {
+        let names = ["gateway".to_owned()];
+        let samples: Vec<Sample> = (0..=6).map(|i| sample(i * S, 0, &[Some(i)])).collect();
+        let mut behind = report(Some(S), Some(5 * S), 100);
+        behind["accounting"] = json!({"deliveries_expected": 900, "deliveries_received": 300});
+        let table = CpuTable::build(&names, &samples, &behind, None, 100, 2).unwrap();
+        assert_eq!(table.deliveries, Some((900, 300)));
+        let md = table.markdown();
+        assert!(
+            md.contains("**Behind:** 300 of 900 expected deliveries (33%)"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ struct Args {
     /// Where to write the table (what is printed) as markdown.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Where to write every sample (tab-separated clock ticks per group, over time).
+    #[arg(long)]
+    samples: Option<PathBuf>,
     /// Time between samples, milliseconds.
     #[arg(long, default_value_t = 250)]
     every_ms: u64,
@@ -75,6 +78,9 @@ fn main() -> Result<ExitCode> {
         }
         samples.push(sample(&roots));
     };
+    if let Some(path) = &args.samples {
+        write_samples(path, &args.groups, &samples)?;
+    }
     if !status.success() {
         eprintln!(
             "cpu_report: {} ended with {status}: no table",
@@ -128,6 +134,29 @@ fn main() -> Result<ExitCode> {
         fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_samples(path: &Path, groups: &[Group], samples: &[Sample]) -> Result<()> {
+    let mut text = String::from("unix_us\thost_busy\thost_interrupts");
+    for g in groups {
+        text.push('\t');
+        text.push_str(&g.name);
+    }
+    text.push('\n');
+    let cell = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+    for s in samples {
+        text.push_str(&s.unix_us.to_string());
+        text.push('\t');
+        text.push_str(&cell(s.host.map(|h| h.busy)));
+        text.push('\t');
+        text.push_str(&cell(s.host.map(|h| h.interrupts)));
+        for g in &s.groups {
+            text.push('\t');
+            text.push_str(&cell(g.map(|t| t.ticks)));
+        }
+        text.push('\n');
+    }
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Turns the selectors into processes; ports are looked up once, before the run.
