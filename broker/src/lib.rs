@@ -16,7 +16,8 @@ pub use error::BrokerError;
 pub use shard::shard_of;
 pub use topology::{
     DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_LENGTH, DEAD_LETTER_TTL_MS, DELIVERY_LIMIT,
-    INBOUND_MAX_LENGTH, NODE_MAX_BYTES, NODE_MAX_LENGTH, NODE_MESSAGE_TTL_MS, NODE_QUEUE_EXPIRES_MS, Topology,
+    INBOUND_MAX_LENGTH, NODE_MAX_BYTES, NODE_MAX_LENGTH, NODE_MESSAGE_TTL_MS,
+    NODE_QUEUE_EXPIRES_MS, Topology,
 };
 
 /// The message header that marks an outbound delivery the backend sent again because it
