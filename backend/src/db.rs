@@ -198,10 +198,13 @@ impl Statements {
                  FROM unnest($1::bigint[], $2::bigint[]) AS k(sender, client_msg_id)
                  JOIN messages m ON m.sender = k.sender AND m.client_msg_id = k.client_msg_id")
             .await?,
-            membership_pairs: p("SELECT k.chat_id, k.user_id,
-                        EXISTS (SELECT 1 FROM chats c WHERE c.id = k.chat_id),
-                        EXISTS (SELECT 1 FROM chat_members cm WHERE cm.chat_id = k.chat_id AND cm.user_id = k.user_id)
-                 FROM unnest($1::bigint[], $2::bigint[]) AS k(chat_id, user_id)")
+            // Lookups through `LATERAL ... LIMIT 1` stay index lookups in the generic plan
+            // (see `persist::APPLY_ACKS`).
+            membership_pairs: p("SELECT k.chat_id, k.user_id, c.id IS NOT NULL, cm.user_id IS NOT NULL
+                 FROM unnest($1::bigint[], $2::bigint[]) AS k(chat_id, user_id)
+                 LEFT JOIN LATERAL (SELECT id FROM chats WHERE id = k.chat_id LIMIT 1) c ON true
+                 LEFT JOIN LATERAL (SELECT user_id FROM chat_members
+                                    WHERE chat_id = k.chat_id AND user_id = k.user_id LIMIT 1) cm ON true")
             .await?,
             take_seqs: p("UPDATE chats c SET last_seq = c.last_seq + v.n
                  FROM unnest($1::bigint[], $2::bigint[]) AS v(id, n)
