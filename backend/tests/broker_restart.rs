@@ -11,6 +11,7 @@
 //!
 //! It takes 30 to 60 s on a busy 2-core machine, most of it the broker's two boots.
 
+mod full_stack;
 mod private_broker;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,24 +20,20 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use clap::Parser;
+use full_stack::{SHARDS, clean_up, database_url, private_corner, start_gateway, upgrade_request};
 use futures_util::{SinkExt, StreamExt};
-use gateway::{Config, Gateway};
+use gateway::Gateway;
 use private_broker::PrivateBroker;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wire::client::{Ack, CreateChat, SendMessage, SyncRequest};
 use wire::limits::MAX_SYNC_PAGE;
 use wire::server::Message as Delivery;
 use wire::{ChatKind, ClientFrame, ErrorCode, ReceiptKind, ServerFrame};
-
-const SECRET: &str = "broker-restart-secret-of-enough-length";
-const SHARDS: &str = "4";
 
 /// Each sender sends one new message this often while the stream runs.
 const SEND_EVERY: Duration = Duration::from_millis(50);
@@ -59,59 +56,19 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 /// The gateway and the backend worker of this test, on the private broker, with their own
 /// schema and prefixes.
 struct Stack {
     name: String,
+    node_id: u32,
     gateway: Option<Gateway>,
     worker: Option<Child>,
 }
 
 impl Stack {
     fn new(amqp_url: &str) -> Stack {
-        let nonce = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .subsec_nanos()
-            ^ std::process::id();
-        let name = format!("restart_{nonce:x}");
-        let node_id = 10_000 + nonce % 1_000_000;
-        let args = [
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--jwt-secret",
-            SECRET,
-            "--engine",
-            "amqp",
-            "--amqp-url",
-            amqp_url,
-            "--amqp-prefix",
-            &name,
-            "--redis-prefix",
-            &name,
-            "--shards",
-            SHARDS,
-            "--node-id",
-            &node_id.to_string(),
-            "--shutdown-deadline",
-            "3s",
-            "--frames-per-second",
-            "100000",
-            "--frame-burst",
-            "100000",
-        ];
-        let gateway =
-            Gateway::start(Config::try_parse_from(args).expect("flags")).expect("gateway starts");
+        let (name, node_id) = private_corner("restart");
+        let gateway = start_gateway(&name, node_id, amqp_url);
         let mut worker = Command::new(env!("CARGO_BIN_EXE_backend"))
             .args(["--amqp-url", amqp_url])
             .args(["--database-url", &database_url(), "--pg-schema", &name])
@@ -135,6 +92,7 @@ impl Stack {
         });
         Stack {
             name,
+            node_id,
             gateway: Some(gateway),
             worker: Some(worker),
         }
@@ -176,43 +134,14 @@ impl Drop for Stack {
             gateway.join();
         }
         // The private broker goes with its directory; the schema is ours to drop.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        clean_up(&self.name, self.node_id, None);
     }
 }
 
 /// Connects `user`, retrying for up to `patience` (the gateway refuses connections while it
 /// has no broker), and waits for the welcome.
 async fn connect(addr: SocketAddr, user: u64, patience: Duration) -> Result<Client, String> {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    let token = gateway::auth::mint_hs256(SECRET.as_bytes(), user, exp);
-    let mut request = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
+    let request = upgrade_request(addr, user);
     let deadline = Instant::now() + patience;
     loop {
         let error = match tokio_tungstenite::connect_async(request.clone()).await {

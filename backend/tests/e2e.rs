@@ -2,29 +2,25 @@
 //! in-process), RabbitMQ, backend workers (processes, so they can be killed with SIGKILL),
 //! PostgreSQL and Redis. Each test has its own schema, AMQP prefix, Redis prefix and node id.
 
+mod full_stack;
+
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use clap::Parser;
+use full_stack::{SHARDS, clean_up, database_url, private_corner, start_gateway, upgrade_request};
 use futures_util::{SinkExt, StreamExt};
-use gateway::{Config, Gateway};
+use gateway::Gateway;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wire::client::{Ack, CreateChat, SendMessage, SyncRequest};
 use wire::{ChatKind, ClientFrame, ErrorCode, ReceiptKind, ServerFrame};
 
-const SECRET: &str = "e2e-secret-of-enough-length";
-const SHARDS: &str = "4";
+/// The system's broker, which these tests share (each in its own prefix).
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 /// One test's private corner of the services and the processes serving it.
 struct Stack {
@@ -36,43 +32,8 @@ struct Stack {
 
 impl Stack {
     fn new(label: &str) -> Stack {
-        let nonce = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .subsec_nanos()
-            ^ std::process::id();
-        let name = format!("e2e_{label}_{nonce:x}");
-        let node_id = 10_000 + nonce % 1_000_000;
-        let args = [
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--jwt-secret",
-            SECRET,
-            "--engine",
-            "amqp",
-            "--amqp-prefix",
-            &name,
-            "--redis-prefix",
-            &name,
-            "--shards",
-            SHARDS,
-            "--node-id",
-            &node_id.to_string(),
-            "--shutdown-deadline",
-            "3s",
-            // The tests send bursts far above a person's typing rate.
-            "--frames-per-second",
-            "100000",
-            "--frame-burst",
-            "100000",
-        ];
-        let gateway =
-            Gateway::start(Config::try_parse_from(args).expect("flags")).expect("gateway starts");
+        let (name, node_id) = private_corner(&format!("e2e_{label}"));
+        let gateway = start_gateway(&name, node_id, AMQP_URL);
         let mut stack = Stack {
             name,
             node_id,
@@ -118,19 +79,7 @@ impl Stack {
     }
 
     async fn connect(&self, user_id: u64) -> Client {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-            + 3600;
-        let token = gateway::auth::mint_hs256(SECRET.as_bytes(), user_id, exp);
-        let mut request = format!("ws://{}/ws", self.gateway().local_addr())
-            .into_client_request()
-            .expect("request");
-        request.headers_mut().insert(
-            "Authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
+        let request = upgrade_request(self.gateway().local_addr(), user_id);
         // The gateway accepts only once it reaches the broker; retry until then.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -177,36 +126,8 @@ impl Drop for Stack {
             gateway.begin_shutdown();
             gateway.join();
         }
-        let name = self.name.clone();
-        let node_id = self.node_id;
         // Leave the services as we found them.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .await;
-                }
-                if let Ok(connection) =
-                    broker::connect("amqp://guest:guest@127.0.0.1:5672/%2f", "e2e-cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let topology = broker::Topology {
-                        prefix: name.clone(),
-                        shards: SHARDS.parse().expect("shards"),
-                    };
-                    let _ = topology.delete_all(&channel, &[node_id]).await;
-                }
-            });
-        })
-        .join();
+        clean_up(&self.name, self.node_id, Some(AMQP_URL));
     }
 }
 
