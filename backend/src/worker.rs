@@ -619,12 +619,12 @@ fn redelivered(delivery: &Delivery) -> bool {
         .headers()
         .as_ref()
         .and_then(|h| h.inner().get("x-delivery-count").cloned());
-    delivery.redelivered
-        || matches!(
-            count,
-            Some(AMQPValue::LongLongInt(n)) if n > 0
-        )
-        || matches!(count, Some(AMQPValue::LongInt(n)) if n > 0)
+    let returned_before = match count {
+        Some(AMQPValue::LongLongInt(n)) => n > 0,
+        Some(AMQPValue::LongInt(n)) => n > 0,
+        _ => false,
+    };
+    delivery.redelivered || returned_before
 }
 
 /// A database error with the server's message, which `Display` alone leaves out.

@@ -91,7 +91,7 @@ pub struct Core {
     /// Session changes for the registry that found its queue full, in order. Apart from
     /// `overflow`, so that they never wait behind frames that wait for the broker, and
     /// without pausing readers: they do not grow with what clients send.
-    parked_changes: RefCell<VecDeque<(Arc<BridgeInbox>, BridgeMsg)>>,
+    parked_changes: RefCell<VecDeque<Parked>>,
     paused_readers: RefCell<Vec<Waker>>,
     /// The timer task's waker while it idles, for work that needs it sooner.
     timer_waker: RefCell<Option<Waker>>,
@@ -272,34 +272,38 @@ impl Core {
     /// Hands work to the broker bridge: a frame in order with everything parked before it,
     /// a session change in order with the session changes parked before it.
     pub fn send_to_bridge(&self, inbox: &Arc<BridgeInbox>, msg: BridgeMsg) {
-        if !BridgeInbox::is_session_change(&msg) {
-            self.send(Parked::Bridge(inbox.clone(), msg));
-            return;
-        }
-        let mut parked = self.parked_changes.borrow_mut();
-        if parked.is_empty() {
-            match inbox.push(msg) {
-                Ok(()) => return,
-                Err(msg) => parked.push_back((inbox.clone(), msg)),
-            }
+        let session_change = BridgeInbox::is_session_change(&msg);
+        let parked = Parked::Bridge(inbox.clone(), msg);
+        if session_change {
+            self.push_in_order(&self.parked_changes, parked);
         } else {
-            parked.push_back((inbox.clone(), msg));
+            self.send(parked);
         }
-        drop(parked);
-        self.need_timer();
     }
 
     fn send(&self, parked: Parked) {
-        let mut overflow = self.overflow.borrow_mut();
-        if !overflow.is_empty() {
-            overflow.push_back(parked);
-            return;
-        }
-        if let Err(parked) = parked.push(&self.node) {
+        if self.push_in_order(&self.overflow, parked) {
             self.metrics.mailbox_full.fetch_add(1, Relaxed);
-            overflow.push_back(parked);
-            drop(overflow);
-            self.need_timer();
+        }
+    }
+
+    /// Pushes `parked` to its queue, or, if messages already wait in `waiting` or its queue
+    /// is full, appends it to `waiting` (retried by the timer) to keep the order. True when
+    /// it found its queue full.
+    fn push_in_order(&self, waiting: &RefCell<VecDeque<Parked>>, parked: Parked) -> bool {
+        let mut queue = waiting.borrow_mut();
+        if !queue.is_empty() {
+            queue.push_back(parked);
+            return false;
+        }
+        match parked.push(&self.node) {
+            Ok(()) => false,
+            Err(parked) => {
+                queue.push_back(parked);
+                drop(queue);
+                self.need_timer();
+                true
+            }
         }
     }
 
@@ -342,17 +346,16 @@ impl Core {
     }
 
     fn retry_overflow(&self) {
-        let mut changes = self.parked_changes.borrow_mut();
-        while let Some((inbox, msg)) = changes.pop_front() {
-            if let Err(msg) = inbox.push(msg) {
-                changes.push_front((inbox, msg));
-                break;
-            }
-        }
-        let mut overflow = self.overflow.borrow_mut();
-        while let Some(parked) = overflow.pop_front() {
+        self.retry(&self.parked_changes);
+        self.retry(&self.overflow);
+    }
+
+    /// Pushes what waits in `waiting`, in order, while its queues take it.
+    fn retry(&self, waiting: &RefCell<VecDeque<Parked>>) {
+        let mut queue = waiting.borrow_mut();
+        while let Some(parked) = queue.pop_front() {
             if let Err(parked) = parked.push(&self.node) {
-                overflow.push_front(parked);
+                queue.push_front(parked);
                 return;
             }
         }

@@ -20,8 +20,6 @@ use tokio_postgres::{Error, Row, Transaction};
 use wire::client::{CreateChat, Membership, PresenceQuery, SyncRequest, Typing};
 use wire::limits::{MAX_MEMBERS_PER_CHAT, MAX_SYNC_PAGE};
 use wire::server::{ChatCreated, ChatEvent, ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
-
-pub(crate) use acks::APPLY_ACKS;
 use wire::{
     ChatId, ChatKind, ClientFrame, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
 };
@@ -29,6 +27,8 @@ use wire::{
 use crate::db::Statements;
 use crate::outcome::{Body, Outcome, Output, Recipients};
 use crate::request::{Origin, Request};
+
+pub(crate) use acks::APPLY_ACKS;
 
 /// Runs `requests` (in queue order) in `tx`.
 pub(crate) async fn apply(

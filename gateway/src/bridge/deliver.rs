@@ -73,7 +73,7 @@ impl Router {
                     match target {
                         Target::User(user) => match sessions.cores_of(user) {
                             Some(cores) => {
-                                for &core in cores {
+                                for core in cores {
                                     if let Some(list) = per_core.get_mut(core) {
                                         list.push(target);
                                     }

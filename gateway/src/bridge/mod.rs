@@ -326,7 +326,7 @@ async fn session(
         )
         .await
         .context("consuming the node queue")?;
-    let mut in_flight = publisher.republish(&channel).await?;
+    let mut in_flight = publisher.republish(&channel).await;
     node.broker_connected.store(true, Ordering::Release);
     tracing::info!(node = settings.node_id, "connected to the broker");
     loop {

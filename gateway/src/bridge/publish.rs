@@ -67,7 +67,7 @@ impl Publisher {
 
     /// Publishes on a new connection what the last one left unconfirmed, in its original
     /// order.
-    pub(super) async fn republish(&self, channel: &Channel) -> Result<FuturesUnordered<InFlight>> {
+    pub(super) async fn republish(&self, channel: &Channel) -> FuturesUnordered<InFlight> {
         let in_flight = FuturesUnordered::new();
         if !self.pending.is_empty() {
             tracing::info!(
@@ -78,7 +78,7 @@ impl Publisher {
         for (&id, (shard, body)) in &self.pending {
             in_flight.push(start(channel, &self.topology, id, *shard, body.clone()).await);
         }
-        Ok(in_flight)
+        in_flight
     }
 
     /// Takes what the cores queued (up to a turn's worth), batches it per shard and

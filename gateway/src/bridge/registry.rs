@@ -36,14 +36,14 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub(super) struct Sessions {
     users: HashMap<UserId, Vec<(usize, u32)>>,
-    /// The cores of each user, kept beside the counts so routing reads a plain slice.
-    cores: HashMap<UserId, Vec<usize>>,
 }
 
 impl Sessions {
     /// The cores holding a session of `user`, or `None` if this node knows of none.
-    pub(super) fn cores_of(&self, user: UserId) -> Option<&[usize]> {
-        self.cores.get(&user).map(Vec::as_slice)
+    pub(super) fn cores_of(&self, user: UserId) -> Option<impl Iterator<Item = usize> + '_> {
+        self.users
+            .get(&user)
+            .map(|counts| counts.iter().map(|&(core, _)| core))
     }
 
     /// Records a change; true when the user's presence on the node changed (first session
@@ -56,10 +56,7 @@ impl Sessions {
                 let first = counts.is_empty();
                 match counts.iter_mut().find(|(c, _)| *c == core) {
                     Some((_, n)) => *n += 1,
-                    None => {
-                        counts.push((core, 1));
-                        self.cores.entry(change.user).or_default().push(core);
-                    }
+                    None => counts.push((core, 1)),
                 }
                 first
             }
@@ -72,14 +69,10 @@ impl Sessions {
                 };
                 counts[at].1 -= 1;
                 if counts[at].1 == 0 {
-                    counts.swap_remove(at);
-                    if let Some(cores) = self.cores.get_mut(&change.user) {
-                        cores.retain(|&c| c != core);
-                    }
+                    counts.remove(at);
                 }
                 if counts.is_empty() {
                     self.users.remove(&change.user);
-                    self.cores.remove(&change.user);
                     return true;
                 }
                 false
@@ -253,6 +246,10 @@ mod tests {
         }
     }
 
+    fn cores(sessions: &Sessions, user: UserId) -> Option<Vec<usize>> {
+        sessions.cores_of(user).map(Iterator::collect)
+    }
+
     #[test]
     fn sessions_know_the_cores_of_each_user_and_report_presence_changes() {
         let mut s = Sessions::default();
@@ -262,17 +259,17 @@ mod tests {
         );
         assert!(!s.apply(open(1, 1)));
         assert!(!s.apply(open(1, 1)));
-        assert_eq!(s.cores_of(1), Some(&[0, 1][..]));
+        assert_eq!(cores(&s, 1), Some(vec![0, 1]));
         assert!(!s.apply(close(1, 0)));
-        assert_eq!(s.cores_of(1), Some(&[1][..]));
+        assert_eq!(cores(&s, 1), Some(vec![1]));
         assert!(!s.apply(close(1, 1)), "one session left on core 1");
-        assert_eq!(s.cores_of(1), Some(&[1][..]));
+        assert_eq!(cores(&s, 1), Some(vec![1]));
         assert!(
             s.apply(close(1, 1)),
             "last session: the node no longer holds the user"
         );
-        assert_eq!(s.cores_of(1), None);
+        assert_eq!(cores(&s, 1), None);
         assert!(!s.apply(close(1, 1)), "a stray close changes nothing");
-        assert_eq!(s.cores_of(2), None);
+        assert_eq!(cores(&s, 2), None);
     }
 }
