@@ -9,6 +9,15 @@ use wire::envelope::{
 };
 use wire::{ClientFrame, ServerFrame, WireError};
 
+/// An error as far as two decodes of the same bytes must agree: a `Malformed` message names
+/// the address the archive was read at, which differs between two copies of the bytes.
+fn same_error(error: &WireError) -> WireError {
+    match error {
+        WireError::Malformed(_) => WireError::Malformed(String::new()),
+        other => other.clone(),
+    }
+}
+
 fn target() -> impl Strategy<Value = Target> {
     prop_oneof![
         any::<u64>().prop_map(Target::User),
@@ -81,7 +90,7 @@ proptest! {
         prop_assert_eq!(&*view.frame, &frame[..]);
         match (view.client_frame(), ClientFrame::decode(&frame)) {
             (Ok(inner), Ok(direct)) => prop_assert_eq!(inner.to_owned().unwrap(), direct),
-            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(same_error(&a), same_error(&b)),
             (a, b) => prop_assert!(false, "envelope says {:?}, direct decode says {:?}", a.map(|f| f.kind()), b),
         }
 
@@ -90,7 +99,7 @@ proptest! {
         prop_assert_eq!(view.frame_bytes(), &frame[..]);
         match (view.server_frame(), ServerFrame::decode(&frame)) {
             (Ok(inner), Ok(direct)) => prop_assert_eq!(inner.to_owned().unwrap(), direct),
-            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(same_error(&a), same_error(&b)),
             (a, b) => prop_assert!(false, "envelope says {:?}, direct decode says {:?}", a.map(|f| f.kind()), b),
         }
     }
