@@ -75,6 +75,9 @@ pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Idle time before TCP keepalive probes start on a database connection.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a connection with `search_path` set to `schema`. The connection's I/O runs in a
 /// task of its own that ends when the returned client is dropped.
 pub(crate) async fn connect_client(url: &str, schema: &str) -> anyhow::Result<Client> {
@@ -82,10 +85,20 @@ pub(crate) async fn connect_client(url: &str, schema: &str) -> anyhow::Result<Cl
     if config.get_application_name().is_none() {
         config.application_name("edge-backend");
     }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(crate::lifecycle::CONNECT_TIMEOUT);
+    }
+    // A dead server or a cut path is noticed by TCP keepalives, so a statement does not
+    // wait on it forever.
+    config.keepalives(true);
+    config.keepalives_idle(KEEPALIVE_IDLE);
+    // The connect timeout covers reaching the server; this covers a server that accepts
+    // TCP but never finishes the startup handshake.
+    let (client, connection) =
+        tokio::time::timeout(crate::lifecycle::CONNECT_TIMEOUT, config.connect(NoTls))
+            .await
+            .context("PostgreSQL did not answer the connection in time")?
+            .context("connecting to PostgreSQL")?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "PostgreSQL connection ended with an error");

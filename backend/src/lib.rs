@@ -8,6 +8,7 @@
 
 pub mod config;
 mod db;
+mod lifecycle;
 mod migrate;
 mod outcome;
 mod persist;
@@ -49,29 +50,19 @@ pub async fn run(
             "--prefetch is below --batch-size, so batches never fill"
         );
     }
-    {
-        let mut client = db::connect_client(&config.database_url, &config.pg_schema).await?;
-        migrate::migrate(&mut client, &config.pg_schema)
-            .await
-            .context("migrating the database")?;
-    }
-    let registry = Registry::connect(&config.redis_url, &config.redis_prefix).await?;
-    let topology = Topology {
-        prefix: config.amqp_prefix.clone(),
-        shards: config.shards,
+    let started = tokio::select! {
+        started = start(&config) => started?,
+        _ = shutdown.cancelled() => {
+            lifecycle::stopping();
+            tracing::info!("stopped before the start finished");
+            return Ok(());
+        }
     };
-    let amqp = Amqp::new(config.amqp_url.clone(), config.name.clone());
-    let channel = amqp
-        .get()
-        .await?
-        .create_channel()
-        .await
-        .context("opening a channel to declare the topology")?;
-    topology.declare_backend(&channel).await?;
-    channel
-        .close(200, "declared".into())
-        .await
-        .context("closing the declaring channel")?;
+    let Started {
+        registry,
+        topology,
+        amqp,
+    } = started;
 
     // A shard task that fails for good stops the others, without cancelling the caller's token.
     let shutdown = shutdown.child_token();
@@ -84,6 +75,7 @@ pub async fn run(
         registry,
         stats,
         shutdown: shutdown.clone(),
+        consuming: tokio::sync::watch::Sender::new(0),
     });
     let mut tasks = JoinSet::new();
     for &shard in &shards {
@@ -93,6 +85,18 @@ pub async fn run(
         let shared = shared.clone();
         tasks.spawn(async move {
             stats::log_periodically(&shared.stats, stats_interval, shared.shutdown.clone()).await;
+        });
+    }
+    {
+        let shared = shared.clone();
+        let shards = shards.len();
+        tasks.spawn(async move {
+            if shared.wait_until_consuming(shards).await {
+                lifecycle::ready(shards);
+                tracing::info!(shards, "every shard consumes; ready");
+                lifecycle::watchdog(shared.shutdown.clone()).await;
+            }
+            lifecycle::stopping();
         });
     }
     tracing::info!(
@@ -115,3 +119,61 @@ pub async fn run(
     tracing::info!(name = shared.config.name, "backend stopped");
     result
 }
+
+/// What the start makes, before any shard runs.
+struct Started {
+    registry: Registry,
+    topology: Topology,
+    amqp: Amqp,
+}
+
+/// Migrates the schema, connects to Redis and declares the topology, each step logged and
+/// bounded in time; a failure is returned (systemd's `Restart=` starts the worker again).
+async fn start(config: &Config) -> anyhow::Result<Started> {
+    lifecycle::status("migrating the schema");
+    tracing::info!(schema = config.pg_schema, "connecting to PostgreSQL");
+    {
+        let mut client = db::connect_client(&config.database_url, &config.pg_schema).await?;
+        tokio::time::timeout(
+            MIGRATE_TIMEOUT,
+            migrate::migrate(&mut client, &config.pg_schema),
+        )
+        .await
+        .context("PostgreSQL did not finish the migration in time")?
+        .context("migrating the database")?;
+    }
+    lifecycle::status("connecting to Redis");
+    tracing::info!("connecting to Redis");
+    let registry = Registry::connect(&config.redis_url, &config.redis_prefix).await?;
+    lifecycle::status("declaring the broker topology");
+    tracing::info!("connecting to RabbitMQ");
+    let topology = Topology {
+        prefix: config.amqp_prefix.clone(),
+        shards: config.shards,
+    };
+    let amqp = Amqp::new(config.amqp_url.clone(), config.name.clone());
+    tokio::time::timeout(lifecycle::CONNECT_TIMEOUT * 2, async {
+        let channel = amqp
+            .get()
+            .await?
+            .create_channel()
+            .await
+            .context("opening a channel to declare the topology")?;
+        topology.declare_backend(&channel).await?;
+        channel
+            .close(200, "declared".into())
+            .await
+            .context("closing the declaring channel")
+    })
+    .await
+    .context("RabbitMQ did not answer in time")??;
+    Ok(Started {
+        registry,
+        topology,
+        amqp,
+    })
+}
+
+/// Longest a migration may take: it waits for other workers' migration locks and builds
+/// indexes, so it gets more than a connection attempt.
+const MIGRATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -23,7 +23,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, Consumer, PublisherConfirm};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,10 @@ use crate::stats::Stats;
 /// before it is treated like a permanent failure (and split to find the cause).
 const MAX_CONFLICT_RETRIES: u32 = 5;
 
+/// How long opening a session's channels and starting its consumer may take (the
+/// connection has its own timeout) before the session starts over.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What every shard task of the worker shares.
 pub(crate) struct Shared {
     pub config: Config,
@@ -51,6 +55,19 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub stats: Arc<Stats>,
     pub shutdown: CancellationToken,
+    /// How many shards have consumed their queue at least once (readiness).
+    pub consuming: tokio::sync::watch::Sender<usize>,
+}
+
+impl Shared {
+    /// Waits until `shards` shards consume; false if shutdown comes first.
+    pub(crate) async fn wait_until_consuming(&self, shards: usize) -> bool {
+        let mut consuming = self.consuming.subscribe();
+        tokio::select! {
+            reached = consuming.wait_for(|&n| n >= shards) => reached.is_ok(),
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
 }
 
 /// The worker's AMQP connection, opened again by whichever shard first finds it broken.
@@ -100,6 +117,7 @@ pub(crate) async fn run_shard(shared: Arc<Shared>, shard: u16) {
         shard,
         db: None,
         backoff: Backoff::default(),
+        counted: false,
     };
     loop {
         match worker.session().await {
@@ -125,6 +143,8 @@ struct ShardWorker {
     shard: u16,
     db: Option<Db>,
     backoff: Backoff,
+    /// This shard is counted in [`Shared::consuming`].
+    counted: bool,
 }
 
 /// The two channels of a session: deliveries come in and are settled on one, outbound
@@ -170,35 +190,17 @@ impl ShardWorker {
     /// failure that needs new channels (`Err`).
     async fn session(&mut self) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let connection = self.shared.amqp.get().await?;
-        let consume = connection
-            .create_channel()
-            .await
-            .context("opening the consume channel")?;
-        consume
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .context("setting the prefetch window")?;
-        let publish = connection
-            .create_channel()
-            .await
-            .context("opening the publish channel")?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
         let queue = self.shared.topology.inbound_queue(self.shard);
-        let mut consumer = consume
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{}.{}", config.name, self.shard).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+        // Bounded: after a broker restart, a quorum queue that is still recovering can
+        // leave `basic.consume` unanswered; trying again on fresh channels gets through.
+        let (channels, mut consumer) = tokio::time::timeout(SETUP_TIMEOUT, self.open(&queue))
             .await
-            .with_context(|| format!("consuming {queue}"))?;
+            .with_context(|| format!("the broker did not let {queue} be consumed in time"))??;
         tracing::info!(shard = self.shard, queue, "consuming");
-        let channels = Channels { consume, publish };
+        self.backoff.reset();
+        if !std::mem::replace(&mut self.counted, true) {
+            self.shared.consuming.send_modify(|n| *n += 1);
+        }
         let (batch_size, batch_wait) = (config.batch_size, config.batch_wait);
         loop {
             let first = tokio::select! {
@@ -234,6 +236,38 @@ impl ShardWorker {
             self.handle_batch(&channels, batch).await?;
             self.backoff.reset();
         }
+    }
+
+    /// Opens the session's channels and starts consuming `queue`.
+    async fn open(&self, queue: &str) -> anyhow::Result<(Channels, Consumer)> {
+        let config = &self.shared.config;
+        let connection = self.shared.amqp.get().await?;
+        let consume = connection
+            .create_channel()
+            .await
+            .context("opening the consume channel")?;
+        consume
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch window")?;
+        let publish = connection
+            .create_channel()
+            .await
+            .context("opening the publish channel")?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        let consumer = consume
+            .basic_consume(
+                queue.into(),
+                format!("{}.{}", config.name, self.shard).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        Ok((Channels { consume, publish }, consumer))
     }
 
     /// Decodes a delivery into the batch; an invalid one is dead-lettered at once.
@@ -644,14 +678,15 @@ fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Exponential backoff between 50 ms and 5 s.
+/// Exponential backoff between 50 ms and 1 s: a dependency that comes back is used again
+/// within a second (the operations target for a broker restart is under 5 s).
 struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
     const MIN: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(1);
 
     fn next(&mut self) -> Duration {
         let delay = self.next;

@@ -22,7 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use full_stack::{SHARDS, clean_up, database_url, private_corner, start_gateway, upgrade_request};
+use full_stack::{
+    SHARDS, clean_up, database_url, private_corner, start_gateway_with, upgrade_request,
+};
 use futures_util::{SinkExt, StreamExt};
 use gateway::Gateway;
 use private_broker::PrivateBroker;
@@ -49,6 +51,8 @@ const MAX_RESEND_AFTER: Duration = Duration::from_secs(8);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the senders may take to get every receipt once the stream stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How soon after the broker accepts connections again the path must work again.
+const RECOVERY_TARGET: Duration = Duration::from_secs(5);
 /// At the end, how long a recipient waits for missing messages to arrive live before it
 /// syncs them, and how long it may take in all.
 const LIVE_GRACE: Duration = Duration::from_secs(3);
@@ -66,9 +70,11 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(amqp_url: &str) -> Stack {
+    /// The stack on the broker at `amqp_url`, the gateway with `gateway_flags` besides the
+    /// defaults.
+    fn new(amqp_url: &str, gateway_flags: &[&str]) -> Stack {
         let (name, node_id) = private_corner("restart");
-        let gateway = start_gateway(&name, node_id, amqp_url);
+        let gateway = start_gateway_with(&name, node_id, amqp_url, gateway_flags);
         let mut worker = Command::new(env!("CARGO_BIN_EXE_backend"))
             .args(["--amqp-url", amqp_url])
             .args(["--database-url", &database_url(), "--pg-schema", &name])
@@ -229,6 +235,17 @@ async fn create_chat(
             Err(error) => panic!("no chat_created: {error}"),
         }
     }
+}
+
+/// The in-process gateway's log, with the test's output.
+fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,gateway=info")),
+        )
+        .try_init();
 }
 
 /// Where the test is; every client follows it.
@@ -623,19 +640,13 @@ fn some<T: Debug>(items: &[T]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_under_load_loses_no_receipted_message() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,gateway=info")),
-        )
-        .try_init();
+    log_to_test_output();
     let t0 = Instant::now();
     let at = move || format!("{:>6.2} s", t0.elapsed().as_secs_f64());
     // Dropped last: the stack stops while its broker still exists.
     let mut broker = PrivateBroker::start().await;
     eprintln!("[{}] private broker {} up", at(), broker.node());
-    let stack = Stack::new(&broker.amqp_url());
+    let stack = Stack::new(&broker.amqp_url(), &[]);
     let addr = stack.addr();
 
     // A group of four (1 to 4) and a direct chat (2 and 5). Users 1, 2, 3 and 5 send; 4 only
@@ -927,9 +938,94 @@ async fn a_broker_killed_and_restarted_under_load_loses_no_receipted_message() {
         );
     }
 
+    // Live traffic resumed soon after the broker accepted again (the operations target).
+    let resumed = first_after.map(|t| t - back);
     assert!(
-        first_after.is_some(),
-        "messages flowed again after the restart"
+        resumed.is_some_and(|after| after < RECOVERY_TARGET),
+        "messages flowed again {resumed:?} after the restart (target {RECOVERY_TARGET:?})"
     );
     eprintln!("[{}] done", at());
+}
+
+/// A broker outage longer than the idle timeout closes no client that keeps reading: the
+/// gateway goes on reading (so the client's pongs count) and answers sends with 5030 and
+/// their client message id until the broker is back, then the same connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_closes_no_healthy_client_and_refuses_sends_with_5030() {
+    log_to_test_output();
+    const IDLE: Duration = Duration::from_secs(3);
+    let mut broker = PrivateBroker::start().await;
+    let stack = Stack::new(
+        &broker.amqp_url(),
+        &["--idle-timeout", "3s", "--ping-interval", "1s"],
+    );
+    let mut client = connect(stack.addr(), 1, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let chat = create_chat(&mut client, 1, ChatKind::Group, vec![2]).await;
+    let message = |client_msg_id| {
+        ClientFrame::Send(SendMessage {
+            chat_id: chat,
+            client_msg_id,
+            body: format!("message {client_msg_id}"),
+        })
+    };
+
+    // A quorum queue killed within a second of its creation may not come back (its log is
+    // not on disk yet); a broker that has run a while is the case to test.
+    tokio::time::sleep(BEFORE_KILL).await;
+    broker.kill().await;
+    // Reading all along (the client answers the server's pings), for twice the idle
+    // timeout and more, with one send after the first seconds, then while the broker boots.
+    let outage_until = Instant::now() + IDLE * 3;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    send(&mut client, &message(100)).await.expect("send");
+    let mut refused = false;
+    let mut on_frame = |frame: Result<ServerFrame, String>| match frame {
+        Ok(ServerFrame::Error(error)) => {
+            assert_eq!(error.code, ErrorCode::Unavailable as u16, "{error:?}");
+            assert_eq!(error.client_msg_id, Some(100), "{error:?}");
+            refused = true;
+        }
+        Ok(other) => panic!("during the outage: {other:?}"),
+        Err(why) if why.starts_with("no frame") => {}
+        Err(why) => panic!("the client was cut during the outage: {why}"),
+    };
+    while Instant::now() < outage_until {
+        on_frame(recv(&mut client, Duration::from_millis(200)).await);
+    }
+    let mut restarted = std::pin::pin!(broker.start_again());
+    loop {
+        tokio::select! {
+            _ = &mut restarted => break,
+            frame = recv(&mut client, Duration::from_millis(200)) => on_frame(frame),
+        }
+    }
+    assert!(refused, "the send during the outage was answered with 5030");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next_id = 200;
+    let receipted = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no sent receipt after the broker returned"
+        );
+        next_id += 1;
+        send(&mut client, &message(next_id)).await.expect("send");
+        match recv(&mut client, Duration::from_millis(500)).await {
+            Ok(ServerFrame::Receipt(r)) if r.kind == ReceiptKind::Sent => break r,
+            Ok(ServerFrame::Error(error)) if error.code == ErrorCode::Unavailable as u16 => {
+                // Not reconnected yet: resend a little later, as a client would.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(other) => panic!("after the outage: {other:?}"),
+            Err(why) if why.starts_with("no frame") => {}
+            Err(why) => panic!("the client was cut after the outage: {why}"),
+        }
+    };
+    assert!(
+        receipted
+            .client_msg_id
+            .is_some_and(|id| id > 200 && id <= next_id),
+        "a receipt for a send after the outage: {receipted:?}"
+    );
 }

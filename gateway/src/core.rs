@@ -315,13 +315,15 @@ impl Core {
     }
 
     /// Whether sessions must stop reading for now: a queue this core feeds is full, or the
-    /// broker is behind on its confirms.
+    /// broker is behind on its confirms or reconnecting. A broker unreachable for longer
+    /// does not pause reads: the engine answers what needs it with 5030 instead.
     pub fn is_backpressured(&self) -> bool {
         !self.overflow.borrow().is_empty()
-            || self
+            || (self
                 .node
                 .broker_paused
                 .load(std::sync::atomic::Ordering::Acquire)
+                && !self.node.broker_unreachable())
     }
 
     /// Wakes `waker` when the backpressure ends.
@@ -475,6 +477,9 @@ impl Core {
             monoio::time::sleep(SWEEP_INTERVAL).await;
             let now = Instant::now();
             let now_secs = self.now_us() / 1_000_000;
+            // While this core does not read, a client's silence is ours: its pings and
+            // pongs wait unread. Its silence counts from when reading resumes.
+            let not_reading = self.is_backpressured();
             for outbox in self.sessions.borrow().values() {
                 if outbox.close_requested().is_some() {
                     outbox.abort_if_stuck(now, CLOSE_GRACE);
@@ -485,6 +490,10 @@ impl Core {
                     continue;
                 }
                 outbox.compact();
+                if not_reading {
+                    outbox.touch(now);
+                    continue;
+                }
                 let silent = now.saturating_duration_since(outbox.last_read());
                 if silent >= self.node.config.idle_timeout {
                     outbox.close(CloseCode::IDLE_TIMEOUT);

@@ -33,6 +33,10 @@ const MAILBOX_CAPACITY: usize = 64 * 1024;
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// How long the broker may be unreachable before sessions are told (5030) instead of
+/// waiting: a reconnection takes a few hundred milliseconds, an outage much longer.
+const BROKER_GRACE_US: u64 = 1_000_000;
+
 /// What every core shares, read-only after start.
 pub struct Node {
     /// The configuration.
@@ -53,6 +57,11 @@ pub struct Node {
     pub broker_paused: AtomicBool,
     /// Whether the broker connection is up (always true without a broker).
     pub broker_connected: AtomicBool,
+    /// Since when the broker has been unreachable, in microseconds after `epoch` (0: it is
+    /// connected, or there is none).
+    broker_down_since_us: AtomicU64,
+    /// The zero of `broker_down_since_us`.
+    epoch: Instant,
     /// Bumped by each core's timer task: the watchdog pings systemd only while all move.
     pub core_beats: Vec<AtomicU64>,
 }
@@ -67,6 +76,28 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// The bridge lost the broker (or has not reached it yet); the first call of an outage
+    /// counts.
+    pub fn note_broker_down(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        let _ =
+            self.broker_down_since_us
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// The bridge has a broker session again.
+    pub fn note_broker_up(&self) {
+        self.broker_down_since_us.store(0, Ordering::Release);
+    }
+
+    /// Whether the broker has been unreachable for longer than [`BROKER_GRACE_US`]: sessions
+    /// then keep reading and frames that need the broker are refused with 5030, instead of
+    /// waiting in paused reads. A reconnection within the grace is waited out.
+    pub fn broker_unreachable(&self) -> bool {
+        let since = self.broker_down_since_us.load(Ordering::Acquire);
+        since != 0 && self.epoch.elapsed().as_micros() as u64 + 1 - since > BROKER_GRACE_US
+    }
+
     /// Whether every core accepts and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
         self.cores_ready.load(Ordering::Acquire) == self.mailboxes.len()
@@ -134,6 +165,8 @@ impl Gateway {
             // Without a broker there is nothing to wait for; the bridge clears these.
             broker_paused: AtomicBool::new(false),
             broker_connected: AtomicBool::new(true),
+            broker_down_since_us: AtomicU64::new(0),
+            epoch: Instant::now(),
             core_beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         });
         let bridge = match node.config.engine {
@@ -141,6 +174,7 @@ impl Gateway {
             EngineKind::Amqp => {
                 node.broker_paused.store(true, Ordering::Release);
                 node.broker_connected.store(false, Ordering::Release);
+                node.note_broker_down();
                 Some(Bridge::spawn(bridge_settings(&node.config), node.clone())?)
             }
         };
@@ -335,7 +369,12 @@ async fn serve_core(
                 prefix: node.config.amqp_prefix.clone(),
                 shards: node.config.shards,
             };
-            Box::new(AmqpEngine::new(bridge, topology, node.config.ack_window))
+            Box::new(AmqpEngine::new(
+                bridge,
+                node.clone(),
+                topology,
+                node.config.ack_window,
+            ))
         }
         _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
     };

@@ -2,6 +2,8 @@
 //! the services (its own schema, AMQP prefix, Redis prefix and node id), tokens for it, and
 //! the schema's removal afterwards.
 
+#![allow(dead_code)] // A helper for several test binaries; each uses a part of it.
+
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,8 +37,13 @@ pub fn private_corner(label: &str) -> (String, u32) {
 /// Starts a two-core gateway on the amqp engine in the corner `name`, on the broker at
 /// `amqp_url`.
 pub fn start_gateway(name: &str, node_id: u32, amqp_url: &str) -> Gateway {
+    start_gateway_with(name, node_id, amqp_url, &[])
+}
+
+/// [`start_gateway`] with more flags (later flags win over the defaults).
+pub fn start_gateway_with(name: &str, node_id: u32, amqp_url: &str, more: &[&str]) -> Gateway {
     let node_id = node_id.to_string();
-    let args = [
+    let defaults = [
         "gateway",
         "--listen",
         "127.0.0.1:0",
@@ -66,6 +73,7 @@ pub fn start_gateway(name: &str, node_id: u32, amqp_url: &str) -> Gateway {
         "--frame-burst",
         "100000",
     ];
+    let args = defaults.iter().chain(more);
     Gateway::start(Config::try_parse_from(args).expect("flags")).expect("gateway starts")
 }
 

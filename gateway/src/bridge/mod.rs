@@ -50,8 +50,14 @@ const PUBLISH_CAPACITY: usize = 64 * 1024;
 /// them whether or not Redis answers, so this fills only in a burst.
 const REGISTRY_CAPACITY: usize = 64 * 1024;
 
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First pause before connecting again after a session with the broker ended; it doubles
+/// up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest pause between reconnection attempts. One attempt a second costs a restarting
+/// broker one refused TCP connection, and bounds how long after it accepts again live
+/// delivery resumes (the operations target is under 5 s).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A client frame with what the gateway asserts about it, on its way into a batch.
 #[derive(Debug)]
@@ -248,7 +254,7 @@ async fn run(
     ));
     let mut publisher = Publisher::new(&settings);
     let mut router = Router::new(node.mailboxes.len(), sessions);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     let mut stopping = false;
     loop {
         let outcome = session(
@@ -262,7 +268,12 @@ async fn run(
         )
         .await;
         node.broker_paused.store(true, Ordering::Release);
-        node.broker_connected.store(false, Ordering::Release);
+        node.note_broker_down();
+        if node.broker_connected.swap(false, Ordering::AcqRel) {
+            // A session that got going starts the backoff over: one broker restart an
+            // hour must not leave every later reconnection at the longest pause.
+            backoff = FIRST_BACKOFF;
+        }
         match outcome {
             Ok(()) => break,
             Err(error) => {
@@ -328,6 +339,7 @@ async fn session(
         .context("consuming the node queue")?;
     let mut in_flight = publisher.republish(&channel).await;
     node.broker_connected.store(true, Ordering::Release);
+    node.note_broker_up();
     tracing::info!(node = settings.node_id, "connected to the broker");
     loop {
         if router.is_parked() {

@@ -9,6 +9,12 @@
 //! pipelined rounds; while Redis fails, the users still to write wait in a map (one entry per
 //! user, so it is bounded by the users this node has seen since Redis last answered) and
 //! are written when it answers again.
+//!
+//! A Redis that restarts empty (or is flushed) forgets every user this node holds, and
+//! the backend then routes their deliveries nowhere. Waiting for the next refresh would
+//! stop live delivery for up to a third of the TTL, so the registry keeps a marker key of
+//! its own, `{prefix}:node:{id}`, and probes it every [`PROBE`]: a marker that is gone means
+//! the entries are gone, and every user is written again at once.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -31,6 +37,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause before writing again after Redis failed; it doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// How often the registry checks that Redis still holds this node's entries.
+const PROBE: Duration = Duration::from_secs(1);
 
 /// Which cores hold each user's sessions, and how many there.
 #[derive(Debug, Default)]
@@ -103,6 +112,8 @@ pub(super) async fn run(
     let mut redis = Redis::new(&settings);
     let mut pending = Pending::new();
     let mut refresh = tokio::time::interval(settings.registry_ttl / 3);
+    let mut probe = tokio::time::interval(PROBE);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = FIRST_RETRY;
     loop {
         take_changes(&inbox, &sessions, &mut pending);
@@ -122,9 +133,15 @@ pub(super) async fn run(
         tokio::select! {
             _ = inbox.sessions_ready.notified() => {}
             _ = refresh.tick() => {
-                let everyone: Pending = sessions.borrow().users().map(|u| (u, None)).collect();
-                if !redis.write(&everyone, ttl).await {
-                    tracing::warn!("refreshing the registry failed; retrying at the next refresh");
+                // Every user again, with a fresh TTL; the marker's TTL is renewed with them.
+                redis.forget_marker();
+                pending.extend(sessions.borrow().users().map(|u| (u, None)));
+            }
+            _ = probe.tick() => {
+                let users = sessions.borrow().users().count();
+                if redis.marker_was_lost(ttl).await && users > 0 {
+                    tracing::info!(users, "Redis does not hold this node's registry (restarted empty or flushed); writing every user again");
+                    pending.extend(sessions.borrow().users().map(|u| (u, None)));
                 }
             }
             _ = stop.changed() => break,
@@ -161,6 +178,8 @@ struct Redis {
     prefix: String,
     node_id: u32,
     connection: Option<ConnectionManager>,
+    /// The marker is known to be in Redis with a fresh TTL.
+    marked: bool,
 }
 
 impl Redis {
@@ -170,6 +189,7 @@ impl Redis {
             prefix: settings.redis_prefix.clone(),
             node_id: settings.node_id,
             connection: None,
+            marked: false,
         }
     }
 
@@ -191,6 +211,39 @@ impl Redis {
         self.connection.clone()
     }
 
+    fn marker(&self) -> String {
+        format!("{}:node:{}", self.prefix, self.node_id)
+    }
+
+    /// The next write renews the marker's TTL.
+    fn forget_marker(&mut self) {
+        self.marked = false;
+    }
+
+    /// Sets the marker if it is missing; true when it was missing, which means Redis lost
+    /// what this node wrote (or never had it). False also when Redis does not answer: the
+    /// pending writes retry then, and the probe asks again when it is back.
+    async fn marker_was_lost(&mut self, ttl: i64) -> bool {
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
+        let set: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(self.marker())
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut connection)
+            .await;
+        match set {
+            Ok(answer) => answer.is_some(),
+            Err(error) => {
+                tracing::debug!(%error, "probing the registry marker failed");
+                false
+            }
+        }
+    }
+
     /// Writes every user's state, pipelined; false if Redis did not take all of it.
     async fn write(&mut self, users: &Pending, ttl: i64) -> bool {
         if users.is_empty() {
@@ -200,8 +253,11 @@ impl Redis {
             return false;
         };
         let users: Vec<(&UserId, &Option<u64>)> = users.iter().collect();
-        for chunk in users.chunks(PIPELINE) {
+        for (index, chunk) in users.chunks(PIPELINE).enumerate() {
             let mut pipe = redis::pipe();
+            if index == 0 && !self.marked {
+                pipe.set_ex(self.marker(), 1, ttl as u64).ignore();
+            }
             for &(user, closed_at_us) in chunk {
                 let nodes = format!("{}:nodes:{user}", self.prefix);
                 match closed_at_us {
@@ -221,6 +277,7 @@ impl Redis {
                 tracing::warn!(%error, "updating the registry failed");
                 return false;
             }
+            self.marked = true;
         }
         true
     }

@@ -4,18 +4,30 @@
 //! folded per user and chat (whichever of the user's sessions on this core sent them) to
 //! the highest seq for a short window, so a client acking every message costs the backend
 //! one ack per window.
+//!
+//! While the bridge has had no broker connection for longer than a reconnection takes
+//! (`Node::broker_unreachable`), the engine keeps the sessions' reads going instead of
+//! queueing: a frame that needs the backend is answered 5030 (`unavailable`,
+//! resend later) with its client message id, typing is dropped, and acks stay folded here
+//! (one entry per user, chat and kind) until the broker is back. Pausing reads instead
+//! would leave the clients' pings unread, and every healthy client would be closed for
+//! idleness during a long outage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use broker::Topology;
 use wire::client::Ack;
-use wire::{ChatId, ClientFrame, ClientFrameRef, UserId};
+use wire::envelope::Target;
+use wire::server::ErrorFrame;
+use wire::{ChatId, ClientFrame, ClientFrameRef, ErrorCode, ServerFrame, UserId};
 
 use super::{Engine, EngineMsg};
 use crate::bridge::{BridgeInbox, BridgeMsg, InboundFrame};
 use crate::core::Core;
+use crate::node::Node;
 use crate::router::Origin;
 
 /// A folded watermark waiting for its window to end.
@@ -31,6 +43,8 @@ struct PendingAck {
 #[derive(Debug)]
 pub struct AmqpEngine {
     bridge: Arc<BridgeInbox>,
+    /// Whose `broker_connected` flag tells whether frames can go out.
+    node: Arc<Node>,
     topology: Topology,
     ack_window: Duration,
     /// Keyed by (user, chat, is read).
@@ -38,14 +52,29 @@ pub struct AmqpEngine {
 }
 
 impl AmqpEngine {
-    /// A shard publishing through `bridge`.
-    pub fn new(bridge: Arc<BridgeInbox>, topology: Topology, ack_window: Duration) -> AmqpEngine {
+    /// A shard publishing through `bridge`, for `node`.
+    pub fn new(
+        bridge: Arc<BridgeInbox>,
+        node: Arc<Node>,
+        topology: Topology,
+        ack_window: Duration,
+    ) -> AmqpEngine {
         AmqpEngine {
             bridge,
+            node,
             topology,
             ack_window,
             acks: HashMap::new(),
         }
+    }
+
+    fn broker_connected(&self) -> bool {
+        self.node.broker_connected.load(Ordering::Acquire)
+    }
+
+    /// Unreachable past the grace: refuse instead of queueing.
+    fn broker_unreachable(&self) -> bool {
+        self.node.broker_unreachable()
     }
 
     fn publish(
@@ -142,6 +171,17 @@ impl Engine for AmqpEngine {
             core.need_timer();
             return;
         }
+        if self.broker_unreachable() {
+            if let Some(client_msg_id) = frame.client_msg_id() {
+                let code = ErrorCode::Unavailable;
+                core.metrics.error(code);
+                let reason = "the message broker is unreachable; resend later";
+                let error = ServerFrame::Error(ErrorFrame::new(code, reason, Some(client_msg_id)));
+                let to: Arc<[Target]> = Arc::from([Target::Connection(origin.connection_id)]);
+                core.deliver_frame(&error, to, None, received_at);
+            }
+            return;
+        }
         let shard = match frame.chat_id() {
             Some(chat_id) => self.topology.shard_of_chat(chat_id),
             None => self.topology.shard_of_user(origin.user_id),
@@ -152,10 +192,15 @@ impl Engine for AmqpEngine {
     fn message(&mut self, _core: &Core, _msg: EngineMsg) {}
 
     fn wants_tick(&self) -> bool {
-        !self.acks.is_empty()
+        // Acks wait for the broker without a timer; the first frame after it returns, or
+        // the next ack, starts the timer again.
+        !self.acks.is_empty() && self.broker_connected()
     }
 
     fn tick(&mut self, core: &Core) {
+        if !self.broker_connected() {
+            return;
+        }
         let now = Instant::now();
         let due: Vec<_> = self
             .acks
