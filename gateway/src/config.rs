@@ -178,6 +178,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ACK_WINDOW", value_parser = parse_duration, default_value = "20ms")]
     pub ack_window: Duration,
 
+    /// How long the bridge lets frames gather before it publishes them (`0ms` publishes
+    /// what each turn finds). A few milliseconds make the broker messages and the backend's
+    /// batches larger at moderate load, for less broker and database CPU per message, at
+    /// the price of that much latency (bench/RESULTS.md measures it).
+    #[arg(long, env = "GATEWAY_PUBLISH_LINGER", value_parser = parse_duration, default_value = "0ms")]
+    pub publish_linger: Duration,
+
     /// The I/O driver of the core runtimes.
     #[arg(long, env = "GATEWAY_IO_DRIVER", value_enum, default_value_t = IoDriver::IoUring)]
     pub io_driver: IoDriver,

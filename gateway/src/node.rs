@@ -326,6 +326,7 @@ fn bridge_settings(config: &Config) -> BridgeSettings {
         max_unconfirmed: config.max_unconfirmed,
         prefetch: config.prefetch,
         registry_ttl: config.registry_ttl,
+        publish_linger: config.publish_linger,
     }
 }
 

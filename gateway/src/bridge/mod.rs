@@ -191,6 +191,8 @@ pub struct BridgeSettings {
     pub prefetch: u16,
     /// Registry entry lifetime.
     pub registry_ttl: Duration,
+    /// How long frames gather before a publish.
+    pub publish_linger: Duration,
 }
 
 /// A running bridge.
@@ -338,6 +340,8 @@ async fn session(
         .await
         .context("consuming the node queue")?;
     let mut in_flight = publisher.republish(&channel).await;
+    // With a linger: when the frames queued since the last publish go out.
+    let mut publish_at: Option<tokio::time::Instant> = None;
     node.broker_connected.store(true, Ordering::Release);
     node.note_broker_up();
     tracing::info!(node = settings.node_id, "connected to the broker");
@@ -367,15 +371,27 @@ async fn session(
             _ = tokio::time::sleep(deliver::RETRY), if router.is_parked() => {
                 router.retry(&node.mailboxes);
             }
-            _ = inbox.publish_ready.notified(), if !paused => {
+            _ = inbox.publish_ready.notified(), if !paused && publish_at.is_none() => {
+                if settings.publish_linger.is_zero() || *stopping {
+                    in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
+                    if !inbox.publishes.is_empty() {
+                        // More waits than this round took: come back for it.
+                        inbox.publish_ready.notify_one();
+                    }
+                } else {
+                    publish_at = Some(tokio::time::Instant::now() + settings.publish_linger);
+                }
+            }
+            _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if !paused && publish_at.is_some() => {
+                publish_at = None;
                 in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
                 if !inbox.publishes.is_empty() {
-                    // More waits than this round took: come back for it.
                     inbox.publish_ready.notify_one();
                 }
             }
             _ = stop.notified(), if !*stopping => {
                 *stopping = true;
+                publish_at = None;
                 inbox.publish_ready.notify_one();
             }
             _ = tokio::time::sleep(Duration::from_millis(50)), if *stopping => {}
