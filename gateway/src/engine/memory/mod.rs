@@ -1,36 +1,37 @@
 //! The memory engine: one node, no persistence. Chats live on the core that `chat_id %
-//! cores` names, which assigns their gap-free seq and keeps a bounded recent history for
-//! sync (like Centrifugo's memory engine). Presence is replicated to every core, so a query
-//! is answered where it arrives.
+//! cores` names, which applies their rules ([`chat`]), assigns their gap-free seq and keeps
+//! a bounded recent history for sync (like Centrifugo's memory engine). Creates are decided
+//! on one core for the node ([`directory`]). Presence is replicated to every core, with who
+//! shares a chat with whom ([`contacts`]), so a query is answered where it arrives.
 
-use std::collections::{HashMap, VecDeque};
+mod chat;
+mod contacts;
+mod directory;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wire::client::{
-    ArchivedAck, ArchivedCreateChat, ArchivedMembership, ArchivedPresenceQuery,
-    ArchivedSendMessage, ArchivedSyncRequest,
-};
+use wire::client::{ArchivedCreateChat, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::limits::MAX_MEMBERS_PER_CHAT;
-use wire::server::{
-    ChatCreated, ChatEvent, ErrorFrame, Message, Presence, PresenceEntry, Receipt, SyncBatch,
-    TypingEvent,
-};
+use wire::server::{ErrorFrame, Presence, PresenceEntry};
 use wire::{
-    ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ErrorCode, ReceiptKind, Seq, ServerFrame,
-    UserId,
+    ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
 
+use self::chat::{Chat, Refusal, Reply};
+use self::contacts::Contacts;
+use self::directory::{DIRECTORY_CORE, Decision, Directory};
 use super::{Engine, EngineMsg};
 use crate::core::Core;
-use crate::router::Origin;
+use crate::router::{CoreMsg, Origin};
 
 /// Traffic between the memory engine's shards.
 #[derive(Debug)]
 pub enum Msg {
-    /// A client frame for the chat's owning core.
+    /// A client frame for the core that decides it: the owner of its chat, or the
+    /// directory core for a create.
     Frame {
         /// Who sent it.
         origin: Origin,
@@ -48,51 +49,50 @@ pub enum Msg {
         /// When, in microseconds since the Unix epoch.
         at_us: u64,
     },
+    /// The directory core made a chat: the core that owns it keeps it and announces it.
+    Host(Box<NewChat>),
+    /// The directory core found the chat a create names (a resend, or the direct chat of
+    /// the pair): the core that owns it announces it again.
+    Announce {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who asked, for the error should the chat be gone meanwhile.
+        origin: Origin,
+        /// The create's client message id, which the announcement answers.
+        client_msg_id: ClientMsgId,
+        /// When the origin core read the create.
+        received_at: Instant,
+    },
+    /// A chat lost its last member and is gone: the directory core forgets it.
+    Freed {
+        /// Who created it.
+        creator: UserId,
+        /// The id of the create that made it.
+        client_msg_id: ClientMsgId,
+    },
+    /// The members of a chat changed on the core that owns it: every other core's copy of
+    /// who shares a chat follows.
+    Members {
+        /// The chat.
+        chat_id: ChatId,
+        /// Users who became members.
+        added: Vec<UserId>,
+        /// Users who stopped being members.
+        removed: Vec<UserId>,
+    },
 }
 
+/// A chat the directory core decided to make.
 #[derive(Debug)]
-struct Chat {
+pub struct NewChat {
+    chat_id: ChatId,
     kind: ChatKind,
+    title: String,
+    creator: UserId,
+    client_msg_id: ClientMsgId,
+    /// Sorted, the creator included.
     members: Vec<UserId>,
-    /// Every member as a delivery target, rebuilt when membership changes.
-    targets: Arc<[Target]>,
-    next_seq: Seq,
-    history: VecDeque<Message>,
-    /// Delivered and read watermarks per member.
-    watermarks: HashMap<UserId, (Seq, Seq)>,
-}
-
-impl Chat {
-    fn new(kind: ChatKind, members: Vec<UserId>) -> Chat {
-        let mut chat = Chat {
-            kind,
-            members,
-            targets: Arc::from([]),
-            next_seq: 1,
-            history: VecDeque::new(),
-            watermarks: HashMap::new(),
-        };
-        chat.members_changed();
-        chat
-    }
-
-    fn is_member(&self, user: UserId) -> bool {
-        self.members.binary_search(&user).is_ok()
-    }
-
-    fn members_changed(&mut self) {
-        self.members.sort_unstable();
-        self.members.dedup();
-        self.targets = self.members.iter().map(|&u| Target::User(u)).collect();
-    }
-
-    /// The stored message a resend of `(sender, client_msg_id)` refers to, if still in history.
-    fn find_sent(&self, sender: UserId, client_msg_id: u64) -> Option<&Message> {
-        self.history
-            .iter()
-            .rev()
-            .find(|m| m.sender == sender && m.client_msg_id == client_msg_id)
-    }
+    received_at: Instant,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -105,24 +105,98 @@ struct PresenceState {
 #[derive(Debug)]
 pub struct MemoryEngine {
     chats: HashMap<ChatId, Chat>,
-    chats_created: u64,
     presence: HashMap<UserId, PresenceState>,
+    contacts: Contacts,
+    /// Consulted on [`DIRECTORY_CORE`] only.
+    directory: Directory,
     history_limit: usize,
 }
 
 impl MemoryEngine {
-    /// A shard keeping `history_limit` messages per chat.
-    pub fn new(history_limit: usize) -> MemoryEngine {
+    /// A shard keeping `history_limit` messages per chat, where one user may have created
+    /// at most `max_chats_per_user` chats that exist.
+    pub fn new(history_limit: usize, max_chats_per_user: usize) -> MemoryEngine {
         MemoryEngine {
             chats: HashMap::new(),
-            chats_created: 0,
             presence: HashMap::new(),
+            contacts: Contacts::default(),
+            directory: Directory::new(max_chats_per_user),
             history_limit,
         }
     }
 
     fn owner(core: &Core, chat_id: ChatId) -> usize {
         (chat_id % core.cores() as u64) as usize
+    }
+
+    /// Handles `msg` here if `to` is this core, or sends it there.
+    fn dispatch(&mut self, core: &Core, to: usize, msg: Msg) {
+        if to == core.index() {
+            self.handle(core, msg);
+        } else {
+            core.send_to_core(to, CoreMsg::Engine(EngineMsg::Memory(msg)));
+        }
+    }
+
+    /// Hands a client frame to the core that decides it.
+    fn forward(&self, core: &Core, to: usize, origin: Origin, raw: &[u8], received_at: Instant) {
+        let msg = Msg::Frame {
+            origin,
+            frame: Bytes::copy_from_slice(raw),
+            received_at,
+        };
+        core.send_to_core(to, CoreMsg::Engine(EngineMsg::Memory(msg)));
+    }
+
+    fn handle(&mut self, core: &Core, msg: Msg) {
+        match msg {
+            Msg::Presence {
+                user_id,
+                online,
+                at_us,
+            } => self.presence_changed(user_id, online, at_us),
+            Msg::Frame {
+                origin,
+                frame,
+                received_at,
+            } => match ClientFrameRef::access(&frame) {
+                Ok(ClientFrameRef::CreateChat(req)) => {
+                    self.create_chat(core, origin, req, received_at)
+                }
+                Ok(frame) => self.chat_frame(core, origin, frame, received_at),
+                // The origin core validated these bytes; failing now means memory corruption
+                // or a bug, never client input, so say so loudly.
+                Err(error) => {
+                    tracing::error!(%error, "a frame forwarded between cores failed validation")
+                }
+            },
+            Msg::Host(new) => self.host(core, *new),
+            Msg::Announce {
+                chat_id,
+                origin,
+                client_msg_id,
+                received_at,
+            } => match self.chats.get(&chat_id) {
+                Some(chat) => perform(core, chat.announce(client_msg_id).replies, received_at),
+                // Freed between the directory's answer and this: as if it never existed.
+                None => reply_error(
+                    core,
+                    origin,
+                    unknown_chat(chat_id),
+                    Some(client_msg_id),
+                    received_at,
+                ),
+            },
+            Msg::Freed {
+                creator,
+                client_msg_id,
+            } => self.directory.freed(creator, client_msg_id),
+            Msg::Members {
+                chat_id,
+                added,
+                removed,
+            } => self.contacts.changed(chat_id, &added, &removed),
+        }
     }
 
     fn presence_changed(&mut self, user_id: UserId, online: bool, at_us: u64) {
@@ -147,6 +221,29 @@ impl MemoryEngine {
         });
     }
 
+    /// Records a membership change here and on every other core, before anything about
+    /// it is delivered.
+    fn members_changed(
+        &mut self,
+        core: &Core,
+        chat_id: ChatId,
+        added: &[UserId],
+        removed: &[UserId],
+    ) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.contacts.changed(chat_id, added, removed);
+        core.to_other_cores(|| {
+            EngineMsg::Memory(Msg::Members {
+                chat_id,
+                added: added.to_vec(),
+                removed: removed.to_vec(),
+            })
+        });
+    }
+
+    /// On the directory core: decides a create and hands the chat to its owner core.
     fn create_chat(
         &mut self,
         core: &Core,
@@ -162,46 +259,54 @@ impl MemoryEngine {
         let kind = match req.kind {
             ArchivedChatKind::Direct => ChatKind::Direct,
             ArchivedChatKind::Group => ChatKind::Group,
+            ArchivedChatKind::PublicGroup => ChatKind::PublicGroup,
         };
-        if kind == ChatKind::Direct && members.len() != 2 {
-            let reason = "a direct chat has exactly two members: the creator and one other user";
-            return reply_error(
-                core,
-                origin,
-                ErrorCode::InvalidRequest,
-                reason,
-                Some(client_msg_id),
-                received_at,
-            );
+        let decision = self
+            .directory
+            .decide(origin.user_id, client_msg_id, kind, &members);
+        match decision {
+            Err(refusal) => reply_error(core, origin, refusal, Some(client_msg_id), received_at),
+            Ok(Decision::Create(chat_id)) => {
+                let new = NewChat {
+                    chat_id,
+                    kind,
+                    title: req.title.as_str().to_owned(),
+                    creator: origin.user_id,
+                    client_msg_id,
+                    members,
+                    received_at,
+                };
+                self.dispatch(core, Self::owner(core, chat_id), Msg::Host(Box::new(new)));
+            }
+            Ok(Decision::Existing(chat_id)) => {
+                let announce = Msg::Announce {
+                    chat_id,
+                    origin,
+                    client_msg_id,
+                    received_at,
+                };
+                self.dispatch(core, Self::owner(core, chat_id), announce);
+            }
         }
-        if members.len() > MAX_MEMBERS_PER_CHAT {
-            let reason = format!("a chat has at most {MAX_MEMBERS_PER_CHAT} members");
-            return reply_error(
-                core,
-                origin,
-                ErrorCode::LimitExceeded,
-                reason,
-                Some(client_msg_id),
-                received_at,
-            );
-        }
-        self.chats_created += 1;
-        // Chat ids are chosen so that `chat_id % cores` is this core: the chat lives here.
-        let chat_id = self.chats_created * core.cores() as u64 + core.index() as u64;
-        let chat = Chat::new(kind, members);
-        let frame = ServerFrame::ChatCreated(ChatCreated {
-            client_msg_id,
-            chat_id,
-            kind,
-            title: req.title.as_str().to_owned(),
-            creator: origin.user_id,
-            members: chat.members.clone(),
-        });
-        core.deliver_frame(&frame, chat.targets.clone(), None, received_at);
-        self.chats.insert(chat_id, chat);
     }
 
-    /// Work on a chat this core owns.
+    /// On the chat's owner core: keeps a chat the directory made and announces it.
+    fn host(&mut self, core: &Core, new: NewChat) {
+        let chat = Chat::new(
+            new.chat_id,
+            new.kind,
+            new.title,
+            new.creator,
+            new.client_msg_id,
+            new.members,
+        );
+        let announcement = chat.announce(new.client_msg_id);
+        self.members_changed(core, new.chat_id, chat.members(), &[]);
+        self.chats.insert(new.chat_id, chat);
+        perform(core, announcement.replies, new.received_at);
+    }
+
+    /// On the chat's owner core: a request about the chat.
     fn chat_frame(
         &mut self,
         core: &Core,
@@ -214,81 +319,56 @@ impl MemoryEngine {
         };
         let client_msg_id = frame.client_msg_id();
         let Some(chat) = self.chats.get_mut(&chat_id) else {
-            let reason = format!("chat {chat_id} does not exist");
             return reply_error(
                 core,
                 origin,
-                ErrorCode::UnknownChat,
-                reason,
+                unknown_chat(chat_id),
                 client_msg_id,
                 received_at,
             );
         };
-        // Joining is the one thing a non-member may do.
-        if !matches!(frame, ClientFrameRef::Join(_)) && !chat.is_member(origin.user_id) {
-            let reason = format!("user {} is not a member of chat {chat_id}", origin.user_id);
-            return reply_error(
-                core,
-                origin,
-                ErrorCode::NotMember,
-                reason,
-                client_msg_id,
-                received_at,
-            );
-        }
-        match frame {
-            ClientFrameRef::Send(send) => send_message(
-                core,
-                origin,
-                chat_id,
-                chat,
-                send,
-                self.history_limit,
-                received_at,
-            ),
-            ClientFrameRef::AckDelivered(ack) => acknowledge(
-                core,
-                origin,
-                chat_id,
-                chat,
-                ack,
-                ReceiptKind::Delivered,
-                received_at,
-            ),
-            ClientFrameRef::AckRead(ack) => acknowledge(
-                core,
-                origin,
-                chat_id,
-                chat,
-                ack,
-                ReceiptKind::Read,
-                received_at,
-            ),
-            ClientFrameRef::Sync(sync) => sync_page(core, origin, chat_id, chat, sync, received_at),
-            ClientFrameRef::Typing(_) => {
-                let frame = ServerFrame::Typing(TypingEvent {
-                    chat_id,
-                    user_id: origin.user_id,
-                });
-                core.deliver_frame(
-                    &frame,
-                    chat.targets.clone(),
-                    Some(origin.user_id),
-                    received_at,
-                );
+        let user = origin.user_id;
+        let answer = match frame {
+            ClientFrameRef::Send(send) => chat.send(user, send, core.now_us(), self.history_limit),
+            ClientFrameRef::AckDelivered(ack) => chat.acknowledge(user, ack, false),
+            ClientFrameRef::AckRead(ack) => chat.acknowledge(user, ack, true),
+            ClientFrameRef::Sync(sync) => chat.sync_page(origin, sync),
+            ClientFrameRef::Typing(_) => chat.typing(user),
+            ClientFrameRef::Join(req) => chat.join(user, req.client_msg_id.to_native()),
+            ClientFrameRef::Leave(req) => chat.leave(user, req.client_msg_id.to_native()),
+            ClientFrameRef::AddMembers(req) => {
+                let users: Vec<UserId> = req.users.iter().map(|u| u.to_native()).collect();
+                chat.add_members(user, req.client_msg_id.to_native(), &users)
             }
-            ClientFrameRef::Join(join) => {
-                change_membership(core, origin, chat_id, chat, join, true, received_at)
-            }
-            ClientFrameRef::Leave(leave) => {
-                change_membership(core, origin, chat_id, chat, leave, false, received_at)
+            ClientFrameRef::RemoveMembers(req) => {
+                let users: Vec<UserId> = req.users.iter().map(|u| u.to_native()).collect();
+                chat.remove_members(user, req.client_msg_id.to_native(), &users)
             }
             ClientFrameRef::CreateChat(_)
             | ClientFrameRef::PresenceQuery(_)
-            | ClientFrameRef::Ping(_) => {}
+            | ClientFrameRef::Ping(_) => return,
+        };
+        let emptied = chat.is_empty().then(|| chat.creator());
+        match answer {
+            Ok(outcome) => {
+                self.members_changed(core, chat_id, &outcome.added, &outcome.removed);
+                perform(core, outcome.replies, received_at);
+            }
+            Err(refusal) => reply_error(core, origin, refusal, client_msg_id, received_at),
+        }
+        // Nobody can reach a chat without members again: it goes, and frees its place.
+        if let Some((creator, client_msg_id)) = emptied {
+            self.chats.remove(&chat_id);
+            let freed = Msg::Freed {
+                creator,
+                client_msg_id,
+            };
+            self.dispatch(core, DIRECTORY_CORE, freed);
         }
     }
 
+    /// Presence as this core knows it, of the users who share a chat with the asker; the
+    /// others are answered as never seen, like users who do not exist.
     fn presence_query(
         &self,
         core: &Core,
@@ -302,7 +382,11 @@ impl MemoryEngine {
             .iter()
             .map(|u| {
                 let user_id = u.to_native();
-                let state = self.presence.get(&user_id).copied().unwrap_or_default();
+                let state = if self.contacts.may_see(origin.user_id, user_id) {
+                    self.presence.get(&user_id).copied().unwrap_or_default()
+                } else {
+                    PresenceState::default()
+                };
                 PresenceEntry {
                     user_id,
                     online: state.sessions > 0,
@@ -318,200 +402,34 @@ impl MemoryEngine {
     }
 }
 
+fn unknown_chat(chat_id: ChatId) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownChat,
+        format!("chat {chat_id} does not exist"),
+    )
+}
+
 fn reply_to(origin: Origin) -> Arc<[Target]> {
     Arc::from([Target::Connection(origin.connection_id)])
+}
+
+/// Delivers what a request produced, in order.
+fn perform(core: &Core, replies: Vec<Reply>, received_at: Instant) {
+    for reply in replies {
+        core.deliver_frame(&reply.frame, reply.to, reply.except, received_at);
+    }
 }
 
 fn reply_error(
     core: &Core,
     origin: Origin,
-    code: ErrorCode,
-    reason: impl Into<String>,
-    client_msg_id: Option<u64>,
+    refusal: Refusal,
+    client_msg_id: Option<ClientMsgId>,
     received_at: Instant,
 ) {
-    core.metrics.error(code);
-    let frame = ServerFrame::Error(ErrorFrame::new(code, reason, client_msg_id));
+    core.metrics.error(refusal.code);
+    let frame = ServerFrame::Error(ErrorFrame::new(refusal.code, refusal.reason, client_msg_id));
     core.deliver_frame(&frame, reply_to(origin), None, received_at);
-}
-
-fn send_message(
-    core: &Core,
-    origin: Origin,
-    chat_id: ChatId,
-    chat: &mut Chat,
-    send: &ArchivedSendMessage,
-    history_limit: usize,
-    received_at: Instant,
-) {
-    let client_msg_id = send.client_msg_id.to_native();
-    let sent = |seq| {
-        ServerFrame::Receipt(Receipt {
-            chat_id,
-            kind: ReceiptKind::Sent,
-            seq,
-            user_id: origin.user_id,
-            client_msg_id: Some(client_msg_id),
-        })
-    };
-    // A resend of a message still in history is answered, not stored again.
-    if let Some(stored) = chat.find_sent(origin.user_id, client_msg_id) {
-        core.deliver_frame(
-            &sent(stored.seq),
-            Arc::from([Target::User(origin.user_id)]),
-            None,
-            received_at,
-        );
-        return;
-    }
-    let message = Message {
-        chat_id,
-        seq: chat.next_seq,
-        sender: origin.user_id,
-        client_msg_id,
-        server_time_us: core.now_us(),
-        body: send.body.as_str().to_owned(),
-    };
-    chat.next_seq += 1;
-    let seq = message.seq;
-    let frame = ServerFrame::Message(message.clone());
-    if chat.history.len() == history_limit {
-        chat.history.pop_front();
-    }
-    chat.history.push_back(message);
-    core.deliver_frame(
-        &frame,
-        chat.targets.clone(),
-        Some(origin.user_id),
-        received_at,
-    );
-    core.deliver_frame(
-        &sent(seq),
-        Arc::from([Target::User(origin.user_id)]),
-        None,
-        received_at,
-    );
-}
-
-fn acknowledge(
-    core: &Core,
-    origin: Origin,
-    chat_id: ChatId,
-    chat: &mut Chat,
-    ack: &ArchivedAck,
-    kind: ReceiptKind,
-    received_at: Instant,
-) {
-    // A watermark never moves back, and never past what exists.
-    let seq = ack.seq.to_native().min(chat.next_seq - 1);
-    let marks = chat.watermarks.entry(origin.user_id).or_default();
-    let mark = if kind == ReceiptKind::Read {
-        &mut marks.1
-    } else {
-        &mut marks.0
-    };
-    if seq <= *mark {
-        return;
-    }
-    let previous = std::mem::replace(mark, seq);
-    let mut senders: Vec<UserId> = chat
-        .history
-        .iter()
-        .filter(|m| m.seq > previous && m.seq <= seq && m.sender != origin.user_id)
-        .map(|m| m.sender)
-        .collect();
-    senders.sort_unstable();
-    senders.dedup();
-    if senders.is_empty() {
-        return;
-    }
-    let targets: Arc<[Target]> = senders.into_iter().map(Target::User).collect();
-    let frame = ServerFrame::Receipt(Receipt {
-        chat_id,
-        kind,
-        seq,
-        user_id: origin.user_id,
-        client_msg_id: None,
-    });
-    core.deliver_frame(&frame, targets, None, received_at);
-}
-
-fn sync_page(
-    core: &Core,
-    origin: Origin,
-    chat_id: ChatId,
-    chat: &Chat,
-    sync: &ArchivedSyncRequest,
-    received_at: Instant,
-) {
-    let after = sync.after_seq.to_native();
-    let limit = sync.limit.to_native() as usize;
-    let mut newer = chat.history.iter().filter(|m| m.seq > after);
-    let messages: Vec<Message> = newer.by_ref().take(limit).cloned().collect();
-    let has_more = newer.next().is_some();
-    let frame = ServerFrame::SyncBatch(SyncBatch {
-        client_msg_id: sync.client_msg_id.to_native(),
-        chat_id,
-        messages,
-        has_more,
-    });
-    core.deliver_frame(&frame, reply_to(origin), None, received_at);
-}
-
-fn change_membership(
-    core: &Core,
-    origin: Origin,
-    chat_id: ChatId,
-    chat: &mut Chat,
-    req: &ArchivedMembership,
-    join: bool,
-    received_at: Instant,
-) {
-    let client_msg_id = req.client_msg_id.to_native();
-    if chat.kind == ChatKind::Direct {
-        let reason = "members of a direct chat cannot change";
-        return reply_error(
-            core,
-            origin,
-            ErrorCode::InvalidRequest,
-            reason,
-            Some(client_msg_id),
-            received_at,
-        );
-    }
-    let event = ChatEvent {
-        client_msg_id,
-        chat_id,
-        user_id: origin.user_id,
-    };
-    if join {
-        if chat.members.len() >= MAX_MEMBERS_PER_CHAT {
-            let reason = format!("a chat has at most {MAX_MEMBERS_PER_CHAT} members");
-            return reply_error(
-                core,
-                origin,
-                ErrorCode::LimitExceeded,
-                reason,
-                Some(client_msg_id),
-                received_at,
-            );
-        }
-        chat.members.push(origin.user_id);
-        chat.members_changed();
-        core.deliver_frame(
-            &ServerFrame::Joined(event),
-            chat.targets.clone(),
-            None,
-            received_at,
-        );
-    } else {
-        // The leaver hears its own leave, then stops hearing the chat.
-        let targets = chat.targets.clone();
-        chat.members.retain(|&m| m != origin.user_id);
-        chat.watermarks.remove(&origin.user_id);
-        chat.members_changed();
-        core.deliver_frame(&ServerFrame::Left(event), targets, None, received_at);
-    }
 }
 
 impl Engine for MemoryEngine {
@@ -532,7 +450,13 @@ impl Engine for MemoryEngine {
         received_at: Instant,
     ) {
         match frame {
-            ClientFrameRef::CreateChat(req) => self.create_chat(core, origin, req, received_at),
+            ClientFrameRef::CreateChat(req) => {
+                if core.index() == DIRECTORY_CORE {
+                    self.create_chat(core, origin, req, received_at);
+                } else {
+                    self.forward(core, DIRECTORY_CORE, origin, raw, received_at);
+                }
+            }
             ClientFrameRef::PresenceQuery(query) => {
                 self.presence_query(core, origin, query, received_at)
             }
@@ -545,15 +469,7 @@ impl Engine for MemoryEngine {
                 if owner == core.index() {
                     self.chat_frame(core, origin, frame, received_at);
                 } else {
-                    let frame = Bytes::copy_from_slice(raw);
-                    core.send_to_core(
-                        owner,
-                        crate::router::CoreMsg::Engine(EngineMsg::Memory(Msg::Frame {
-                            origin,
-                            frame,
-                            received_at,
-                        })),
-                    );
+                    self.forward(core, owner, origin, raw, received_at);
                 }
             }
         }
@@ -561,24 +477,6 @@ impl Engine for MemoryEngine {
 
     fn message(&mut self, core: &Core, msg: EngineMsg) {
         let EngineMsg::Memory(msg) = msg;
-        match msg {
-            Msg::Presence {
-                user_id,
-                online,
-                at_us,
-            } => self.presence_changed(user_id, online, at_us),
-            Msg::Frame {
-                origin,
-                frame,
-                received_at,
-            } => match ClientFrameRef::access(&frame) {
-                Ok(frame) => self.chat_frame(core, origin, frame, received_at),
-                // The origin core validated these bytes; failing now means memory corruption
-                // or a bug, never client input, so say so loudly.
-                Err(error) => {
-                    tracing::error!(%error, "a frame forwarded between cores failed validation")
-                }
-            },
-        }
+        self.handle(core, msg);
     }
 }
