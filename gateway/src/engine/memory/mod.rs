@@ -349,13 +349,14 @@ impl MemoryEngine {
             | ClientFrameRef::Ping(_) => return,
         };
         let emptied = chat.is_empty().then(|| chat.creator());
-        match answer {
-            Ok(outcome) => {
-                self.members_changed(core, chat_id, &outcome.added, &outcome.removed);
-                perform(core, outcome.replies, received_at);
-            }
-            Err(refusal) => reply_error(core, origin, refusal, client_msg_id, received_at),
-        }
+        let outcome = match answer {
+            Ok(outcome) => outcome,
+            Err(refusal) => return reply_error(core, origin, refusal, client_msg_id, received_at),
+        };
+        // Every core's copy of the members, and the directory, learn of the change before
+        // anyone hears of it: a client that heard finds them up to date (mailboxes keep
+        // order).
+        self.members_changed(core, chat_id, &outcome.added, &outcome.removed);
         // Nobody can reach a chat without members again: it goes, and frees its place.
         if let Some((creator, client_msg_id)) = emptied {
             self.chats.remove(&chat_id);
@@ -365,6 +366,7 @@ impl MemoryEngine {
             };
             self.dispatch(core, DIRECTORY_CORE, freed);
         }
+        perform(core, outcome.replies, received_at);
     }
 
     /// Presence as this core knows it, of the users who share a chat with the asker; the
