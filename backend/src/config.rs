@@ -78,6 +78,11 @@ pub struct Config {
     #[arg(long, env = "BACKEND_OUTBOUND_BATCHES", default_value_t = true, action = clap::ArgAction::Set)]
     pub outbound_batches: bool,
 
+    /// Chats one user may have created that still exist; one more `create_chat` is refused
+    /// with `limit_exceeded`. The gateway's memory engine has the same flag and default.
+    #[arg(long, env = "BACKEND_MAX_CHATS_PER_USER", default_value_t = wire::limits::DEFAULT_MAX_CHATS_PER_USER)]
+    pub max_chats_per_user: usize,
+
     /// Unacknowledged deliveries the broker may push to each shard consumer.
     #[arg(long, env = "BACKEND_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,

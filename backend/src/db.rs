@@ -115,16 +115,26 @@ pub(crate) async fn connect_client(url: &str, schema: &str) -> anyhow::Result<Cl
 pub(crate) struct Db {
     client: Client,
     st: Statements,
+    /// Chats one user may have created that still exist.
+    max_chats_per_user: usize,
 }
 
 impl Db {
     /// Connects and prepares every statement (which also checks them against the schema).
-    pub(crate) async fn connect(url: &str, schema: &str) -> anyhow::Result<Db> {
+    pub(crate) async fn connect(
+        url: &str,
+        schema: &str,
+        max_chats_per_user: usize,
+    ) -> anyhow::Result<Db> {
         let client = connect_client(url, schema).await?;
         let st = Statements::prepare(&client)
             .await
             .context("preparing statements")?;
-        Ok(Db { client, st })
+        Ok(Db {
+            client,
+            st,
+            max_chats_per_user,
+        })
     }
 
     /// Runs `requests` in one transaction and commits it.
@@ -134,7 +144,8 @@ impl Db {
         now_us: u64,
     ) -> Result<Outcome, tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
-        let outcome = crate::persist::apply(&tx, &self.st, requests, now_us).await?;
+        let outcome =
+            crate::persist::apply(&tx, &self.st, requests, now_us, self.max_chats_per_user).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -154,7 +165,10 @@ impl Db {
         let mut refused = Vec::new();
         for (index, &request) in requests.iter().enumerate() {
             let savepoint = tx.savepoint("frame").await?;
-            match crate::persist::apply(&savepoint, &self.st, &[request], now_us).await {
+            let one = [request];
+            let applied =
+                crate::persist::apply(&savepoint, &self.st, &one, now_us, self.max_chats_per_user);
+            match applied.await {
                 Ok(one) => {
                     savepoint.commit().await?;
                     outcome.merge(one);
@@ -191,16 +205,31 @@ pub(crate) struct Statements {
     pub sync_page: Statement,
     /// (chat_id) -> (chat exists, kind or null, member ids[]).
     pub chat_and_members: Statement,
-    /// (kind, title, creator, client_msg_id) -> new chat id, or no row if it exists.
+    /// (kind, title, creator, client_msg_id, direct_low, direct_high) -> new chat id, or no
+    /// row if a chat of that create or of that pair exists.
     pub create_chat: Statement,
-    /// (chat_id, user_ids[]): adds members, ignoring ones already there.
+    /// (chat_id, user_ids[], admin or null): adds members, ignoring ones already there; the
+    /// admin (if one of them) gets that role.
     pub add_members: Statement,
-    /// (creator, client_msg_id) -> (chat id, kind, title, member ids[]).
+    /// (creator, client_msg_id) -> chat id of the chat that create made.
     pub find_created_chat: Statement,
-    /// (chat_id, user_id) -> (kind, member count, user is a member); locks the chat.
-    pub lock_chat_for_join: Statement,
-    /// (chat_id, user_id) -> one row if the user was a member and is removed.
-    pub remove_member: Statement,
+    /// (direct_low, direct_high) -> chat id of the pair's direct chat.
+    pub find_direct_chat: Statement,
+    /// (creator) -> how many chats that exist the user created.
+    pub count_created_chats: Statement,
+    /// (chat_id) -> (kind, title, creator, member ids[]).
+    pub chat_snapshot: Statement,
+    /// (chat_id, user_id) -> (kind, title, creator, member ids[], the user's role or null,
+    /// the client msg id of the user's latest leave or null); locks the chat.
+    pub lock_chat_for_change: Statement,
+    /// (chat_id, user_ids[]) -> the ids that were members and are removed.
+    pub remove_members: Statement,
+    /// (chat_id, user_id, client_msg_id): records the user's latest leave.
+    pub record_departure: Statement,
+    /// (chat_id): deletes the chat, with its history, if it has no members.
+    pub free_chat_if_empty: Statement,
+    /// (user_id, user_ids[]) -> the ids among them that share a chat with the user.
+    pub shared_chat_users: Statement,
 }
 
 impl Statements {
@@ -240,23 +269,44 @@ impl Statements {
                         ARRAY (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id)
                  FROM (SELECT 1) AS one LEFT JOIN chats c ON c.id = $1")
             .await?,
-            create_chat: p("INSERT INTO chats (kind, title, creator, creator_client_msg_id) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (creator, creator_client_msg_id) DO NOTHING RETURNING id")
+            create_chat: p("INSERT INTO chats (kind, title, creator, creator_client_msg_id, direct_low, direct_high)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT DO NOTHING RETURNING id")
             .await?,
-            add_members: p("INSERT INTO chat_members (chat_id, user_id) SELECT $1, unnest($2::bigint[])
+            add_members: p("INSERT INTO chat_members (chat_id, user_id, role)
+                 SELECT $1, u, CASE WHEN u = $3 THEN 'admin' ELSE 'member' END FROM unnest($2::bigint[]) AS u
                  ON CONFLICT (chat_id, user_id) DO NOTHING")
             .await?,
-            find_created_chat: p("SELECT c.id, c.kind, c.title,
+            find_created_chat: p("SELECT id FROM chats WHERE creator = $1 AND creator_client_msg_id = $2")
+                .await?,
+            find_direct_chat: p("SELECT id FROM chats WHERE direct_low = $1 AND direct_high = $2")
+                .await?,
+            count_created_chats: p("SELECT count(*) FROM chats WHERE creator = $1").await?,
+            chat_snapshot: p("SELECT c.kind, c.title, c.creator,
                         ARRAY (SELECT user_id FROM chat_members WHERE chat_id = c.id ORDER BY user_id)
-                 FROM chats c WHERE c.creator = $1 AND c.creator_client_msg_id = $2")
+                 FROM chats c WHERE c.id = $1")
             .await?,
-            lock_chat_for_join: p("SELECT c.kind,
-                        (SELECT count(*) FROM chat_members WHERE chat_id = c.id),
-                        EXISTS (SELECT 1 FROM chat_members WHERE chat_id = c.id AND user_id = $2)
+            lock_chat_for_change: p("SELECT c.kind, c.title, c.creator,
+                        ARRAY (SELECT user_id FROM chat_members WHERE chat_id = c.id ORDER BY user_id),
+                        (SELECT role FROM chat_members WHERE chat_id = c.id AND user_id = $2),
+                        (SELECT client_msg_id FROM chat_departures WHERE chat_id = c.id AND user_id = $2)
                  FROM chats c WHERE c.id = $1 FOR UPDATE")
             .await?,
-            remove_member: p("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = $2 RETURNING user_id")
-                .await?,
+            remove_members: p("DELETE FROM chat_members WHERE chat_id = $1 AND user_id = ANY ($2::bigint[])
+                 RETURNING user_id")
+            .await?,
+            record_departure: p("INSERT INTO chat_departures (chat_id, user_id, client_msg_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (chat_id, user_id) DO UPDATE SET client_msg_id = EXCLUDED.client_msg_id")
+            .await?,
+            // Its members' rows, messages and departures go with it (ON DELETE CASCADE).
+            free_chat_if_empty: p("DELETE FROM chats c WHERE c.id = $1
+                 AND NOT EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1)")
+            .await?,
+            shared_chat_users: p("SELECT DISTINCT other.user_id
+                 FROM chat_members mine
+                 JOIN chat_members other ON other.chat_id = mine.chat_id
+                 WHERE mine.user_id = $1 AND other.user_id = ANY ($2::bigint[])")
+            .await?,
         })
     }
 }

@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "published flag dropped",
         include_str!("../migrations/0002_published_flag_dropped.sql"),
     ),
+    (
+        3,
+        "group access",
+        include_str!("../migrations/0003_group_access.sql"),
+    ),
 ];
 
 /// First key of the two-key advisory lock: names the lock's purpose, so that other

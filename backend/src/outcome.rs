@@ -8,10 +8,11 @@ use wire::{ClientMsgId, ServerFrame, UserId};
 pub(crate) enum Body {
     /// A complete server frame.
     Frame(ServerFrame),
-    /// A presence answer: online state and last-seen times come from the registry lookup.
+    /// A presence answer: online state and last-seen times come from the registry lookup,
+    /// for the users the asker may see (the flag); the others are answered as never seen.
     Presence {
         client_msg_id: ClientMsgId,
-        users: Vec<UserId>,
+        users: Vec<(UserId, bool)>,
     },
 }
 

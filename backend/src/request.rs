@@ -32,6 +32,7 @@ impl Request {
         match &self.frame {
             ClientFrame::CreateChat(f) => Some(f.client_msg_id),
             ClientFrame::Join(f) | ClientFrame::Leave(f) => Some(f.client_msg_id),
+            ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
             ClientFrame::Send(f) => Some(f.client_msg_id),
             ClientFrame::Sync(f) => Some(f.client_msg_id),
             ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),

@@ -48,8 +48,9 @@ pub(crate) fn lookups(outputs: &[Output]) -> (Vec<UserId>, Vec<UserId>) {
             nodes.extend(users.iter().copied());
         }
         if let Body::Presence { users, .. } = &output.body {
-            nodes.extend(users.iter().copied());
-            seen.extend(users.iter().copied());
+            let visible = users.iter().filter(|(_, v)| *v).map(|(u, _)| *u);
+            nodes.extend(visible.clone());
+            seen.extend(visible);
         }
     }
     (nodes.into_iter().collect(), seen.into_iter().collect())
@@ -171,19 +172,24 @@ fn cut<'a>(
     batches
 }
 
-fn presence(client_msg_id: u64, users: &[UserId], directory: &Directory, now_us: u64) -> Presence {
+fn presence(
+    client_msg_id: u64,
+    users: &[(UserId, bool)],
+    directory: &Directory,
+    now_us: u64,
+) -> Presence {
     let users = users
         .iter()
-        .map(|&user_id| {
-            let online = !directory.nodes_of(user_id).is_empty();
+        .map(|&(user_id, visible)| {
+            let online = visible && !directory.nodes_of(user_id).is_empty();
             PresenceEntry {
                 user_id,
                 online,
                 // Someone online is seen now; otherwise the gateway's disconnect time.
-                last_seen_us: if online {
-                    now_us
-                } else {
-                    directory.seen.get(&user_id).copied().unwrap_or(0)
+                last_seen_us: match (online, visible) {
+                    (true, _) => now_us,
+                    (false, true) => directory.seen.get(&user_id).copied().unwrap_or(0),
+                    (false, false) => 0,
                 },
             }
         })
@@ -280,11 +286,11 @@ mod tests {
     }
 
     #[test]
-    fn presence_comes_from_the_directory() {
+    fn presence_comes_from_the_directory_for_the_users_the_asker_may_see() {
         let outputs = vec![Output {
             body: Body::Presence {
                 client_msg_id: 8,
-                users: vec![2, 3, 4],
+                users: vec![(2, true), (3, true), (4, true), (5, false)],
             },
             to: Recipients::Connection {
                 node_id: 1,
@@ -292,8 +298,12 @@ mod tests {
             },
             republish: false,
         }];
+        // Only the users the asker may see are looked up.
         assert_eq!(lookups(&outputs), (vec![2, 3, 4], vec![2, 3, 4]));
-        let (envelopes, _) = route(outputs, &directory(), 1000, Form::Batch);
+        let mut directory = directory();
+        directory.add(5, 10);
+        directory.seen.insert(5, 7);
+        let (envelopes, _) = route(outputs, &directory, 1000, Form::Batch);
         let (_, frame) = decode(&envelopes[0]);
         let ServerFrame::Presence(presence) = frame else {
             panic!("not a presence frame: {frame:?}");
@@ -303,7 +313,16 @@ mod tests {
             .iter()
             .map(|e| (e.user_id, e.online, e.last_seen_us))
             .collect();
-        assert_eq!(entries, [(2, true, 1000), (3, false, 42), (4, false, 0)]);
+        // User 5 shares no chat with the asker: never seen, whatever the registry says.
+        assert_eq!(
+            entries,
+            [
+                (2, true, 1000),
+                (3, false, 42),
+                (4, false, 0),
+                (5, false, 0)
+            ]
+        );
     }
 
     #[test]

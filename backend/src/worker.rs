@@ -463,7 +463,12 @@ impl ShardWorker {
     async fn database(&mut self) -> anyhow::Result<&mut Db> {
         while self.db.is_none() {
             let config = &self.shared.config;
-            match Db::connect(&config.database_url, &config.pg_schema).await {
+            let connecting = Db::connect(
+                &config.database_url,
+                &config.pg_schema,
+                config.max_chats_per_user,
+            );
+            match connecting.await {
                 Ok(db) => self.db = Some(db),
                 Err(error) => {
                     tracing::warn!(

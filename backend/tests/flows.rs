@@ -433,7 +433,8 @@ async fn groups_join_leave_typing_and_presence() {
     }
     let mut node = env.node_reader().await;
     let backend = env.start(&[]);
-    let group = create_chat(&env, &mut node, ALICE, ChatKind::Group, &[BOB], 1)
+    // Public, so that Carol may join it.
+    let group = create_chat(&env, &mut node, ALICE, ChatKind::PublicGroup, &[BOB], 1)
         .await
         .chat_id;
 
@@ -536,7 +537,8 @@ async fn groups_join_leave_typing_and_presence() {
     assert_eq!(again.chat_id, direct);
     assert_eq!(env.column("SELECT count(*) FROM {schema}.chats").await, [2]);
 
-    // Presence from the registry: Carol goes offline at a known time.
+    // Presence from the registry, of the users who share a chat with Alice (Bob the direct
+    // chat, Carol the group; 9999 none): Carol goes offline at a known time.
     env.offline(CAROL, 123_456).await;
     env.send(
         ALICE,

@@ -128,6 +128,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HISTORY_PER_CHAT", default_value_t = 1000)]
     pub history_per_chat: usize,
 
+    /// Chats one user may have created that still exist (memory engine; the backend has the
+    /// same flag for the amqp engine). A chat is gone once its last member leaves.
+    #[arg(long, env = "GATEWAY_MAX_CHATS_PER_USER", default_value_t = wire::limits::DEFAULT_MAX_CHATS_PER_USER)]
+    pub max_chats_per_user: usize,
+
     /// Time given to sessions to close and flush on SIGTERM/SIGINT before exiting.
     #[arg(long, env = "GATEWAY_SHUTDOWN_DEADLINE", value_parser = parse_duration, default_value = "10s")]
     pub shutdown_deadline: Duration,

@@ -377,7 +377,10 @@ async fn serve_core(
                 node.config.ack_window,
             ))
         }
-        _ => Box::new(MemoryEngine::new(node.config.history_per_chat)),
+        _ => Box::new(MemoryEngine::new(
+            node.config.history_per_chat,
+            node.config.max_chats_per_user,
+        )),
     };
     let core = Rc::new(Core::new(index, node.clone(), engine));
     monoio::spawn(core.clone().pump_mailbox());

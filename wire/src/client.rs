@@ -26,6 +26,15 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Add users to a group chat, or remove them from it.
+    pub struct MemberChange {
+        pub client_msg_id: ClientMsgId,
+        pub chat_id: ChatId,
+        pub users: Vec<UserId>,
+    }
+}
+
+wire_struct! {
     /// Send a message. `(sender, client_msg_id)` is unique: a resend with the same id is
     /// stored once and answered with the stored result.
     pub struct SendMessage {
@@ -84,6 +93,11 @@ limits!(
     text title
 );
 limits!(Membership, ArchivedMembership);
+limits!(
+    MemberChange,
+    ArchivedMemberChange,
+    users <= MAX_MEMBERS_PER_CHAT
+);
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
 limits!(Ack, ArchivedAck);
 limits!(SyncRequest, ArchivedSyncRequest; sync_page limit);
@@ -118,6 +132,10 @@ frame_set! {
     PresenceQuery(PresenceQuery) = 9, "presence_query";
     /// Ping.
     Ping(Ping) = 10, "ping";
+    /// Add members to a group chat.
+    AddMembers(MemberChange) = 11, "add_members";
+    /// Remove members from a group chat (admins only).
+    RemoveMembers(MemberChange) = 12, "remove_members";
 }
 
 impl ClientFrameRef<'_> {
@@ -126,6 +144,9 @@ impl ClientFrameRef<'_> {
         match self {
             ClientFrameRef::CreateChat(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::Join(f) | ClientFrameRef::Leave(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::AddMembers(f) | ClientFrameRef::RemoveMembers(f) => {
+                Some(f.client_msg_id.to_native())
+            }
             ClientFrameRef::Send(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::Sync(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::PresenceQuery(f) => Some(f.client_msg_id.to_native()),
@@ -140,6 +161,9 @@ impl ClientFrameRef<'_> {
     pub fn chat_id(&self) -> Option<ChatId> {
         match self {
             ClientFrameRef::Join(f) | ClientFrameRef::Leave(f) => Some(f.chat_id.to_native()),
+            ClientFrameRef::AddMembers(f) | ClientFrameRef::RemoveMembers(f) => {
+                Some(f.chat_id.to_native())
+            }
             ClientFrameRef::Send(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::AckDelivered(f) | ClientFrameRef::AckRead(f) => {
                 Some(f.chat_id.to_native())

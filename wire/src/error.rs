@@ -79,8 +79,10 @@ pub enum ErrorCode {
     LimitExceeded = 4004,
     /// Too many frames per second: this frame was dropped.
     RateLimited = 4029,
-    /// The sender is not a member of the chat.
+    /// The sender is not a member of the chat (and the chat does not let it in).
     NotMember = 4030,
+    /// The sender is a member, but its role in the chat does not allow the request.
+    Forbidden = 4031,
     /// The chat does not exist.
     UnknownChat = 4040,
     /// The request contradicts the chat's rules (a direct chat needs exactly two members, ...).
@@ -93,7 +95,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::MalformedFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownKind,
@@ -101,6 +103,7 @@ impl ErrorCode {
         ErrorCode::LimitExceeded,
         ErrorCode::RateLimited,
         ErrorCode::NotMember,
+        ErrorCode::Forbidden,
         ErrorCode::UnknownChat,
         ErrorCode::InvalidRequest,
         ErrorCode::Internal,
@@ -127,6 +130,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotMember => "not_member",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::UnknownChat => "unknown_chat",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::Internal => "internal",

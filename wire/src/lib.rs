@@ -45,7 +45,8 @@ macro_rules! wire_struct {
 }
 
 /// Direct chats have exactly two members; group chats up to
-/// [`limits::MAX_MEMBERS_PER_CHAT`].
+/// [`limits::MAX_MEMBERS_PER_CHAT`]. A group is invite-only (members add members) unless it
+/// was created public, which anyone may also join.
 #[derive(
     Debug,
     Clone,
@@ -65,8 +66,10 @@ macro_rules! wire_struct {
 pub enum ChatKind {
     /// Two members.
     Direct,
-    /// Any number of members up to the limit.
+    /// Any number of members up to the limit; invite-only.
     Group,
+    /// A group that anyone may join as well.
+    PublicGroup,
 }
 
 /// What a receipt reports.

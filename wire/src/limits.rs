@@ -23,6 +23,11 @@ pub const MAX_PRESENCE_QUERY: usize = 200;
 /// Longest reason text in an error frame, in UTF-8 bytes.
 pub const MAX_REASON_BYTES: usize = 256;
 
+/// How many chats one user may have created that still exist, unless the operator sets
+/// another bound (the memory engine's and the backend's `--max-chats-per-user`). A chat is
+/// gone once its last member leaves, which frees its place.
+pub const DEFAULT_MAX_CHATS_PER_USER: usize = 500;
+
 /// Largest server frame the backend may produce (a full sync page of maximal bodies fits).
 pub const MAX_SERVER_FRAME_BYTES: usize = 1024 * 1024;
 

@@ -75,6 +75,16 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// `by` added `users` to `chat_id`, or removed them from it; sent to the members.
+    pub struct MembersChanged {
+        pub client_msg_id: ClientMsgId,
+        pub chat_id: ChatId,
+        pub by: UserId,
+        pub users: Vec<UserId>,
+    }
+}
+
+wire_struct! {
     /// A page of history, oldest first. `has_more` says whether another page follows.
     pub struct SyncBatch {
         pub client_msg_id: ClientMsgId,
@@ -164,6 +174,11 @@ limits!(
 );
 limits!(ChatEvent, ArchivedChatEvent);
 limits!(
+    MembersChanged,
+    ArchivedMembersChanged,
+    users <= MAX_MEMBERS_PER_CHAT
+);
+limits!(
     SyncBatch,
     ArchivedSyncBatch,
     messages <= MAX_SYNC_PAGE as usize
@@ -198,6 +213,10 @@ frame_set! {
     Error(ErrorFrame) = 10, "error";
     /// Ping answer.
     Pong(Pong) = 11, "pong";
+    /// Members were added.
+    MembersAdded(MembersChanged) = 12, "members_added";
+    /// Members were removed.
+    MembersRemoved(MembersChanged) = 13, "members_removed";
 }
 
 /// Converts a binary server frame to its JSON text, once per frame (not per recipient).

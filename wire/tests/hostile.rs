@@ -61,6 +61,9 @@ fn client_root_size(kind: ClientKind) -> usize {
     match kind {
         ClientKind::CreateChat => size_of::<Archived<client::CreateChat>>(),
         ClientKind::Join | ClientKind::Leave => size_of::<Archived<client::Membership>>(),
+        ClientKind::AddMembers | ClientKind::RemoveMembers => {
+            size_of::<Archived<client::MemberChange>>()
+        }
         ClientKind::Send => size_of::<Archived<client::SendMessage>>(),
         ClientKind::AckDelivered | ClientKind::AckRead => size_of::<Archived<client::Ack>>(),
         ClientKind::Sync => size_of::<Archived<client::SyncRequest>>(),
@@ -78,6 +81,9 @@ fn server_root_size(kind: ServerKind) -> usize {
         ServerKind::Receipt => size_of::<Archived<server::Receipt>>(),
         ServerKind::ChatCreated => size_of::<Archived<server::ChatCreated>>(),
         ServerKind::Joined | ServerKind::Left => size_of::<Archived<server::ChatEvent>>(),
+        ServerKind::MembersAdded | ServerKind::MembersRemoved => {
+            size_of::<Archived<server::MembersChanged>>()
+        }
         ServerKind::SyncBatch => size_of::<Archived<server::SyncBatch>>(),
         ServerKind::Presence => size_of::<Archived<server::Presence>>(),
         ServerKind::Typing => size_of::<Archived<server::TypingEvent>>(),
@@ -90,7 +96,11 @@ fn server_root_size(kind: ServerKind) -> usize {
 fn client_fixed_size(kind: ClientKind) -> bool {
     !matches!(
         kind,
-        ClientKind::CreateChat | ClientKind::Send | ClientKind::PresenceQuery
+        ClientKind::CreateChat
+            | ClientKind::Send
+            | ClientKind::PresenceQuery
+            | ClientKind::AddMembers
+            | ClientKind::RemoveMembers
     )
 }
 
@@ -365,12 +375,12 @@ fn short_frames_are_truncated() {
         WireError::UnknownKind(0)
     );
     assert_eq!(
-        ClientFrameRef::access(&[PROTOCOL_VERSION, 11, 1, 2, 3]).unwrap_err(),
-        WireError::UnknownKind(11)
+        ClientFrameRef::access(&[PROTOCOL_VERSION, 13, 1, 2, 3]).unwrap_err(),
+        WireError::UnknownKind(13)
     );
     assert_eq!(
-        ServerFrameRef::access(&[PROTOCOL_VERSION, 12]).unwrap_err(),
-        WireError::UnknownKind(12)
+        ServerFrameRef::access(&[PROTOCOL_VERSION, 14]).unwrap_err(),
+        WireError::UnknownKind(14)
     );
 }
 

@@ -53,6 +53,8 @@ fn client_limit(ok: ClientFrame, broken: ClientFrame, expected: WireError) {
         ClientFrame::Send(b) => raw(ClientKind::Send as u8, b),
         ClientFrame::Sync(b) => raw(ClientKind::Sync as u8, b),
         ClientFrame::PresenceQuery(b) => raw(ClientKind::PresenceQuery as u8, b),
+        ClientFrame::AddMembers(b) => raw(ClientKind::AddMembers as u8, b),
+        ClientFrame::RemoveMembers(b) => raw(ClientKind::RemoveMembers as u8, b),
         other => panic!("{:?} has no limit", other.kind()),
     };
     assert_eq!(
@@ -81,6 +83,8 @@ fn server_limit(ok: ServerFrame, broken: ServerFrame, expected: WireError) {
         ServerFrame::SyncBatch(b) => raw(ServerKind::SyncBatch as u8, b),
         ServerFrame::Presence(b) => raw(ServerKind::Presence as u8, b),
         ServerFrame::Error(b) => raw(ServerKind::Error as u8, b),
+        ServerFrame::MembersAdded(b) => raw(ServerKind::MembersAdded as u8, b),
+        ServerFrame::MembersRemoved(b) => raw(ServerKind::MembersRemoved as u8, b),
         other => panic!("{:?} has no limit", other.kind()),
     };
     assert_eq!(
@@ -198,6 +202,31 @@ fn members_limit() {
         created(MAX_MEMBERS_PER_CHAT as u64 + 1),
         limit("members", MAX_MEMBERS_PER_CHAT + 1, MAX_MEMBERS_PER_CHAT),
     );
+    let change = |n: u64| client::MemberChange {
+        client_msg_id: 1,
+        chat_id: 2,
+        users: members(n),
+    };
+    for frame in [ClientFrame::AddMembers, ClientFrame::RemoveMembers] {
+        client_limit(
+            frame(change(MAX_MEMBERS_PER_CHAT as u64)),
+            frame(change(MAX_MEMBERS_PER_CHAT as u64 + 1)),
+            limit("users", MAX_MEMBERS_PER_CHAT + 1, MAX_MEMBERS_PER_CHAT),
+        );
+    }
+    let changed = |n: u64| server::MembersChanged {
+        client_msg_id: 1,
+        chat_id: 2,
+        by: 3,
+        users: members(n),
+    };
+    for frame in [ServerFrame::MembersAdded, ServerFrame::MembersRemoved] {
+        server_limit(
+            frame(changed(MAX_MEMBERS_PER_CHAT as u64)),
+            frame(changed(MAX_MEMBERS_PER_CHAT as u64 + 1)),
+            limit("users", MAX_MEMBERS_PER_CHAT + 1, MAX_MEMBERS_PER_CHAT),
+        );
+    }
 }
 
 #[test]
@@ -478,6 +507,7 @@ fn error_code_numbers_are_stable() {
             (4004, "limit_exceeded"),
             (4029, "rate_limited"),
             (4030, "not_member"),
+            (4031, "forbidden"),
             (4040, "unknown_chat"),
             (4090, "invalid_request"),
             (5000, "internal"),

@@ -4,8 +4,8 @@
 
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES,
-    MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
+    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
@@ -87,6 +87,22 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
         (
             ClientFrame::Ping(client::Ping { nonce: 99 }),
             r#"{"type":"ping","nonce":99}"#,
+        ),
+        (
+            ClientFrame::AddMembers(client::MemberChange {
+                client_msg_id: 7,
+                chat_id: 7,
+                users: vec![45],
+            }),
+            r#"{"type":"add_members","client_msg_id":7,"chat_id":7,"users":[45]}"#,
+        ),
+        (
+            ClientFrame::RemoveMembers(client::MemberChange {
+                client_msg_id: 8,
+                chat_id: 7,
+                users: vec![44],
+            }),
+            r#"{"type":"remove_members","client_msg_id":8,"chat_id":7,"users":[44]}"#,
         ),
     ]
 }
@@ -215,6 +231,24 @@ fn server_examples() -> Vec<(ServerFrame, &'static str)> {
             }),
             r#"{"type":"pong","nonce":99,"server_time_us":1767225600123456}"#,
         ),
+        (
+            ServerFrame::MembersAdded(server::MembersChanged {
+                client_msg_id: 7,
+                chat_id: 7,
+                by: 42,
+                users: vec![45],
+            }),
+            r#"{"type":"members_added","client_msg_id":7,"chat_id":7,"by":42,"users":[45]}"#,
+        ),
+        (
+            ServerFrame::MembersRemoved(server::MembersChanged {
+                client_msg_id: 8,
+                chat_id: 7,
+                by: 42,
+                users: vec![44],
+            }),
+            r#"{"type":"members_removed","client_msg_id":8,"chat_id":7,"by":42,"users":[44]}"#,
+        ),
     ]
 }
 
@@ -329,6 +363,7 @@ fn tables_quote_the_code() {
         ("MAX_PRESENCE_QUERY", MAX_PRESENCE_QUERY),
         ("MAX_REASON_BYTES", MAX_REASON_BYTES),
         ("MAX_SERVER_FRAME_BYTES", MAX_SERVER_FRAME_BYTES),
+        ("DEFAULT_MAX_CHATS_PER_USER", DEFAULT_MAX_CHATS_PER_USER),
     ];
     for (name, value) in limits {
         let row = format!("| `{name}` | {value} |");

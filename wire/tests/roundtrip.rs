@@ -26,6 +26,7 @@ fn chat_kind(kind: &ArchivedChatKind) -> ChatKind {
     match kind {
         ArchivedChatKind::Direct => ChatKind::Direct,
         ArchivedChatKind::Group => ChatKind::Group,
+        ArchivedChatKind::PublicGroup => ChatKind::PublicGroup,
     }
 }
 
@@ -53,6 +54,14 @@ fn assert_client_view(view: ClientFrameRef<'_>, frame: &ClientFrame) {
         | (ClientFrameRef::Leave(a), ClientFrame::Leave(b)) => {
             assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
             assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
+            assert_eq!(view.chat_id(), Some(b.chat_id));
+        }
+        (ClientFrameRef::AddMembers(a), ClientFrame::AddMembers(b))
+        | (ClientFrameRef::RemoveMembers(a), ClientFrame::RemoveMembers(b)) => {
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(natives(&a.users), b.users);
             assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
             assert_eq!(view.chat_id(), Some(b.chat_id));
         }
@@ -140,6 +149,13 @@ fn assert_server_view(view: ServerFrameRef<'_>, frame: &ServerFrame) {
             assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
             assert_eq!(a.chat_id.to_native(), b.chat_id);
             assert_eq!(a.user_id.to_native(), b.user_id);
+        }
+        (ServerFrameRef::MembersAdded(a), ServerFrame::MembersAdded(b))
+        | (ServerFrameRef::MembersRemoved(a), ServerFrame::MembersRemoved(b)) => {
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(a.by.to_native(), b.by);
+            assert_eq!(natives(&a.users), b.users);
         }
         (ServerFrameRef::SyncBatch(a), ServerFrame::SyncBatch(b)) => {
             assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
@@ -279,7 +295,9 @@ fn every_kind_is_generated_and_named_uniquely() {
             "sync",
             "typing",
             "presence_query",
-            "ping"
+            "ping",
+            "add_members",
+            "remove_members"
         ]
     );
     assert_eq!(
@@ -295,7 +313,9 @@ fn every_kind_is_generated_and_named_uniquely() {
             "presence",
             "typing",
             "error",
-            "pong"
+            "pong",
+            "members_added",
+            "members_removed"
         ]
     );
     for (i, kind) in wire::ClientKind::ALL.iter().enumerate() {
@@ -307,9 +327,9 @@ fn every_kind_is_generated_and_named_uniquely() {
         assert_eq!(wire::ServerKind::from_u8(*kind as u8), Some(*kind));
     }
     assert_eq!(wire::ClientKind::from_u8(0), None);
-    assert_eq!(wire::ClientKind::from_u8(11), None);
+    assert_eq!(wire::ClientKind::from_u8(13), None);
     assert_eq!(wire::ServerKind::from_u8(0), None);
-    assert_eq!(wire::ServerKind::from_u8(12), None);
+    assert_eq!(wire::ServerKind::from_u8(14), None);
     assert_eq!(codec::HEADER_LEN, 2);
 
     // The generator reaches every kind, so the properties above cover all of them.

@@ -1,6 +1,7 @@
 //! The frames' semantics, run inside one transaction per batch.
 //!
-//! A batch is cut into segments at the frames that change membership (create, join, leave).
+//! A batch is cut into segments at the frames that change membership (create, join, leave,
+//! add and remove members; see `membership`).
 //! Within a segment the sends go first, all together in a fixed number of statements (see
 //! `sends`), then the acks, folded into watermarks and applied in one statement (see
 //! `acks`), then the other frames, each one statement, pipelined on the connection. Moving
@@ -10,16 +11,17 @@
 //! segment runs last, so every frame sees the memberships in queue order.
 
 mod acks;
+mod membership;
 mod sends;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Transaction};
-use wire::client::{CreateChat, Membership, PresenceQuery, SyncRequest, Typing};
-use wire::limits::{MAX_MEMBERS_PER_CHAT, MAX_SYNC_PAGE};
-use wire::server::{ChatCreated, ChatEvent, ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
+use wire::client::{PresenceQuery, SyncRequest, Typing};
+use wire::limits::MAX_SYNC_PAGE;
+use wire::server::{ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
 use wire::{
     ChatId, ChatKind, ClientFrame, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
 };
@@ -30,17 +32,20 @@ use crate::request::{Origin, Request};
 
 pub(crate) use acks::APPLY_ACKS;
 
-/// Runs `requests` (in queue order) in `tx`.
+/// Runs `requests` (in queue order) in `tx`, where one user may have created at most
+/// `max_chats_per_user` chats that exist.
 pub(crate) async fn apply(
     tx: &Transaction<'_>,
     st: &Statements,
     requests: &[&Request],
     now_us: u64,
+    max_chats_per_user: usize,
 ) -> Result<Outcome, Error> {
     let mut run = Run {
         tx,
         st,
         now_us,
+        max_chats_per_user,
         outcome: Outcome::default(),
         handled: HashMap::new(),
     };
@@ -52,7 +57,11 @@ pub(crate) async fn apply(
                 segment.acks.add(request, ack.chat_id, ack.seq, false)
             }
             ClientFrame::AckRead(ack) => segment.acks.add(request, ack.chat_id, ack.seq, true),
-            ClientFrame::CreateChat(_) | ClientFrame::Join(_) | ClientFrame::Leave(_) => {
+            ClientFrame::CreateChat(_)
+            | ClientFrame::Join(_)
+            | ClientFrame::Leave(_)
+            | ClientFrame::AddMembers(_)
+            | ClientFrame::RemoveMembers(_) => {
                 run.segment(std::mem::take(&mut segment)).await?;
                 run.membership_change(request).await?;
             }
@@ -79,6 +88,7 @@ struct Run<'a, 't> {
     tx: &'a Transaction<'t>,
     st: &'a Statements,
     now_us: u64,
+    max_chats_per_user: usize,
     outcome: Outcome,
     /// Sends (sender, client message id) stored or republished earlier in this transaction,
     /// with their chat and seq: a repeat later in the batch only gets its receipt again.
@@ -132,216 +142,6 @@ impl Run<'_, '_> {
             .outputs
             .push(sent_receipt(chat_id, seq, sender, client_msg_id, republish));
     }
-
-    async fn membership_change(&mut self, request: &Request) -> Result<(), Error> {
-        let (outputs, refused) = match &request.frame {
-            ClientFrame::CreateChat(create) => self.create_chat(request, create).await?,
-            ClientFrame::Join(join) => self.join(request, join).await?,
-            ClientFrame::Leave(leave) => self.leave(request, leave).await?,
-            _ => (Vec::new(), false),
-        };
-        self.outcome.refused += u64::from(refused);
-        self.outcome.outputs.extend(outputs);
-        Ok(())
-    }
-
-    async fn create_chat(
-        &self,
-        request: &Request,
-        create: &CreateChat,
-    ) -> Result<(Vec<Output>, bool), Error> {
-        let creator = request.origin.user_id;
-        let refuse = |code, reason: &str| {
-            Ok((
-                vec![refusal(
-                    &request.origin,
-                    code,
-                    reason.to_owned(),
-                    Some(create.client_msg_id),
-                )],
-                true,
-            ))
-        };
-        let mut members = create.members.clone();
-        members.push(creator);
-        members.sort_unstable();
-        members.dedup();
-        match create.kind {
-            ChatKind::Direct if members.len() != 2 => {
-                return refuse(
-                    ErrorCode::InvalidRequest,
-                    "a direct chat has exactly two members: the creator and one other user",
-                );
-            }
-            ChatKind::Group if members.len() > MAX_MEMBERS_PER_CHAT => {
-                return refuse(
-                    ErrorCode::LimitExceeded,
-                    "too many members, counting the creator",
-                );
-            }
-            _ => {}
-        }
-        let created = self
-            .tx
-            .query_opt(
-                &self.st.create_chat,
-                &[
-                    &kind_name(create.kind),
-                    &create.title,
-                    &db(creator),
-                    &db(create.client_msg_id),
-                ],
-            )
-            .await?;
-        let (chat_id, kind, title, members) = match created {
-            Some(row) => {
-                let chat_id: i64 = row.try_get(0)?;
-                let ids: Vec<i64> = members.iter().map(|&u| db(u)).collect();
-                self.tx
-                    .execute(&self.st.add_members, &[&chat_id, &ids])
-                    .await?;
-                (wire_id(chat_id), create.kind, create.title.clone(), members)
-            }
-            None => {
-                // A resend or a redelivery: answer with the chat as it is now.
-                let row = self
-                    .tx
-                    .query_one(
-                        &self.st.find_created_chat,
-                        &[&db(creator), &db(create.client_msg_id)],
-                    )
-                    .await?;
-                let kind: String = row.try_get(1)?;
-                (
-                    wire_id(row.try_get(0)?),
-                    parse_kind(&kind),
-                    row.try_get(2)?,
-                    ids(&row, 3)?,
-                )
-            }
-        };
-        let frame = ServerFrame::ChatCreated(ChatCreated {
-            client_msg_id: create.client_msg_id,
-            chat_id,
-            kind,
-            title,
-            creator,
-            members: members.clone(),
-        });
-        Ok((vec![Output::new(frame, Recipients::Users(members))], false))
-    }
-
-    async fn join(
-        &self,
-        request: &Request,
-        join: &Membership,
-    ) -> Result<(Vec<Output>, bool), Error> {
-        let user = request.origin.user_id;
-        let refuse = |code, reason: String| {
-            Ok((
-                vec![refusal(
-                    &request.origin,
-                    code,
-                    reason,
-                    Some(join.client_msg_id),
-                )],
-                true,
-            ))
-        };
-        let Some(row) = self
-            .tx
-            .query_opt(&self.st.lock_chat_for_join, &[&db(join.chat_id), &db(user)])
-            .await?
-        else {
-            return refuse(
-                ErrorCode::UnknownChat,
-                format!("chat {} does not exist", join.chat_id),
-            );
-        };
-        let kind: String = row.try_get(0)?;
-        let count: i64 = row.try_get(1)?;
-        let member: bool = row.try_get(2)?;
-        if parse_kind(&kind) == ChatKind::Direct {
-            return refuse(
-                ErrorCode::InvalidRequest,
-                "direct chats cannot be joined".to_owned(),
-            );
-        }
-        if !member && usize::try_from(count).unwrap_or(usize::MAX) >= MAX_MEMBERS_PER_CHAT {
-            return refuse(ErrorCode::LimitExceeded, "the chat is full".to_owned());
-        }
-        self.tx
-            .execute(&self.st.add_members, &[&db(join.chat_id), &vec![db(user)]])
-            .await?;
-        let members = self.members(join.chat_id).await?;
-        let frame = ServerFrame::Joined(ChatEvent {
-            client_msg_id: join.client_msg_id,
-            chat_id: join.chat_id,
-            user_id: user,
-        });
-        Ok((vec![Output::new(frame, Recipients::Users(members))], false))
-    }
-
-    async fn leave(
-        &self,
-        request: &Request,
-        leave: &Membership,
-    ) -> Result<(Vec<Output>, bool), Error> {
-        let user = request.origin.user_id;
-        let row = self
-            .tx
-            .query_one(&self.st.chat_and_members, &[&db(leave.chat_id)])
-            .await?;
-        let exists: bool = row.try_get(0)?;
-        let kind: Option<String> = row.try_get(1)?;
-        if !exists {
-            let reason = format!("chat {} does not exist", leave.chat_id);
-            let out = refusal(
-                &request.origin,
-                ErrorCode::UnknownChat,
-                reason,
-                Some(leave.client_msg_id),
-            );
-            return Ok((vec![out], true));
-        }
-        if kind.as_deref().map(parse_kind) == Some(ChatKind::Direct) {
-            let out = refusal(
-                &request.origin,
-                ErrorCode::InvalidRequest,
-                "direct chats cannot be left".to_owned(),
-                Some(leave.client_msg_id),
-            );
-            return Ok((vec![out], true));
-        }
-        let removed = self
-            .tx
-            .query_opt(&self.st.remove_member, &[&db(leave.chat_id), &db(user)])
-            .await?
-            .is_some();
-        // The remaining members hear of it, and so does the leaver. Leaving a chat one is not
-        // in succeeds quietly (only the leaver hears): that is what a redelivered leave finds.
-        let mut recipients = if removed { ids(&row, 2)? } else { Vec::new() };
-        if !recipients.contains(&user) {
-            recipients.push(user);
-        }
-        let frame = ServerFrame::Left(ChatEvent {
-            client_msg_id: leave.client_msg_id,
-            chat_id: leave.chat_id,
-            user_id: user,
-        });
-        Ok((
-            vec![Output::new(frame, Recipients::Users(recipients))],
-            false,
-        ))
-    }
-
-    async fn members(&self, chat_id: ChatId) -> Result<Vec<UserId>, Error> {
-        let row = self
-            .tx
-            .query_one(&self.st.chat_and_members, &[&db(chat_id)])
-            .await?;
-        ids(&row, 2)
-    }
 }
 
 /// A frame other than a send or a membership change: its outputs, and whether it was
@@ -354,7 +154,7 @@ async fn other(
     match &request.frame {
         ClientFrame::Sync(sync) => history(tx, st, request, sync).await,
         ClientFrame::Typing(typing) => typing_event(tx, st, request, typing).await,
-        ClientFrame::PresenceQuery(query) => Ok((vec![presence(request, query)], false)),
+        ClientFrame::PresenceQuery(query) => presence(tx, st, request, query).await,
         _ => Ok((Vec::new(), false)),
     }
 }
@@ -434,15 +234,37 @@ async fn typing_event(
     Ok((vec![Output::new(frame, Recipients::Users(others))], false))
 }
 
-fn presence(request: &Request, query: &PresenceQuery) -> Output {
-    Output {
+/// The presence of the users who share a chat with the asker (and the asker's own); the
+/// others are answered as never seen, like users who do not exist.
+async fn presence(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    request: &Request,
+    query: &PresenceQuery,
+) -> Result<(Vec<Output>, bool), Error> {
+    let asker = request.origin.user_id;
+    let asked: Vec<i64> = query.users.iter().map(|&u| db(u)).collect();
+    let rows = tx
+        .query(&st.shared_chat_users, &[&db(asker), &asked])
+        .await?;
+    let mut visible = HashSet::with_capacity(rows.len() + 1);
+    visible.insert(asker);
+    for row in rows {
+        visible.insert(wire_id(row.try_get(0)?));
+    }
+    let output = Output {
         body: Body::Presence {
             client_msg_id: query.client_msg_id,
-            users: query.users.clone(),
+            users: query
+                .users
+                .iter()
+                .map(|&u| (u, visible.contains(&u)))
+                .collect(),
         },
         to: to_origin(&request.origin),
         republish: false,
-    }
+    };
+    Ok((vec![output], false))
 }
 
 fn sent_receipt(
@@ -508,15 +330,16 @@ fn kind_name(kind: ChatKind) -> &'static str {
     match kind {
         ChatKind::Direct => "direct",
         ChatKind::Group => "group",
+        ChatKind::PublicGroup => "public_group",
     }
 }
 
-/// The table's CHECK constraint allows only the two names.
+/// The table's CHECK constraint allows only the three names.
 fn parse_kind(name: &str) -> ChatKind {
-    if name == "direct" {
-        ChatKind::Direct
-    } else {
-        ChatKind::Group
+    match name {
+        "direct" => ChatKind::Direct,
+        "public_group" => ChatKind::PublicGroup,
+        _ => ChatKind::Group,
     }
 }
 

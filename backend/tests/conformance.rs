@@ -1,0 +1,594 @@
+//! One table of protocol cases, run against both engines: the memory engine (a gateway
+//! alone, in-process) and the amqp engine (a gateway, RabbitMQ, a backend worker,
+//! PostgreSQL and Redis, each in a private corner). Both must decide every case the same
+//! way, as PROTOCOL.md says.
+//!
+//! A case is a script of lines in the JSON form of PROTOCOL.md:
+//!
+//! * `A> {json}`: the connection `A` sends the client frame.
+//! * `A< {json}`: the next server frame `A` receives has every field the pattern gives
+//!   (fields left out are not compared; lists are compared whole, item by item).
+//!
+//! A connection is an upper-case letter, the user it is connected as, optionally followed
+//! by a digit for another session of that user. `$A`, `$B`, ... stand for the users' ids,
+//! fresh for each case. Any other `$name` stands for a number the server chose (a chat id):
+//! unknown at its first appearance in a pattern, it takes the value found there, and every
+//! later appearance means that value. `"_"` in a pattern matches any value. After the last
+//! line, no connection may receive anything more.
+//!
+//! The memory engine is driven through real sockets too: its decisions are made inside a
+//! core with its sessions and mailboxes, and one client-side driver for both engines keeps
+//! the table the single definition of the expected behaviour.
+
+mod full_stack;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use full_stack::{SECRET, SHARDS, clean_up, database_url, private_corner, upgrade_request};
+use futures_util::{SinkExt, StreamExt};
+use gateway::Gateway;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wire::{ClientFrame, ServerFrame};
+
+/// The system's broker, which the tests share (each in its own prefix).
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The bound on chats per user both engines run with, low enough for a case to reach.
+const MAX_CHATS_PER_USER: &str = "3";
+
+struct Case {
+    name: &'static str,
+    script: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "a created group is announced to every member, and members talk in it",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B,$C]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"kind":"group","title":"g","creator":$A,"members":[$A,$B,$C]}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"creator":$A,"members":[$A,$B,$C]}
+            C< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"hi"}
+            B< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1,"user_id":$B,"client_msg_id":2}
+            A< {"type":"message","chat_id":$g,"seq":1,"sender":$B,"client_msg_id":2,"body":"hi"}
+            C< {"type":"message","chat_id":$g,"seq":1,"sender":$B}
+        "#,
+    },
+    Case {
+        name: "M4: an invite-only group refuses a stranger's join and sync with 4030",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"secret"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1}
+            B< {"type":"message","chat_id":$g,"seq":1,"body":"secret"}
+            C> {"type":"join","client_msg_id":3,"chat_id":$g}
+            C< {"type":"error","code":4030,"client_msg_id":3}
+            C> {"type":"sync","client_msg_id":4,"chat_id":$g,"after_seq":0,"limit":10}
+            C< {"type":"error","code":4030,"client_msg_id":4}
+        "#,
+    },
+    Case {
+        name: "anyone may join a public group; joining again answers joined again",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"public_group","title":"p","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"kind":"public_group","members":[$A,$B]}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"kind":"public_group"}
+            C> {"type":"sync","client_msg_id":2,"chat_id":$g,"after_seq":0,"limit":10}
+            C< {"type":"error","code":4030,"client_msg_id":2}
+            C> {"type":"join","client_msg_id":3,"chat_id":$g}
+            A< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            B< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C> {"type":"sync","client_msg_id":4,"chat_id":$g,"after_seq":0,"limit":10}
+            C< {"type":"sync_batch","client_msg_id":4,"chat_id":$g,"messages":[],"has_more":false}
+            C> {"type":"join","client_msg_id":3,"chat_id":$g}
+            A< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            B< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C< {"type":"joined","client_msg_id":3,"chat_id":$g,"user_id":$C}
+        "#,
+    },
+    Case {
+        name: "any member adds members: the members hear members_added, the added get chat_created; a resend changes nothing",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B> {"type":"add_members","client_msg_id":2,"chat_id":$g,"users":[$D,$C,$A,$D]}
+            A< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            B< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            C< {"type":"chat_created","client_msg_id":2,"chat_id":$g,"kind":"group","title":"g","creator":$A,"members":[$A,$B,$C,$D]}
+            D< {"type":"chat_created","client_msg_id":2,"chat_id":$g,"creator":$A,"members":[$A,$B,$C,$D]}
+            C> {"type":"send","chat_id":$g,"client_msg_id":3,"body":"thanks"}
+            C< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1}
+            A< {"type":"message","chat_id":$g,"seq":1,"sender":$C}
+            B< {"type":"message","chat_id":$g,"seq":1,"sender":$C}
+            D< {"type":"message","chat_id":$g,"seq":1,"sender":$C}
+            B> {"type":"add_members","client_msg_id":2,"chat_id":$g,"users":[$D,$C,$A,$D]}
+            A< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            B< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            C< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            D< {"type":"members_added","client_msg_id":2,"chat_id":$g,"by":$B,"users":[$A,$C,$D]}
+            E> {"type":"add_members","client_msg_id":4,"chat_id":$g,"users":[$E]}
+            E< {"type":"error","code":4030,"client_msg_id":4}
+        "#,
+    },
+    Case {
+        name: "only an admin removes members (4031 for a member, 4030 for a stranger), and the removed hear it",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B,$C]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            C< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B> {"type":"remove_members","client_msg_id":2,"chat_id":$g,"users":[$C]}
+            B< {"type":"error","code":4031,"client_msg_id":2}
+            D> {"type":"remove_members","client_msg_id":3,"chat_id":$g,"users":[$C]}
+            D< {"type":"error","code":4030,"client_msg_id":3}
+            A> {"type":"remove_members","client_msg_id":4,"chat_id":$g,"users":[$D,$C]}
+            A< {"type":"members_removed","client_msg_id":4,"chat_id":$g,"by":$A,"users":[$C,$D]}
+            B< {"type":"members_removed","client_msg_id":4,"chat_id":$g,"by":$A,"users":[$C,$D]}
+            C< {"type":"members_removed","client_msg_id":4,"chat_id":$g,"by":$A,"users":[$C,$D]}
+            C> {"type":"send","chat_id":$g,"client_msg_id":5,"body":"still here?"}
+            C< {"type":"error","code":4030,"client_msg_id":5}
+            A> {"type":"remove_members","client_msg_id":4,"chat_id":$g,"users":[$D,$C]}
+            A< {"type":"members_removed","client_msg_id":4,"chat_id":$g,"by":$A,"users":[$C,$D]}
+            B< {"type":"members_removed","client_msg_id":4,"chat_id":$g,"by":$A,"users":[$C,$D]}
+        "#,
+    },
+    Case {
+        name: "a group whose admin left keeps working, but nobody can remove anyone",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B,$C]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            C< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"leave","client_msg_id":2,"chat_id":$g}
+            A< {"type":"left","client_msg_id":2,"chat_id":$g,"user_id":$A}
+            B< {"type":"left","client_msg_id":2,"chat_id":$g,"user_id":$A}
+            C< {"type":"left","client_msg_id":2,"chat_id":$g,"user_id":$A}
+            B> {"type":"remove_members","client_msg_id":3,"chat_id":$g,"users":[$C]}
+            B< {"type":"error","code":4031,"client_msg_id":3}
+            B> {"type":"add_members","client_msg_id":4,"chat_id":$g,"users":[$D]}
+            B< {"type":"members_added","client_msg_id":4,"chat_id":$g,"by":$B,"users":[$D]}
+            C< {"type":"members_added","client_msg_id":4,"chat_id":$g,"by":$B,"users":[$D]}
+            D< {"type":"chat_created","client_msg_id":4,"chat_id":$g,"creator":$A,"members":[$B,$C,$D]}
+        "#,
+    },
+    Case {
+        name: "the members of a direct chat never change",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"direct","title":"","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$d,"kind":"direct","members":[$A,$B]}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$d,"kind":"direct"}
+            C> {"type":"join","client_msg_id":2,"chat_id":$d}
+            C< {"type":"error","code":4090,"client_msg_id":2}
+            A> {"type":"add_members","client_msg_id":3,"chat_id":$d,"users":[$C]}
+            A< {"type":"error","code":4090,"client_msg_id":3}
+            A> {"type":"remove_members","client_msg_id":4,"chat_id":$d,"users":[$B]}
+            A< {"type":"error","code":4090,"client_msg_id":4}
+            A> {"type":"leave","client_msg_id":5,"chat_id":$d}
+            A< {"type":"error","code":4090,"client_msg_id":5}
+            C> {"type":"leave","client_msg_id":6,"chat_id":$d}
+            C< {"type":"error","code":4030,"client_msg_id":6}
+            A> {"type":"create_chat","client_msg_id":7,"kind":"direct","title":"","members":[$B,$C]}
+            A< {"type":"error","code":4090,"client_msg_id":7}
+        "#,
+    },
+    Case {
+        name: "a stranger's typing, ack and send are refused; an unknown chat is 4040",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"public_group","title":"g","members":[]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"members":[$A]}
+            C> {"type":"typing","chat_id":$g}
+            C< {"type":"error","code":4030,"client_msg_id":null}
+            C> {"type":"ack_read","chat_id":$g,"seq":1}
+            C< {"type":"error","code":4030,"client_msg_id":null}
+            C> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"hello?"}
+            C< {"type":"error","code":4030,"client_msg_id":2}
+            C> {"type":"send","chat_id":9000000000,"client_msg_id":3,"body":"anyone?"}
+            C< {"type":"error","code":4040,"client_msg_id":3}
+            C> {"type":"join","client_msg_id":4,"chat_id":9000000000}
+            C< {"type":"error","code":4040,"client_msg_id":4}
+        "#,
+    },
+    Case {
+        name: "presence shows the users who share a chat, and strangers as never seen",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"presence_query","client_msg_id":2,"users":[$A,$B,$C,$D]}
+            A< {"type":"presence","client_msg_id":2,"users":[{"user_id":$A,"online":true,"last_seen_us":"_"},{"user_id":$B,"online":true,"last_seen_us":"_"},{"user_id":$C,"online":false,"last_seen_us":0},{"user_id":$D,"online":false,"last_seen_us":0}]}
+            C> {"type":"presence_query","client_msg_id":3,"users":[$A,$B]}
+            C< {"type":"presence","client_msg_id":3,"users":[{"user_id":$A,"online":false,"last_seen_us":0},{"user_id":$B,"online":false,"last_seen_us":0}]}
+            B> {"type":"leave","client_msg_id":4,"chat_id":$g}
+            A< {"type":"left","client_msg_id":4,"chat_id":$g,"user_id":$B}
+            B< {"type":"left","client_msg_id":4,"chat_id":$g,"user_id":$B}
+            A> {"type":"presence_query","client_msg_id":5,"users":[$B]}
+            A< {"type":"presence","client_msg_id":5,"users":[{"user_id":$B,"online":false,"last_seen_us":0}]}
+        "#,
+    },
+    Case {
+        name: "a direct chat is unique per pair: creating it again, by either user, answers the same chat",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"direct","title":"","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$d,"creator":$A,"members":[$A,$B]}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$d}
+            A> {"type":"create_chat","client_msg_id":2,"kind":"direct","title":"","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":2,"chat_id":$d,"creator":$A,"members":[$A,$B]}
+            B< {"type":"chat_created","client_msg_id":2,"chat_id":$d}
+            B> {"type":"create_chat","client_msg_id":3,"kind":"direct","title":"","members":[$A]}
+            A< {"type":"chat_created","client_msg_id":3,"chat_id":$d,"creator":$A}
+            B< {"type":"chat_created","client_msg_id":3,"chat_id":$d,"creator":$A,"members":[$A,$B]}
+        "#,
+    },
+    Case {
+        name: "F2: a resent create_chat answers the original chat, from any session of its user",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"t","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A2< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A2> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"t","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g,"title":"t","members":[$A,$B]}
+            A2< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+        "#,
+    },
+    Case {
+        name: "F3: a stranger's leave gets 4030; a resent leave is answered to the leaver alone",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B,$C]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            C< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            D> {"type":"leave","client_msg_id":2,"chat_id":$g}
+            D< {"type":"error","code":4030,"client_msg_id":2}
+            C> {"type":"leave","client_msg_id":3,"chat_id":$g}
+            A< {"type":"left","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            B< {"type":"left","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C< {"type":"left","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C> {"type":"leave","client_msg_id":3,"chat_id":$g}
+            C< {"type":"left","client_msg_id":3,"chat_id":$g,"user_id":$C}
+            C> {"type":"leave","client_msg_id":4,"chat_id":$g}
+            C< {"type":"error","code":4030,"client_msg_id":4}
+        "#,
+    },
+    Case {
+        name: "a resent send is stored and delivered once; a resent sync answers the same page",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"send","chat_id":$g,"client_msg_id":5,"body":"once"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1,"client_msg_id":5}
+            B< {"type":"message","chat_id":$g,"seq":1,"body":"once"}
+            A> {"type":"send","chat_id":$g,"client_msg_id":5,"body":"once"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1,"client_msg_id":5}
+            A> {"type":"send","chat_id":$g,"client_msg_id":6,"body":"twice?"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":2,"client_msg_id":6}
+            B< {"type":"message","chat_id":$g,"seq":2,"body":"twice?"}
+            B> {"type":"sync","client_msg_id":7,"chat_id":$g,"after_seq":0,"limit":1}
+            B< {"type":"sync_batch","client_msg_id":7,"chat_id":$g,"messages":[{"seq":1,"sender":$A,"client_msg_id":5,"body":"once"}],"has_more":true}
+            B> {"type":"sync","client_msg_id":7,"chat_id":$g,"after_seq":0,"limit":1}
+            B< {"type":"sync_batch","client_msg_id":7,"chat_id":$g,"messages":[{"seq":1,"body":"once"}],"has_more":true}
+        "#,
+    },
+    Case {
+        name: "L1: chats per user are bounded; a chat whose last member leaves is gone and frees its place",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"public_group","title":"one","members":[]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$one}
+            A> {"type":"create_chat","client_msg_id":2,"kind":"group","title":"two","members":[]}
+            A< {"type":"chat_created","client_msg_id":2,"chat_id":$two}
+            A> {"type":"create_chat","client_msg_id":3,"kind":"direct","title":"","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":3,"chat_id":$three}
+            B< {"type":"chat_created","client_msg_id":3,"chat_id":$three}
+            A> {"type":"create_chat","client_msg_id":4,"kind":"group","title":"four","members":[]}
+            A< {"type":"error","code":4004,"client_msg_id":4}
+            A> {"type":"create_chat","client_msg_id":2,"kind":"group","title":"two","members":[]}
+            A< {"type":"chat_created","client_msg_id":2,"chat_id":$two}
+            B> {"type":"create_chat","client_msg_id":5,"kind":"direct","title":"","members":[$A]}
+            A< {"type":"chat_created","client_msg_id":5,"chat_id":$three}
+            B< {"type":"chat_created","client_msg_id":5,"chat_id":$three}
+            A> {"type":"leave","client_msg_id":6,"chat_id":$one}
+            A< {"type":"left","client_msg_id":6,"chat_id":$one,"user_id":$A}
+            B> {"type":"join","client_msg_id":7,"chat_id":$one}
+            B< {"type":"error","code":4040,"client_msg_id":7}
+            A> {"type":"create_chat","client_msg_id":4,"kind":"group","title":"four","members":[]}
+            A< {"type":"chat_created","client_msg_id":4,"chat_id":$four,"title":"four"}
+        "#,
+    },
+];
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where the cases run, and how long to give the server.
+struct Target {
+    addr: SocketAddr,
+    /// How long after connecting before the users are reachable (the amqp engine's
+    /// registry is written by the gateway's bridge, a moment after the welcome).
+    registry_wait: Duration,
+    /// How long to wait, after a case, for frames it should not have produced.
+    settle: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_engine_decides_every_case_as_the_protocol_says() {
+    let config = gateway::Config::try_parse_from([
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        // Two cores: chats, their creators and their members on different cores.
+        "--cores",
+        "2",
+        "--jwt-secret",
+        SECRET,
+        "--frames-per-second",
+        "100000",
+        "--frame-burst",
+        "100000",
+        "--max-chats-per-user",
+        MAX_CHATS_PER_USER,
+    ])
+    .expect("flags");
+    let gateway = Gateway::start(config).expect("gateway starts");
+    let target = Target {
+        addr: gateway.local_addr(),
+        registry_wait: Duration::ZERO,
+        settle: Duration::from_millis(100),
+    };
+    let failures = run_all(&target).await;
+    gateway.begin_shutdown();
+    tokio::task::spawn_blocking(move || gateway.join())
+        .await
+        .expect("gateway stops");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amqp_engine_with_the_backend_decides_every_case_as_the_protocol_says() {
+    let (name, node_id) = private_corner("conformance");
+    let backend_config = backend::Config::try_parse_from([
+        "backend",
+        "--database-url",
+        &database_url(),
+        "--pg-schema",
+        &name,
+        "--amqp-prefix",
+        &name,
+        "--redis-prefix",
+        &name,
+        "--shards",
+        SHARDS,
+        "--max-chats-per-user",
+        MAX_CHATS_PER_USER,
+        "--name",
+        &format!("{name}-worker"),
+    ])
+    .expect("flags");
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(backend::run(
+        backend_config,
+        shutdown.clone(),
+        Default::default(),
+    ));
+    let gateway = full_stack::start_gateway(&name, node_id, AMQP_URL);
+    let target = Target {
+        addr: gateway.local_addr(),
+        registry_wait: Duration::from_millis(200),
+        settle: Duration::from_millis(300),
+    };
+    let failures = run_all(&target).await;
+    shutdown.cancel();
+    let stopped = worker.await.expect("the worker task");
+    gateway.begin_shutdown();
+    tokio::task::spawn_blocking(move || gateway.join())
+        .await
+        .expect("gateway stops");
+    clean_up(&name, node_id, Some(AMQP_URL));
+    stopped.expect("the worker ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Runs every case, each with users of its own; returns the failures.
+async fn run_all(target: &Target) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (index, case) in CASES.iter().enumerate() {
+        if let Err(failure) = run_case(target, index, case).await {
+            failures.push(format!("case \"{}\": {failure}", case.name));
+        }
+    }
+    failures
+}
+
+/// One line of a script.
+enum Line<'s> {
+    Send(&'s str, &'s str),
+    Expect(&'s str, &'s str),
+}
+
+fn parse(script: &str) -> Result<Vec<Line<'_>>, String> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let at = line
+                .find(['>', '<'])
+                .ok_or_else(|| format!("no > or < in {line:?}"))?;
+            let (who, rest) = line.split_at(at);
+            let json = rest[1..].trim();
+            if rest.starts_with('>') {
+                Ok(Line::Send(who, json))
+            } else {
+                Ok(Line::Expect(who, json))
+            }
+        })
+        .collect()
+}
+
+/// The user a connection label names: its letter.
+fn user_var(label: &str) -> String {
+    label.chars().take(1).collect()
+}
+
+async fn run_case(target: &Target, index: usize, case: &Case) -> Result<(), String> {
+    let lines = parse(case.script)?;
+    // Users of this case: $A is ...01, $B ...02, and so on, apart from every other case's.
+    let base = 1_000 + 100 * index as u64;
+    let mut vars: HashMap<String, u64> = ('A'..='H')
+        .zip(1..)
+        .map(|(letter, n)| (letter.to_string(), base + n))
+        .collect();
+    let labels: BTreeSet<&str> = lines
+        .iter()
+        .map(|line| match line {
+            Line::Send(who, _) | Line::Expect(who, _) => *who,
+        })
+        .collect();
+    let mut clients: HashMap<&str, Client> = HashMap::new();
+    for &label in &labels {
+        let user = *vars
+            .get(&user_var(label))
+            .ok_or_else(|| format!("no user for connection {label}"))?;
+        clients.insert(label, connect(target.addr, user).await?);
+    }
+    tokio::time::sleep(target.registry_wait).await;
+    for (number, line) in lines.iter().enumerate() {
+        let at = |what: String| format!("line {}: {what}", number + 1);
+        match *line {
+            Line::Send(who, template) => {
+                let json = substitute(template, &vars);
+                let frame = ClientFrame::from_json(&json)
+                    .map_err(|error| at(format!("{json} is not a client frame: {error}")))?;
+                let bytes = frame.encode().map_err(|error| at(error.to_string()))?;
+                let client = clients.get_mut(who).ok_or_else(|| at(who.into()))?;
+                client
+                    .send(Message::Binary(Bytes::from(bytes)))
+                    .await
+                    .map_err(|error| at(format!("{who} could not send: {error}")))?;
+            }
+            Line::Expect(who, template) => {
+                let pattern: Value = serde_json::from_str(&substitute(template, &vars))
+                    .map_err(|error| at(format!("bad pattern {template}: {error}")))?;
+                let client = clients.get_mut(who).ok_or_else(|| at(who.into()))?;
+                let frame = recv(client, Duration::from_secs(10))
+                    .await
+                    .ok_or_else(|| at(format!("{who} received nothing; expected {pattern}")))?;
+                let actual = serde_json::to_value(&frame).map_err(|e| at(e.to_string()))?;
+                if !matches(&pattern, &actual, &mut vars) {
+                    return Err(at(format!(
+                        "{who} expected {pattern}\n  but received {actual}"
+                    )));
+                }
+            }
+        }
+    }
+    tokio::time::sleep(target.settle).await;
+    for (who, client) in &mut clients {
+        if let Some(frame) = recv(client, Duration::from_millis(20)).await {
+            return Err(format!(
+                "after the last line, {who} received {}",
+                frame.to_json()
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr, user: u64) -> Result<Client, String> {
+    // The amqp engine's gateway accepts only once it reaches the broker; retry until then.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio_tungstenite::connect_async(upgrade_request(addr, user)).await {
+            Ok((mut client, _)) => {
+                return match recv(&mut client, Duration::from_secs(10)).await {
+                    Some(ServerFrame::Welcome(_)) => Ok(client),
+                    other => Err(format!("user {user} got {other:?} instead of a welcome")),
+                };
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(format!("user {user} could not connect: {error}")),
+        }
+    }
+}
+
+/// The next server frame within `wait`, skipping WebSocket control frames; `None` if none
+/// came or the connection ended.
+async fn recv(client: &mut Client, wait: Duration) -> Option<ServerFrame> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let message = tokio::time::timeout_at(deadline, client.next())
+            .await
+            .ok()??
+            .ok()?;
+        match message {
+            Message::Binary(bytes) => return ServerFrame::decode(&bytes).ok(),
+            Message::Text(text) => return ServerFrame::from_json(text.as_str()).ok(),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// Replaces every `$name` with its value; an unknown one becomes the string `"$name"`,
+/// which a pattern binds.
+fn substitute(template: &str, vars: &HashMap<String, u64>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let name: String = rest[at + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        match vars.get(&name) {
+            Some(value) => out.push_str(&value.to_string()),
+            None => out.push_str(&format!("\"${name}\"")),
+        }
+        rest = &rest[at + 1 + name.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `actual` has what `pattern` asks for, binding the pattern's unknowns.
+fn matches(pattern: &Value, actual: &Value, vars: &mut HashMap<String, u64>) -> bool {
+    match pattern {
+        Value::String(s) if s == "_" => true,
+        Value::String(s) if s.starts_with('$') => match actual.as_u64() {
+            Some(value) => {
+                vars.insert(s[1..].to_owned(), value);
+                true
+            }
+            None => false,
+        },
+        Value::Object(fields) => actual.as_object().is_some_and(|actual| {
+            fields
+                .iter()
+                .all(|(key, want)| actual.get(key).is_some_and(|got| matches(want, got, vars)))
+        }),
+        Value::Array(items) => actual.as_array().is_some_and(|actual| {
+            actual.len() == items.len()
+                && items
+                    .iter()
+                    .zip(actual)
+                    .all(|(want, got)| matches(want, got, vars))
+        }),
+        other => other == actual,
+    }
+}

@@ -1,0 +1,484 @@
+//! The memory engine: one node, no persistence. Chats live on the core that `chat_id %
+//! cores` names, which applies their rules ([`chat`]), assigns their gap-free seq and keeps
+//! a bounded recent history for sync (like Centrifugo's memory engine). Creates are decided
+//! on one core for the node ([`directory`]). Presence is replicated to every core, with who
+//! shares a chat with whom ([`contacts`]), so a query is answered where it arrives.
+
+mod chat;
+mod contacts;
+mod directory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use wire::client::{ArchivedCreateChat, ArchivedPresenceQuery};
+use wire::envelope::Target;
+use wire::server::{ErrorFrame, Presence, PresenceEntry};
+use wire::{
+    ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
+};
+
+use self::chat::{Chat, Refusal, Reply};
+use self::contacts::Contacts;
+use self::directory::{DIRECTORY_CORE, Decision, Directory};
+use super::{Engine, EngineMsg};
+use crate::core::Core;
+use crate::router::{CoreMsg, Origin};
+
+/// Traffic between the memory engine's shards.
+#[derive(Debug)]
+pub enum Msg {
+    /// A client frame for the core that decides it: the owner of its chat, or the
+    /// directory core for a create.
+    Frame {
+        /// Who sent it.
+        origin: Origin,
+        /// The validated binary frame.
+        frame: Bytes,
+        /// When the origin core read it.
+        received_at: Instant,
+    },
+    /// A user's session count on some core went up or down.
+    Presence {
+        /// The user.
+        user_id: UserId,
+        /// Up or down.
+        online: bool,
+        /// When, in microseconds since the Unix epoch.
+        at_us: u64,
+    },
+    /// The directory core made a chat: the core that owns it keeps it and announces it.
+    Host(Box<NewChat>),
+    /// The directory core found the chat a create names (a resend, or the direct chat of
+    /// the pair): the core that owns it announces it again.
+    Announce {
+        /// The chat.
+        chat_id: ChatId,
+        /// Who asked, for the error should the chat be gone meanwhile.
+        origin: Origin,
+        /// The create's client message id, which the announcement answers.
+        client_msg_id: ClientMsgId,
+        /// When the origin core read the create.
+        received_at: Instant,
+    },
+    /// A chat lost its last member and is gone: the directory core forgets it.
+    Freed {
+        /// Who created it.
+        creator: UserId,
+        /// The id of the create that made it.
+        client_msg_id: ClientMsgId,
+    },
+    /// The members of a chat changed on the core that owns it: every other core's copy of
+    /// who shares a chat follows.
+    Members {
+        /// The chat.
+        chat_id: ChatId,
+        /// Users who became members.
+        added: Vec<UserId>,
+        /// Users who stopped being members.
+        removed: Vec<UserId>,
+    },
+}
+
+/// A chat the directory core decided to make.
+#[derive(Debug)]
+pub struct NewChat {
+    chat_id: ChatId,
+    kind: ChatKind,
+    title: String,
+    creator: UserId,
+    client_msg_id: ClientMsgId,
+    /// Sorted, the creator included.
+    members: Vec<UserId>,
+    received_at: Instant,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PresenceState {
+    sessions: u32,
+    last_seen_us: u64,
+}
+
+/// One core's shard of the memory engine.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    chats: HashMap<ChatId, Chat>,
+    presence: HashMap<UserId, PresenceState>,
+    contacts: Contacts,
+    /// Consulted on [`DIRECTORY_CORE`] only.
+    directory: Directory,
+    history_limit: usize,
+}
+
+impl MemoryEngine {
+    /// A shard keeping `history_limit` messages per chat, where one user may have created
+    /// at most `max_chats_per_user` chats that exist.
+    pub fn new(history_limit: usize, max_chats_per_user: usize) -> MemoryEngine {
+        MemoryEngine {
+            chats: HashMap::new(),
+            presence: HashMap::new(),
+            contacts: Contacts::default(),
+            directory: Directory::new(max_chats_per_user),
+            history_limit,
+        }
+    }
+
+    fn owner(core: &Core, chat_id: ChatId) -> usize {
+        (chat_id % core.cores() as u64) as usize
+    }
+
+    /// Handles `msg` here if `to` is this core, or sends it there.
+    fn dispatch(&mut self, core: &Core, to: usize, msg: Msg) {
+        if to == core.index() {
+            self.handle(core, msg);
+        } else {
+            core.send_to_core(to, CoreMsg::Engine(EngineMsg::Memory(msg)));
+        }
+    }
+
+    /// Hands a client frame to the core that decides it.
+    fn forward(&self, core: &Core, to: usize, origin: Origin, raw: &[u8], received_at: Instant) {
+        let msg = Msg::Frame {
+            origin,
+            frame: Bytes::copy_from_slice(raw),
+            received_at,
+        };
+        core.send_to_core(to, CoreMsg::Engine(EngineMsg::Memory(msg)));
+    }
+
+    fn handle(&mut self, core: &Core, msg: Msg) {
+        match msg {
+            Msg::Presence {
+                user_id,
+                online,
+                at_us,
+            } => self.presence_changed(user_id, online, at_us),
+            Msg::Frame {
+                origin,
+                frame,
+                received_at,
+            } => match ClientFrameRef::access(&frame) {
+                Ok(ClientFrameRef::CreateChat(req)) => {
+                    self.create_chat(core, origin, req, received_at)
+                }
+                Ok(frame) => self.chat_frame(core, origin, frame, received_at),
+                // The origin core validated these bytes; failing now means memory corruption
+                // or a bug, never client input, so say so loudly.
+                Err(error) => {
+                    tracing::error!(%error, "a frame forwarded between cores failed validation")
+                }
+            },
+            Msg::Host(new) => self.host(core, *new),
+            Msg::Announce {
+                chat_id,
+                origin,
+                client_msg_id,
+                received_at,
+            } => match self.chats.get(&chat_id) {
+                Some(chat) => perform(core, chat.announce(client_msg_id).replies, received_at),
+                // Freed between the directory's answer and this: as if it never existed.
+                None => reply_error(
+                    core,
+                    origin,
+                    unknown_chat(chat_id),
+                    Some(client_msg_id),
+                    received_at,
+                ),
+            },
+            Msg::Freed {
+                creator,
+                client_msg_id,
+            } => self.directory.freed(creator, client_msg_id),
+            Msg::Members {
+                chat_id,
+                added,
+                removed,
+            } => self.contacts.changed(chat_id, &added, &removed),
+        }
+    }
+
+    fn presence_changed(&mut self, user_id: UserId, online: bool, at_us: u64) {
+        let state = self.presence.entry(user_id).or_default();
+        if online {
+            state.sessions += 1;
+        } else {
+            state.sessions = state.sessions.saturating_sub(1);
+        }
+        state.last_seen_us = at_us;
+    }
+
+    fn broadcast_presence(&mut self, core: &Core, origin: Origin, online: bool) {
+        let at_us = core.now_us();
+        self.presence_changed(origin.user_id, online, at_us);
+        core.to_other_cores(|| {
+            EngineMsg::Memory(Msg::Presence {
+                user_id: origin.user_id,
+                online,
+                at_us,
+            })
+        });
+    }
+
+    /// Records a membership change here and on every other core, before anything about
+    /// it is delivered.
+    fn members_changed(
+        &mut self,
+        core: &Core,
+        chat_id: ChatId,
+        added: &[UserId],
+        removed: &[UserId],
+    ) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.contacts.changed(chat_id, added, removed);
+        core.to_other_cores(|| {
+            EngineMsg::Memory(Msg::Members {
+                chat_id,
+                added: added.to_vec(),
+                removed: removed.to_vec(),
+            })
+        });
+    }
+
+    /// On the directory core: decides a create and hands the chat to its owner core.
+    fn create_chat(
+        &mut self,
+        core: &Core,
+        origin: Origin,
+        req: &ArchivedCreateChat,
+        received_at: Instant,
+    ) {
+        let client_msg_id = req.client_msg_id.to_native();
+        let mut members: Vec<UserId> = req.members.iter().map(|m| m.to_native()).collect();
+        members.push(origin.user_id);
+        members.sort_unstable();
+        members.dedup();
+        let kind = match req.kind {
+            ArchivedChatKind::Direct => ChatKind::Direct,
+            ArchivedChatKind::Group => ChatKind::Group,
+            ArchivedChatKind::PublicGroup => ChatKind::PublicGroup,
+        };
+        let decision = self
+            .directory
+            .decide(origin.user_id, client_msg_id, kind, &members);
+        match decision {
+            Err(refusal) => reply_error(core, origin, refusal, Some(client_msg_id), received_at),
+            Ok(Decision::Create(chat_id)) => {
+                let new = NewChat {
+                    chat_id,
+                    kind,
+                    title: req.title.as_str().to_owned(),
+                    creator: origin.user_id,
+                    client_msg_id,
+                    members,
+                    received_at,
+                };
+                self.dispatch(core, Self::owner(core, chat_id), Msg::Host(Box::new(new)));
+            }
+            Ok(Decision::Existing(chat_id)) => {
+                let announce = Msg::Announce {
+                    chat_id,
+                    origin,
+                    client_msg_id,
+                    received_at,
+                };
+                self.dispatch(core, Self::owner(core, chat_id), announce);
+            }
+        }
+    }
+
+    /// On the chat's owner core: keeps a chat the directory made and announces it.
+    fn host(&mut self, core: &Core, new: NewChat) {
+        let chat = Chat::new(
+            new.chat_id,
+            new.kind,
+            new.title,
+            new.creator,
+            new.client_msg_id,
+            new.members,
+        );
+        let announcement = chat.announce(new.client_msg_id);
+        self.members_changed(core, new.chat_id, chat.members(), &[]);
+        self.chats.insert(new.chat_id, chat);
+        perform(core, announcement.replies, new.received_at);
+    }
+
+    /// On the chat's owner core: a request about the chat.
+    fn chat_frame(
+        &mut self,
+        core: &Core,
+        origin: Origin,
+        frame: ClientFrameRef<'_>,
+        received_at: Instant,
+    ) {
+        let Some(chat_id) = frame.chat_id() else {
+            return;
+        };
+        let client_msg_id = frame.client_msg_id();
+        let Some(chat) = self.chats.get_mut(&chat_id) else {
+            return reply_error(
+                core,
+                origin,
+                unknown_chat(chat_id),
+                client_msg_id,
+                received_at,
+            );
+        };
+        let user = origin.user_id;
+        let answer = match frame {
+            ClientFrameRef::Send(send) => chat.send(user, send, core.now_us(), self.history_limit),
+            ClientFrameRef::AckDelivered(ack) => chat.acknowledge(user, ack, false),
+            ClientFrameRef::AckRead(ack) => chat.acknowledge(user, ack, true),
+            ClientFrameRef::Sync(sync) => chat.sync_page(origin, sync),
+            ClientFrameRef::Typing(_) => chat.typing(user),
+            ClientFrameRef::Join(req) => chat.join(user, req.client_msg_id.to_native()),
+            ClientFrameRef::Leave(req) => chat.leave(user, req.client_msg_id.to_native()),
+            ClientFrameRef::AddMembers(req) => {
+                let users: Vec<UserId> = req.users.iter().map(|u| u.to_native()).collect();
+                chat.add_members(user, req.client_msg_id.to_native(), &users)
+            }
+            ClientFrameRef::RemoveMembers(req) => {
+                let users: Vec<UserId> = req.users.iter().map(|u| u.to_native()).collect();
+                chat.remove_members(user, req.client_msg_id.to_native(), &users)
+            }
+            ClientFrameRef::CreateChat(_)
+            | ClientFrameRef::PresenceQuery(_)
+            | ClientFrameRef::Ping(_) => return,
+        };
+        let emptied = chat.is_empty().then(|| chat.creator());
+        let outcome = match answer {
+            Ok(outcome) => outcome,
+            Err(refusal) => return reply_error(core, origin, refusal, client_msg_id, received_at),
+        };
+        // Every core's copy of the members, and the directory, learn of the change before
+        // anyone hears of it: a client that heard finds them up to date (mailboxes keep
+        // order).
+        self.members_changed(core, chat_id, &outcome.added, &outcome.removed);
+        // Nobody can reach a chat without members again: it goes, and frees its place.
+        if let Some((creator, client_msg_id)) = emptied {
+            self.chats.remove(&chat_id);
+            let freed = Msg::Freed {
+                creator,
+                client_msg_id,
+            };
+            self.dispatch(core, DIRECTORY_CORE, freed);
+        }
+        perform(core, outcome.replies, received_at);
+    }
+
+    /// Presence as this core knows it, of the users who share a chat with the asker; the
+    /// others are answered as never seen, like users who do not exist.
+    fn presence_query(
+        &self,
+        core: &Core,
+        origin: Origin,
+        query: &ArchivedPresenceQuery,
+        received_at: Instant,
+    ) {
+        let client_msg_id = query.client_msg_id.to_native();
+        let users = query
+            .users
+            .iter()
+            .map(|u| {
+                let user_id = u.to_native();
+                let state = if self.contacts.may_see(origin.user_id, user_id) {
+                    self.presence.get(&user_id).copied().unwrap_or_default()
+                } else {
+                    PresenceState::default()
+                };
+                PresenceEntry {
+                    user_id,
+                    online: state.sessions > 0,
+                    last_seen_us: state.last_seen_us,
+                }
+            })
+            .collect();
+        let frame = ServerFrame::Presence(Presence {
+            client_msg_id,
+            users,
+        });
+        core.deliver_frame(&frame, reply_to(origin), None, received_at);
+    }
+}
+
+fn unknown_chat(chat_id: ChatId) -> Refusal {
+    Refusal::new(
+        ErrorCode::UnknownChat,
+        format!("chat {chat_id} does not exist"),
+    )
+}
+
+fn reply_to(origin: Origin) -> Arc<[Target]> {
+    Arc::from([Target::Connection(origin.connection_id)])
+}
+
+/// Delivers what a request produced, in order.
+fn perform(core: &Core, replies: Vec<Reply>, received_at: Instant) {
+    for reply in replies {
+        core.deliver_frame(&reply.frame, reply.to, reply.except, received_at);
+    }
+}
+
+fn reply_error(
+    core: &Core,
+    origin: Origin,
+    refusal: Refusal,
+    client_msg_id: Option<ClientMsgId>,
+    received_at: Instant,
+) {
+    core.metrics.error(refusal.code);
+    let frame = ServerFrame::Error(ErrorFrame::new(refusal.code, refusal.reason, client_msg_id));
+    core.deliver_frame(&frame, reply_to(origin), None, received_at);
+}
+
+impl Engine for MemoryEngine {
+    fn connected(&mut self, core: &Core, origin: Origin) {
+        self.broadcast_presence(core, origin, true);
+    }
+
+    fn disconnected(&mut self, core: &Core, origin: Origin) {
+        self.broadcast_presence(core, origin, false);
+    }
+
+    fn client_frame(
+        &mut self,
+        core: &Core,
+        origin: Origin,
+        frame: ClientFrameRef<'_>,
+        raw: &[u8],
+        received_at: Instant,
+    ) {
+        match frame {
+            ClientFrameRef::CreateChat(req) => {
+                if core.index() == DIRECTORY_CORE {
+                    self.create_chat(core, origin, req, received_at);
+                } else {
+                    self.forward(core, DIRECTORY_CORE, origin, raw, received_at);
+                }
+            }
+            ClientFrameRef::PresenceQuery(query) => {
+                self.presence_query(core, origin, query, received_at)
+            }
+            ClientFrameRef::Ping(_) => {}
+            _ => {
+                let Some(chat_id) = frame.chat_id() else {
+                    return;
+                };
+                let owner = Self::owner(core, chat_id);
+                if owner == core.index() {
+                    self.chat_frame(core, origin, frame, received_at);
+                } else {
+                    self.forward(core, owner, origin, raw, received_at);
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, core: &Core, msg: EngineMsg) {
+        let EngineMsg::Memory(msg) = msg;
+        self.handle(core, msg);
+    }
+}
