@@ -47,8 +47,8 @@ const SHARDS = "2";
 
 export function defaultBinDir(): string {
   if (process.env["EDGE_BIN_DIR"]) return process.env["EDGE_BIN_DIR"];
-  // dist/src/devstack.js sits three levels under clients/ts, which is two under the workspace.
-  const workspace = resolve(import.meta.dirname ?? new URL(".", import.meta.url).pathname, "../../../../..");
+  // dist/src/devstack.js: two levels under clients/ts, which is two under the workspace.
+  const workspace = resolve(import.meta.dirname ?? new URL(".", import.meta.url).pathname, "../../../..");
   return join(process.env["CARGO_TARGET_DIR"] ?? join(workspace, "target"), "debug");
 }
 
