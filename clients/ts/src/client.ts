@@ -177,6 +177,9 @@ export class EdgeClient {
       reconnect: { ...DEFAULTS.reconnect, ...options.reconnect },
       outbox: { ...DEFAULTS.outbox, ...options.outbox },
     };
+    if (this.options.tokenCarrier === "header" && this.options.webSocket === globalWebSocket) {
+      throw new Error("a browser WebSocket cannot send headers: carry the token in the query or the subprotocol");
+    }
     const page = this.options.syncPageSize;
     if (!Number.isInteger(page) || page < 1 || page > LIMITS.MAX_SYNC_PAGE) {
       throw new RangeError(`syncPageSize must be 1 to ${LIMITS.MAX_SYNC_PAGE}`);
