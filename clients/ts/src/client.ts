@@ -315,7 +315,6 @@ export class EdgeClient {
     const current = () => socket !== undefined && socket === this.socket;
     try {
       socket = this.options.webSocket(request.url, request.protocols, request.headers, {
-        open: () => {},
         message: (data) => {
           if (current()) this.received(data);
         },

@@ -12,7 +12,6 @@ export * from "./index.js";
 export const nodeWebSocket: SocketFactory = (url, protocols, headers, handlers) => {
   const socket = new WebSocket(url, protocols, { headers });
   socket.binaryType = "arraybuffer";
-  socket.on("open", () => handlers.open());
   socket.on("message", (data: ArrayBuffer, isBinary: boolean) =>
     handlers.message(isBinary ? data : new TextDecoder().decode(data)),
   );
@@ -24,10 +23,6 @@ export const nodeWebSocket: SocketFactory = (url, protocols, headers, handlers) 
 
 export class EdgeClient extends BaseClient {
   constructor(options: EdgeClientOptions) {
-    super({ webSocket: nodeWebSocket, tokenCarrier: "header", ...stripUndefined(options) });
+    super({ ...options, webSocket: options.webSocket ?? nodeWebSocket, tokenCarrier: options.tokenCarrier ?? "header" });
   }
-}
-
-function stripUndefined(options: EdgeClientOptions): EdgeClientOptions {
-  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as unknown as EdgeClientOptions;
 }

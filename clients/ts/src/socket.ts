@@ -7,8 +7,9 @@ export interface Socket {
   close(code?: number, reason?: string): void;
 }
 
+/** What the client hears of a socket. It waits for the server's welcome rather than for
+ * "open", so that is not among them. */
 export interface SocketHandlers {
-  open(): void;
   /** A binary message (as an ArrayBuffer) or a text message. */
   message(data: ArrayBuffer | string): void;
   close(code: number, reason: string): void;
@@ -58,7 +59,6 @@ export const globalWebSocket: SocketFactory = (url, protocols, headers, handlers
   }
   const socket = new WebSocketClass(url, protocols);
   socket.binaryType = "arraybuffer";
-  socket.onopen = () => handlers.open();
   socket.onmessage = (event: MessageEvent) => handlers.message(event.data as ArrayBuffer | string);
   socket.onclose = (event: CloseEvent) => handlers.close(event.code, event.reason);
   return socket;
