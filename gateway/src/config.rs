@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wire::UserId;
+
+use crate::auth;
 
 /// Which engine handles what clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +38,86 @@ pub enum JwtAlgorithm {
     /// ECDSA P-256 with a public key (`--jwt-public-key`).
     Es256,
 }
+
+/// The command line: without a subcommand the gateway serves with the flags of [`Config`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Thread-per-core io_uring WebSocket gateway",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// A tool to run instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The flags of the gateway when it serves.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The gateway's tools.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a development token for a user, signed with the key the gateway checks.
+    Token(TokenArgs),
+}
+
+/// What `gateway token` needs: the user, the lifetime, and the signing half of the
+/// gateway's key, read from the same flags and environment as the gateway's.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id the token names (its `sub`).
+    #[arg(long)]
+    pub user: UserId,
+
+    /// How long the token is valid, such as 90s or 60m.
+    #[arg(long, value_parser = parse_duration, default_value = "60m")]
+    pub ttl: Duration,
+
+    /// The algorithm the gateway pins.
+    #[arg(long, env = "GATEWAY_JWT_ALG", value_enum, default_value_t = JwtAlgorithm::Hs256)]
+    pub jwt_alg: JwtAlgorithm,
+
+    /// The gateway's HS256 secret.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file (PKCS#8) with the ES256 private key whose public half the gateway holds.
+    #[arg(long, env = "GATEWAY_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token, expiring `ttl` after `now_unix_secs`.
+    pub fn mint(&self, now_unix_secs: u64) -> Result<String> {
+        let exp = now_unix_secs.saturating_add(self.ttl.as_secs().max(1));
+        match self.jwt_alg {
+            JwtAlgorithm::Hs256 => {
+                let secret = self
+                    .jwt_secret
+                    .as_deref()
+                    .context("--jwt-secret (or GATEWAY_JWT_SECRET) is required for HS256")?;
+                // The gateway refuses shorter secrets, so a token signed with one is useless.
+                if secret.len() < MIN_JWT_SECRET_BYTES {
+                    bail!("--jwt-secret must be at least {MIN_JWT_SECRET_BYTES} bytes");
+                }
+                Ok(auth::mint_hs256(secret.as_bytes(), self.user, exp))
+            }
+            JwtAlgorithm::Es256 => {
+                let path = self.jwt_private_key.as_ref().context(
+                    "--jwt-private-key (or GATEWAY_JWT_PRIVATE_KEY) is required for ES256",
+                )?;
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Ok(auth::mint_es256(&pem, self.user, exp)?)
+            }
+        }
+    }
+}
+
+/// The shortest HS256 secret the gateway accepts (`Gateway::start` checks the same).
+pub const MIN_JWT_SECRET_BYTES: usize = 16;
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, Parser)]
@@ -252,5 +336,77 @@ mod tests {
             Config::try_parse_from(["gateway", "--tls-cert", "c.pem"]).is_err(),
             "a certificate needs its key"
         );
+    }
+
+    #[test]
+    fn without_a_subcommand_the_flags_configure_the_server() {
+        let cli = Cli::try_parse_from(["gateway", "--cores", "2", "--jwt-secret", "s"])
+            .expect("valid flags");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.config.cores, 2);
+        assert!(
+            Cli::try_parse_from(["gateway", "--cores", "2", "token", "--user", "7"]).is_err(),
+            "server flags do not mix with a subcommand"
+        );
+    }
+
+    #[test]
+    fn minted_tokens_pass_the_gateways_check() {
+        let secret = "token-test-secret-of-enough-length";
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "2m",
+            "--jwt-secret",
+            secret,
+        ])
+        .expect("valid flags");
+        let Some(Command::Token(args)) = cli.command else {
+            panic!("the token subcommand");
+        };
+        let now = now_secs();
+        let token = args.mint(now).expect("mints");
+        let claims = auth::Verifier::hs256(secret.as_bytes())
+            .verify(&token)
+            .expect("the gateway accepts it");
+        assert_eq!(claims.user_id, 42);
+        assert_eq!(claims.exp, now + 120);
+
+        let short = TokenArgs {
+            jwt_secret: Some("short".into()),
+            ..args.clone()
+        };
+        assert!(short.mint(now).is_err(), "a secret the gateway refuses");
+        let missing = TokenArgs {
+            jwt_secret: None,
+            ..args
+        };
+        assert!(missing.mint(now).is_err());
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    #[test]
+    fn es256_tokens_are_signed_with_the_private_key() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+        let args = TokenArgs {
+            user: 7,
+            ttl: Duration::from_secs(60),
+            jwt_alg: JwtAlgorithm::Es256,
+            jwt_secret: None,
+            jwt_private_key: Some(PathBuf::from(format!("{keys}/es256.private.pem"))),
+        };
+        let token = args.mint(now_secs()).expect("mints");
+        let public = std::fs::read(format!("{keys}/es256.public.pem")).expect("public key");
+        let verifier = auth::Verifier::es256_from_pem(&public).expect("key");
+        assert_eq!(verifier.verify(&token).expect("verifies").user_id, 7);
     }
 }

@@ -1,0 +1,172 @@
+// The frames of both directions, typed. Field names are the protocol's (wire/PROTOCOL.md),
+// and every u64 is a bigint, so ids stay exact in both encodings or fail loudly (see json.ts).
+
+export type ChatKind = "direct" | "group";
+export type ReceiptKind = "sent" | "delivered" | "read";
+
+// Client to server.
+
+export interface CreateChat {
+  type: "create_chat";
+  client_msg_id: bigint;
+  kind: ChatKind;
+  title: string;
+  members: bigint[];
+}
+export interface Join {
+  type: "join";
+  client_msg_id: bigint;
+  chat_id: bigint;
+}
+export interface Leave {
+  type: "leave";
+  client_msg_id: bigint;
+  chat_id: bigint;
+}
+export interface Send {
+  type: "send";
+  chat_id: bigint;
+  client_msg_id: bigint;
+  body: string;
+}
+export interface AckDelivered {
+  type: "ack_delivered";
+  chat_id: bigint;
+  seq: bigint;
+}
+export interface AckRead {
+  type: "ack_read";
+  chat_id: bigint;
+  seq: bigint;
+}
+export interface Sync {
+  type: "sync";
+  client_msg_id: bigint;
+  chat_id: bigint;
+  after_seq: bigint;
+  limit: number;
+}
+export interface Typing {
+  type: "typing";
+  chat_id: bigint;
+}
+export interface PresenceQuery {
+  type: "presence_query";
+  client_msg_id: bigint;
+  users: bigint[];
+}
+export interface Ping {
+  type: "ping";
+  nonce: bigint;
+}
+
+export type ClientFrame =
+  | CreateChat
+  | Join
+  | Leave
+  | Send
+  | AckDelivered
+  | AckRead
+  | Sync
+  | Typing
+  | PresenceQuery
+  | Ping;
+
+// Server to client.
+
+export interface Welcome {
+  type: "welcome";
+  user_id: bigint;
+  connection_id: bigint;
+  node_id: number;
+  server_time_us: bigint;
+  heartbeat_ms: number;
+  max_frame_bytes: number;
+}
+/** A chat message; also the element of a sync batch, where it carries no `type`. */
+export interface MessageBody {
+  chat_id: bigint;
+  seq: bigint;
+  sender: bigint;
+  client_msg_id: bigint;
+  server_time_us: bigint;
+  body: string;
+}
+export interface Message extends MessageBody {
+  type: "message";
+}
+export interface Receipt {
+  type: "receipt";
+  chat_id: bigint;
+  kind: ReceiptKind;
+  seq: bigint;
+  user_id: bigint;
+  client_msg_id: bigint | null;
+}
+export interface ChatCreated {
+  type: "chat_created";
+  client_msg_id: bigint;
+  chat_id: bigint;
+  kind: ChatKind;
+  title: string;
+  creator: bigint;
+  members: bigint[];
+}
+export interface Joined {
+  type: "joined";
+  client_msg_id: bigint;
+  chat_id: bigint;
+  user_id: bigint;
+}
+export interface Left {
+  type: "left";
+  client_msg_id: bigint;
+  chat_id: bigint;
+  user_id: bigint;
+}
+export interface SyncBatch {
+  type: "sync_batch";
+  client_msg_id: bigint;
+  chat_id: bigint;
+  messages: MessageBody[];
+  has_more: boolean;
+}
+export interface PresenceEntry {
+  user_id: bigint;
+  online: boolean;
+  last_seen_us: bigint;
+}
+export interface Presence {
+  type: "presence";
+  client_msg_id: bigint;
+  users: PresenceEntry[];
+}
+export interface TypingEvent {
+  type: "typing";
+  chat_id: bigint;
+  user_id: bigint;
+}
+export interface ErrorFrame {
+  type: "error";
+  code: number;
+  reason: string;
+  client_msg_id: bigint | null;
+}
+export interface Pong {
+  type: "pong";
+  nonce: bigint;
+  server_time_us: bigint;
+}
+
+export type ServerFrame =
+  | Welcome
+  | Message
+  | Receipt
+  | ChatCreated
+  | Joined
+  | Left
+  | SyncBatch
+  | Presence
+  | TypingEvent
+  | ErrorFrame
+  | Pong;

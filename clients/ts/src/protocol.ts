@@ -1,0 +1,67 @@
+// The protocol's numbers as wire/PROTOCOL.md gives them: version, limits, error codes and
+// close codes. The wire crate is the reference; these repeat it for TypeScript.
+
+/** The first byte of every binary frame. */
+export const PROTOCOL_VERSION = 1;
+
+/** The limits of wire/src/limits.rs, enforced on both encodings. */
+export const LIMITS = {
+  /** Largest client frame: the binary frame with its header, or the JSON text. */
+  MAX_FRAME_BYTES: 16384,
+  /** `body` of `send` and `message`, in UTF-8 bytes. */
+  MAX_BODY_BYTES: 4096,
+  /** `title` of `create_chat`, in UTF-8 bytes. */
+  MAX_TITLE_BYTES: 256,
+  /** Ids in `members` of `create_chat` and `chat_created`. */
+  MAX_MEMBERS_PER_CHAT: 1000,
+  /** `limit` of `sync` (1 to this), and the most messages in a `sync_batch`. */
+  MAX_SYNC_PAGE: 200,
+  /** `users` of `presence_query` and `presence`. */
+  MAX_PRESENCE_QUERY: 200,
+  /** `reason` of `error`, in UTF-8 bytes. */
+  MAX_REASON_BYTES: 256,
+  /** Largest server frame the server produces. */
+  MAX_SERVER_FRAME_BYTES: 1048576,
+} as const;
+
+/** Codes of error frames. 4xxx: the request was wrong; 5xxx: the server failed. */
+export const ErrorCode = {
+  MALFORMED_FRAME: 4000,
+  UNSUPPORTED_VERSION: 4001,
+  UNKNOWN_KIND: 4002,
+  TOO_LARGE: 4003,
+  LIMIT_EXCEEDED: 4004,
+  RATE_LIMITED: 4029,
+  NOT_MEMBER: 4030,
+  UNKNOWN_CHAT: 4040,
+  INVALID_REQUEST: 4090,
+  INTERNAL: 5000,
+  UNAVAILABLE: 5030,
+} as const;
+
+/**
+ * Whether a request answered with `code` may be sent again as it is (same client_msg_id):
+ * server failures, and the rate limiter, which dropped the frame without acting on it.
+ */
+export function isRetryable(code: number): boolean {
+  return code >= 5000 || code === ErrorCode.RATE_LIMITED;
+}
+
+/** WebSocket close codes the gateway uses. */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  /** What a browser reports when the connection ended without a close frame. */
+  ABNORMAL: 1006,
+  INVALID_PAYLOAD: 1007,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SLOW_CONSUMER: 4000,
+  IDLE_TIMEOUT: 4001,
+  TOKEN_EXPIRED: 4002,
+} as const;
+
+/** The largest u64. */
+export const U64_MAX = (1n << 64n) - 1n;

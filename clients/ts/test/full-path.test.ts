@@ -1,0 +1,89 @@
+// The SDK on the full path: gateway (amqp engine) and backend on RabbitMQ, PostgreSQL and
+// Redis, in a private corner of those services, from the cargo-built binaries.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { startStack } from "../src/devstack.js";
+import type { Stack } from "../src/devstack.js";
+import { CloseCode, EdgeClient } from "../src/node.js";
+import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
+
+let stack: Stack;
+const clients: EdgeClient[] = [];
+const track = (client: EdgeClient) => (clients.push(client), client);
+// User ids of this run only: the backend keeps (sender, client_msg_id) and chats for good.
+const base = BigInt(Date.now()) * 1000n;
+
+before(async () => {
+  stack = await startStack({ engine: "amqp" });
+});
+
+after(async () => {
+  for (const client of clients) client.close();
+  await stack?.stop();
+});
+
+test("a conversation through the broker and the database", async () => {
+  const [aliceId, bobId] = [base + 1n, base + 2n];
+  const alice = track(await connected(clientOf(stack, aliceId)));
+  const bob = track(await connected(clientOf(stack, bobId, { encoding: "json" })));
+
+  const bobHearsOfIt = next(bob, "chatCreated");
+  const chat = await alice.createChat("group", "Stored", [bobId]);
+  await bobHearsOfIt;
+
+  const bobGets = next(bob, "message");
+  const delivered = next(alice, "receipt", (r) => r.kind === "delivered");
+  const sent = await alice.send(chat.chat_id, "stored in PostgreSQL");
+  assert.equal(sent.seq, 1n);
+  assert.equal((await bobGets)[0].body, "stored in PostgreSQL");
+  assert.equal((await delivered)[0].user_id, bobId);
+
+  const read = next(alice, "receipt", (r) => r.kind === "read");
+  bob.markRead(chat.chat_id, 1n);
+  assert.equal((await read)[0].seq, 1n);
+});
+
+test("a reconnecting client gets what it missed from the database, in order and once", async () => {
+  const [aliceId, bobId] = [base + 11n, base + 12n];
+  const alice = track(await connected(clientOf(stack, aliceId)));
+  const tap = tappedWebSocket();
+  const bob = track(await connected(clientOf(stack, bobId, { webSocket: tap.factory, reconnect: { initialDelayMs: 1500 } })));
+  const chat = await alice.createChat("direct", "", [bobId]);
+  await next(bob, "chatCreated");
+  const bobMessages = record(bob, "message");
+
+  const gone = next(bob, "disconnected");
+  tap.sockets.at(-1)!.close(CloseCode.NORMAL, "the test cuts the line");
+  await gone;
+  for (const body of ["one", "two", "three"]) await alice.send(chat.chat_id, body);
+  await next(bob, "message", (m) => m.seq === 3n, 15_000);
+  await sleep(300);
+  assert.deepEqual(
+    bobMessages.map(([m]) => m.body),
+    ["one", "two", "three"],
+  );
+});
+
+test("a fresh device of a member finds a chat's history from its first message", async () => {
+  const [aliceId, bobId] = [base + 21n, base + 22n];
+  const alice = track(await connected(clientOf(stack, aliceId)));
+  const chat = await alice.createChat("direct", "", [bobId]);
+  for (const body of ["before", "bob", "came"]) await alice.send(chat.chat_id, body);
+  // Bob was offline when the chat was created; with no way to list chats, the next message
+  // is how his client learns of it, and the gap before it brings the history.
+  const bob = track(await connected(clientOf(stack, bobId)));
+  const bobMessages = record(bob, "message");
+  const last = next(bob, "message", (m) => m.seq === 4n, 15_000);
+  await alice.send(chat.chat_id, "online");
+  await last;
+  assert.deepEqual(
+    bobMessages.map(([m, info]) => [m.body, info.live]),
+    [
+      ["before", false],
+      ["bob", false],
+      ["came", false],
+      ["online", false],
+    ],
+  );
+});

@@ -1,0 +1,199 @@
+// The SDK against a real gateway on the memory engine, started from the cargo-built binary.
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { startStack } from "../src/devstack.js";
+import type { Stack } from "../src/devstack.js";
+import { CloseCode, EdgeClient, decodeClientFrame, decodeServerFrame } from "../src/node.js";
+import type { Encoding, MessageBody, TokenCarrier } from "../src/node.js";
+import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
+
+let stack: Stack;
+const clients: EdgeClient[] = [];
+const track = (client: EdgeClient) => (clients.push(client), client);
+
+before(async () => {
+  stack = await startStack({ engine: "memory" });
+});
+
+after(async () => {
+  for (const client of clients) client.close();
+  await stack?.stop();
+});
+
+for (const carrier of ["header", "query", "subprotocol"] as TokenCarrier[]) {
+  test(`a session opens with the token in the ${carrier}`, async () => {
+    const client = track(clientOf(stack, 100n, { tokenCarrier: carrier }));
+    const welcome = next(client, "connected");
+    client.connect();
+    const [session] = await welcome;
+    assert.equal(session.user_id, 100n);
+    assert.equal(client.userId, 100n);
+  });
+}
+
+for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
+  test(`a conversation in ${encoding} frames: chat, typing, message, receipts, presence`, async () => {
+    const aliceId = 200n + BigInt(index * 10);
+    const bobId = aliceId + 1n;
+    const alice = track(await connected(clientOf(stack, aliceId, { encoding })));
+    const bob = track(await connected(clientOf(stack, bobId, { encoding })));
+
+    const bobHearsOfIt = next(bob, "chatCreated");
+    const chat = await alice.createChat("group", "Weekend plans", [bobId]);
+    assert.deepEqual(chat.members, [aliceId, bobId]);
+    assert.equal((await bobHearsOfIt)[0].chat_id, chat.chat_id);
+
+    const typing = next(bob, "typing");
+    alice.typing(chat.chat_id);
+    assert.equal((await typing)[0].user_id, aliceId);
+
+    const bobGets = next(bob, "message");
+    const aliceSees = next(alice, "message");
+    const delivered = next(alice, "receipt", (r) => r.kind === "delivered");
+    const sent = await alice.send(chat.chat_id, "See you at 10? ✓");
+    assert.equal(sent.seq, 1n);
+    const [message, info] = await bobGets;
+    assert.deepEqual([message.seq, message.sender, message.body, info.live, info.own], [1n, aliceId, "See you at 10? ✓", true, false]);
+    const [own, ownInfo] = await aliceSees;
+    assert.deepEqual([own.seq, own.client_msg_id, ownInfo.own], [1n, sent.clientMsgId, true]);
+    const [receipt] = await delivered;
+    assert.deepEqual([receipt.user_id, receipt.seq], [bobId, 1n], "bob's client acknowledged delivery by itself");
+
+    const read = next(alice, "receipt", (r) => r.kind === "read");
+    bob.markRead(chat.chat_id, 1n);
+    assert.deepEqual([(await read)[0].user_id, (await read)[0].seq], [bobId, 1n]);
+
+    const presence = await alice.presence([bobId, 999_999n]);
+    assert.deepEqual(
+      presence.map((p) => [p.user_id, p.online]),
+      [
+        [bobId, true],
+        [999_999n, false],
+      ],
+    );
+  });
+}
+
+test("user ids above 2^53 are exact in binary frames, and refused rather than rounded in JSON", async () => {
+  const big = (1n << 63n) + 7n;
+  const binary = track(await connected(clientOf(stack, big)));
+  assert.equal(binary.userId, big);
+  const json = track(clientOf(stack, big, { encoding: "json" }));
+  const refused = next(json, "invalidFrame");
+  json.connect();
+  assert.match((await refused)[0].message, /2\^53/);
+});
+
+test("errors of the server reject the request they answer", async () => {
+  const alice = track(await connected(clientOf(stack, 300n)));
+  await assert.rejects(alice.join(987_654_321n), (error: Error & { code?: number }) => error.code === 4040);
+  await assert.rejects(alice.send(987_654_321n, "to nowhere"), (error: Error & { code?: number }) => error.code === 4040);
+  await assert.rejects(alice.send(1n, "x".repeat(5000)), /limit is 4096/);
+});
+
+test("messages missed while disconnected arrive by sync, in order and once; sends made meanwhile go out after", async () => {
+  const alice = track(await connected(clientOf(stack, 400n)));
+  let letBobBack: () => void = () => {};
+  const bobMayReconnect = new Promise<void>((resolve) => (letBobBack = resolve));
+  let connections = 0;
+  const tap = tappedWebSocket();
+  const bob = track(
+    new EdgeClient({
+      url: stack.url,
+      webSocket: tap.factory,
+      reconnect: { initialDelayMs: 50 },
+      token: async () => {
+        if (connections++ > 0) await bobMayReconnect;
+        return stack.token(401n);
+      },
+    }),
+  );
+  await connected(bob);
+  const chat = await alice.createChat("direct", "", [401n]);
+  await next(bob, "chatCreated");
+  const bobMessages = record(bob, "message");
+  const first = next(bob, "message");
+  await alice.send(chat.chat_id, "one");
+  await first;
+
+  const gone = next(bob, "disconnected");
+  tap.sockets.at(-1)!.close(CloseCode.NORMAL, "the test cuts the line");
+  await gone;
+  for (const body of ["two", "three", "four"]) await alice.send(chat.chat_id, body);
+  const bobSent = bob.send(chat.chat_id, "written while offline");
+  assert.equal(bob.unsentCount, 1);
+
+  const back = next(bob, "message", (m) => m.seq === 5n);
+  letBobBack();
+  await back;
+  assert.equal((await bobSent).seq, 5n);
+  await sleep(200);
+  const seqs = bobMessages.map(([m]) => m.seq);
+  assert.deepEqual(seqs, [1n, 2n, 3n, 4n, 5n], "each seq once, in order");
+  assert.deepEqual(
+    bobMessages.filter(([m]) => m.seq >= 2n && m.seq <= 4n).map(([m, info]) => [m.body, info.live]),
+    [
+      ["two", false],
+      ["three", false],
+      ["four", false],
+    ],
+  );
+});
+
+test("an unanswered send is written again with the same client_msg_id, and stored once", async () => {
+  let dropped = false;
+  // Loses the first sent receipt, as a connection that dies at the wrong moment would.
+  const tap = tappedWebSocket((data) => {
+    if (dropped || typeof data === "string") return true;
+    const frame = decodeServerFrame(new Uint8Array(data));
+    if (frame.type === "receipt" && frame.kind === "sent") {
+      dropped = true;
+      return false;
+    }
+    return true;
+  });
+  const alice = track(await connected(clientOf(stack, 500n, { webSocket: tap.factory, outbox: { resendAfterMs: 300 } })));
+  const bob = track(await connected(clientOf(stack, 501n)));
+  const chat = await alice.createChat("direct", "", [501n]);
+  const bobMessages = record(bob, "message");
+
+  const sent = await alice.send(chat.chat_id, "only once");
+  assert.ok(dropped);
+  const writes = tap.written
+    .filter((data): data is Uint8Array => typeof data !== "string")
+    .map((data) => decodeClientFrame(data))
+    .filter((frame) => frame.type === "send");
+  assert.equal(writes.length, 2, "written twice");
+  assert.ok(writes.every((frame) => frame.client_msg_id === sent.clientMsgId), "with the same id");
+  assert.equal(sent.seq, 1n);
+  await sleep(300);
+  assert.deepEqual(bobMessages.map(([m]: [MessageBody, unknown]) => m.body), ["only once"]);
+});
+
+test("a token that expires mid-session (4002) is replaced at once", async () => {
+  let tokens = 0;
+  const client = track(
+    new EdgeClient({
+      url: stack.url,
+      // The first token lives a second; the gateway closes the session when it runs out.
+      token: () => stack.token(600n, tokens++ === 0 ? "1s" : "60m"),
+    }),
+  );
+  await connected(client);
+  const [closed] = await next(client, "disconnected");
+  assert.equal(closed.code, CloseCode.TOKEN_EXPIRED);
+  assert.equal(closed.reconnectInMs, 0);
+  await next(client, "connected");
+  assert.equal(tokens, 2);
+});
+
+test("a gateway restart (1001) is followed by a reconnect to the new process", async () => {
+  const client = track(await connected(clientOf(stack, 700n)));
+  const gone = next(client, "disconnected");
+  const back = next(client, "connected", () => true, 30_000);
+  await stack.restartGateway();
+  assert.equal((await gone)[0].code, CloseCode.GOING_AWAY);
+  await back;
+  assert.equal(client.state, "open");
+});

@@ -1,0 +1,269 @@
+// The browser chat page: sign in as a user id, then chats, messages, typing, presence and
+// receipts through the SDK. Rendering is plain DOM, redrawn from the store on each change.
+
+import { EdgeClient } from "edge-client";
+import type { PresenceEntry } from "edge-client";
+import { ChatStore, TYPING_SHOWS_MS } from "./store.js";
+import type { Ticks } from "./store.js";
+
+/** Typing events go out at most this often while the user types. */
+const TYPING_EVERY_MS = 2000;
+/** Presence has no push: the page asks again this often. */
+const PRESENCE_EVERY_MS = 10_000;
+
+const byId = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attributes: Record<string, string> = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  node.append(...children);
+  return node;
+}
+
+const TICKS: Record<Ticks, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓" };
+
+function time(us: bigint): string {
+  return new Date(Number(us / 1000n)).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+byId<HTMLFormElement>("sign-in").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const user = new FormData(event.target as HTMLFormElement).get("user") as string;
+  if (/^[1-9][0-9]*$/.test(user)) void start(BigInt(user));
+});
+
+async function start(me: bigint): Promise<void> {
+  const config = (await (await fetch("/config")).json()) as { url: string };
+  const store = new ChatStore(me, localStorage);
+  const client = new EdgeClient({
+    url: config.url,
+    // A fresh development token for every connection attempt.
+    token: async () => {
+      const response = await fetch(`/token?user=${me}`);
+      if (!response.ok) throw new Error(`no token: ${response.status}`);
+      return response.text();
+    },
+    tokenCarrier: "subprotocol",
+  });
+  const presence = new Map<bigint, PresenceEntry>();
+  let openChat: bigint | undefined;
+  let lastTypingSent = 0;
+  let localKey = 0;
+
+  byId("sign-in").hidden = true;
+  byId("app").hidden = false;
+  byId("me").textContent = `User ${me}`;
+  const status = (text: string) => (byId("status").textContent = text);
+
+  const renderChats = () => {
+    const list = byId("chats");
+    list.replaceChildren(
+      ...store.ordered().map((chat) => {
+        const last = chat.messages.at(-1);
+        const unread = store.unread(chat);
+        const item = element(
+          "li",
+          { "data-chat-id": String(chat.id), "aria-current": String(chat.id === openChat) },
+          element("span", { class: "name" }, store.name(chat)),
+          element("span", { class: "unread", "data-count": String(unread) }, String(unread)),
+          element("span", { class: "preview" }, last ? last.body : "no messages yet"),
+        );
+        item.addEventListener("click", () => open(chat.id));
+        return item;
+      }),
+    );
+  };
+
+  const renderChat = () => {
+    const chat = openChat === undefined ? undefined : store.chats.get(openChat);
+    byId("composer").hidden = chat === undefined;
+    if (chat === undefined) return;
+    const members = store.others(chat).map((user) =>
+      element(
+        "span",
+        { class: "member", "data-user": String(user) },
+        element("span", { class: "presence", "data-online": String(presence.get(user)?.online ?? false) }),
+        `User ${user}`,
+      ),
+    );
+    byId("chat-header").replaceChildren(
+      element("strong", {}, store.name(chat)),
+      element("span", { class: "chat-id hint" }, ` #${chat.id}`),
+      element("div", { class: "members" }, ...members),
+    );
+    const messages = chat.messages.map((message) => {
+      const own = message.sender === me;
+      const meta = element("span", { class: "meta" }, time(message.server_time_us));
+      if (own) {
+        const ticks = store.ticks(chat, message);
+        meta.append(element("span", { class: "ticks", "data-state": ticks }, TICKS[ticks]));
+      }
+      return element(
+        "li",
+        { "data-seq": String(message.seq), "data-own": String(own) },
+        ...(own || chat.kind === "direct" ? [] : [element("span", { class: "sender" }, `User ${message.sender}`)]),
+        message.body,
+        meta,
+      );
+    });
+    const pending = [...chat.pending.values()].map(({ body, error }) =>
+      element(
+        "li",
+        { "data-own": "true", "data-pending": "true", ...(error ? { title: error } : {}) },
+        body,
+        element("span", { class: "meta" }, element("span", { class: "ticks", "data-state": "pending" }, error ? "⚠" : TICKS.pending)),
+      ),
+    );
+    const list = byId("messages");
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.replaceChildren(...messages, ...pending);
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  };
+
+  const renderTyping = () => {
+    const chat = openChat === undefined ? undefined : store.chats.get(openChat);
+    const typing = chat ? store.whoIsTyping(chat, Date.now()) : [];
+    byId("typing").textContent = typing.length ? `${typing.map((u) => `User ${u}`).join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : "";
+  };
+
+  const render = () => {
+    renderChats();
+    renderChat();
+    renderTyping();
+  };
+
+  /** Marks the open chat read when the user can see it. */
+  const readOpenChat = () => {
+    const chat = openChat === undefined ? undefined : store.chats.get(openChat);
+    if (chat === undefined || document.visibilityState !== "visible") return;
+    const seq = store.markRead(chat);
+    if (seq !== undefined) client.markRead(chat.id, seq);
+  };
+
+  const refreshPresence = async () => {
+    const users = [...new Set([...store.chats.values()].flatMap((chat) => store.others(chat)))].slice(0, 200);
+    if (users.length === 0 || client.state !== "open") return;
+    try {
+      for (const entry of await client.presence(users)) presence.set(entry.user_id, entry);
+      render();
+    } catch {
+      // The next round asks again.
+    }
+  };
+
+  const open = (chatId: bigint) => {
+    openChat = chatId;
+    readOpenChat();
+    render();
+    void refreshPresence();
+  };
+
+  client.on("connected", () => {
+    const badge = byId("connection");
+    badge.dataset["state"] = "open";
+    badge.textContent = "online";
+    void refreshPresence();
+  });
+  client.on("disconnected", ({ reconnectInMs }) => {
+    const badge = byId("connection");
+    badge.dataset["state"] = "waiting";
+    badge.textContent = reconnectInMs === undefined ? "offline" : "reconnecting";
+  });
+  client.on("chatCreated", (event) => {
+    store.created(event);
+    render();
+  });
+  client.on("joined", (event) => {
+    store.joined(event.chat_id, event.user_id);
+    render();
+  });
+  client.on("left", (event) => {
+    store.left(event.chat_id, event.user_id);
+    if (event.user_id === me && event.chat_id === openChat) openChat = undefined;
+    render();
+  });
+  client.on("message", (message) => {
+    store.message(message);
+    if (message.chat_id === openChat) readOpenChat();
+    render();
+  });
+  client.on("receipt", (receipt) => {
+    store.receipt(receipt);
+    renderChat();
+  });
+  client.on("typing", (event) => {
+    store.typing(event.chat_id, event.user_id, Date.now());
+    renderTyping();
+    setTimeout(renderTyping, TYPING_SHOWS_MS + 50);
+  });
+  client.on("serverError", (error) => status(error.reason));
+  document.addEventListener("visibilitychange", () => {
+    readOpenChat();
+    renderChats();
+  });
+
+  byId<HTMLFormElement>("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target as HTMLFormElement;
+    const input = form.elements.namedItem("body") as HTMLInputElement;
+    const chat = openChat === undefined ? undefined : store.chats.get(openChat);
+    if (chat === undefined || input.value.trim() === "") return;
+    const body = input.value;
+    input.value = "";
+    // The message ends this bout of typing; the next keystroke starts another.
+    lastTypingSent = 0;
+    const key = ++localKey;
+    chat.pending.set(key, { body });
+    renderChat();
+    client.send(chat.id, body).then(
+      () => chat.pending.delete(key),
+      (error: Error) => chat.pending.set(key, { body, error: error.message }),
+    ).finally(render);
+  });
+  byId<HTMLFormElement>("composer").addEventListener("input", () => {
+    const now = Date.now();
+    if (openChat === undefined || now - lastTypingSent < TYPING_EVERY_MS) return;
+    lastTypingSent = now;
+    client.typing(openChat);
+  });
+  byId<HTMLFormElement>("new-chat").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target as HTMLFormElement);
+    const ids = String(form.get("members")).split(/[\s,]+/).filter(Boolean);
+    if (!ids.every((id) => /^[0-9]+$/.test(id))) {
+      status("member ids are numbers");
+      return;
+    }
+    const kind = form.get("kind") === "group" ? "group" : "direct";
+    client.createChat(kind, String(form.get("title") ?? ""), ids.map(BigInt)).then(
+      (chat) => {
+        (event.target as HTMLFormElement).reset();
+        status("");
+        open(chat.chat_id);
+      },
+      (error: Error) => status(error.message),
+    );
+  });
+  byId<HTMLFormElement>("join-chat").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = String(new FormData(event.target as HTMLFormElement).get("chat"));
+    if (!/^[0-9]+$/.test(id)) {
+      status("a chat id is a number");
+      return;
+    }
+    client.join(BigInt(id)).then(
+      () => open(BigInt(id)),
+      (error: Error) => status(error.message),
+    );
+  });
+
+  // Chats of earlier visits: the protocol cannot list them, so the page remembers them.
+  for (const chat of store.chats.values()) client.follow(chat.id, 0n);
+  client.connect();
+  setInterval(() => void refreshPresence(), PRESENCE_EVERY_MS);
+  render();
+}
