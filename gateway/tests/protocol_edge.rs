@@ -579,3 +579,42 @@ async fn the_per_ip_limit_is_exact_across_cores() {
     gateway.begin_shutdown();
     gateway.join();
 }
+
+// ---- PROTOCOL.md quotes the gateway's numbers ----
+
+#[test]
+fn the_protocol_document_quotes_the_gateway_s_numbers() {
+    use clap::Parser;
+    let doc = include_str!("../../wire/PROTOCOL.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let defaults = gateway::Config::try_parse_from(["gateway"]).expect("defaults");
+    for phrase in [
+        format!("`Retry-After: {}`", gateway::handshake::RETRY_AFTER_SECS),
+        format!(
+            "waits up to {} second",
+            gateway::connection::CLOSE_LINGER.as_secs()
+        ),
+        format!("per {} seconds", gateway::session::REFUSAL_WINDOW.as_secs()),
+        format!(
+            "{} frames per second on average, with bursts of up to {}",
+            defaults.frames_per_second, defaults.frame_burst
+        ),
+        format!(
+            "`heartbeat_ms` ({} s by default)",
+            defaults.ping_interval.as_secs()
+        ),
+        format!(
+            "idle timeout ({} s by default",
+            defaults.idle_timeout.as_secs()
+        ),
+        format!("queues up to {} frames", defaults.outbound_queue),
+        format!(
+            "allows {} seconds of clock skew",
+            gateway::auth::DEFAULT_LEEWAY_SECS
+        ),
+    ] {
+        assert!(doc.contains(&phrase), "PROTOCOL.md lacks {phrase:?}");
+    }
+}
