@@ -131,7 +131,7 @@ async fn open(
     let accepted =
         monoio::time::timeout(core.node.config.handshake_timeout, upgrade(&core, stream)).await;
     drop(upgrading);
-    let (io, request, claims, leftover) = match accepted {
+    let (io, request, claims, mut leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return None,
         Err(_) => {
@@ -175,10 +175,10 @@ async fn open(
     };
     // Frames the client pipelined behind its request head: act on them now, since no read
     // may ever come to trigger it.
-    let mut leftover = leftover;
     if !leftover.is_empty() {
-        session.outbox.touch(Instant::now());
-        session.consume(&mut leftover, Instant::now());
+        let now = Instant::now();
+        session.outbox.touch(now);
+        session.consume(&mut leftover, now);
     }
     Some(session)
 }
