@@ -3,8 +3,16 @@
 //! A [`Verifier`] accepts exactly one algorithm, fixed by configuration, and refuses any token
 //! whose header names another before touching its signature: that covers `alg: none` and the
 //! HS/ES confusion where an HMAC token is "signed" with the ECDSA public key as its secret.
-//! Tokens must carry `exp`, which is enforced with a small leeway, and `sub`, the user id as
-//! a canonical decimal u64.
+//! It also refuses a header with `crit` (RFC 7515 section 4.1.11: the gateway understands no
+//! extension), and an ES256 signature whose `s` is not in its low half (each token has one
+//! valid signature, not two). Tokens must carry `exp` and may carry `nbf`, both enforced
+//! with the same small leeway, and `sub`, the user id as a canonical decimal u64. An
+//! optional maximum lifetime bounds `exp - iat`.
+//!
+//! jsonwebtoken checks the signature, `exp` and `nbf`; it parses `crit` but does not act on
+//! it, and its P-256 verifier accepts both forms of `s`, so those two checks are made here.
+
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,12 +20,12 @@ use jsonwebtoken::crypto::{CryptoProvider, rust_crypto};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use wire::UserId;
 
-/// Clock skew tolerated between the token issuer and the gateway when checking `exp`, in
-/// seconds. Small, because an expired token must stop working promptly; issuers' clocks
-/// are expected to be NTP-synchronised.
+/// Clock skew tolerated between the token issuer and the gateway when checking `exp`, `nbf`
+/// and the maximum lifetime, in seconds. Small, because an expired token must stop working
+/// promptly; issuers' clocks are expected to be NTP-synchronised.
 pub const DEFAULT_LEEWAY_SECS: u64 = 5;
 
 /// What a verified token asserts.
@@ -41,9 +49,23 @@ pub enum AuthError {
     /// `exp` has passed (beyond the leeway).
     #[error("token expired")]
     Expired,
+    /// `nbf` is still in the future (beyond the leeway).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// `exp` lies further after `iat` (or after now, without `iat`) than the configured
+    /// maximum lifetime allows.
+    #[error("token lifetime exceeds the maximum")]
+    TooLongLived,
+    /// The header lists critical extensions (`crit`), none of which this gateway implements.
+    #[error("token header has critical extensions")]
+    CriticalExtension,
     /// The signature does not verify with the configured key.
     #[error("bad token signature")]
     BadSignature,
+    /// An ES256 signature whose `s` is in the high half: valid, but the malleable twin of
+    /// the low-S signature. Signers must normalise `s` to at most n/2.
+    #[error("ES256 signature is not in low-S form")]
+    HighS,
     /// The header names an algorithm other than the configured one.
     #[error("token algorithm not accepted")]
     WrongAlgorithm,
@@ -59,7 +81,11 @@ impl AuthError {
             Self::Missing => "missing",
             Self::Malformed(_) => "malformed",
             Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::TooLongLived => "too_long_lived",
+            Self::CriticalExtension => "critical_extension",
             Self::BadSignature => "bad_signature",
+            Self::HighS => "high_s",
             Self::WrongAlgorithm => "wrong_algorithm",
             Self::BadSubject => "bad_subject",
         }
@@ -81,6 +107,8 @@ pub struct Verifier {
     algorithm: Algorithm,
     key: DecodingKey,
     validation: Validation,
+    /// Longest `exp - iat` accepted, in seconds; `None` for no bound.
+    max_lifetime_secs: Option<u64>,
 }
 
 impl Verifier {
@@ -110,6 +138,8 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
+        // RFC 7519 section 4.1.5: a token is not to be accepted before its `nbf`.
+        validation.validate_nbf = true;
         validation.leeway = DEFAULT_LEEWAY_SECS;
         // No audience is configured: a key dedicated to this service scopes its tokens.
         // Left on, jsonwebtoken would refuse every token that happens to carry `aud`.
@@ -118,12 +148,21 @@ impl Verifier {
             algorithm,
             key,
             validation,
+            max_lifetime_secs: None,
         }
     }
 
-    /// Sets the tolerated clock skew for `exp`, in seconds (default [`DEFAULT_LEEWAY_SECS`]).
+    /// Sets the tolerated clock skew for `exp`, `nbf` and the maximum lifetime, in seconds
+    /// (default [`DEFAULT_LEEWAY_SECS`]).
     pub fn with_leeway(mut self, leeway_secs: u64) -> Self {
         self.validation.leeway = leeway_secs;
+        self
+    }
+
+    /// Refuses tokens whose `exp` lies more than `max` (plus the leeway) after their `iat`,
+    /// or after now when they carry no `iat` or one in the future; `None` removes the bound.
+    pub fn with_max_lifetime(mut self, max: Option<Duration>) -> Self {
+        self.max_lifetime_secs = max.map(|max| max.as_secs());
         self
     }
 
@@ -132,7 +171,10 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        self.check_algorithm(token)?;
+        self.check_header(token)?;
+        if self.algorithm == Algorithm::ES256 {
+            check_low_s(token)?;
+        }
         let data = jsonwebtoken::decode::<TokenClaims>(token, &self.key, &self.validation)
             .map_err(|error| classify(error.kind()))?;
         let user_id = user_id_from_subject(data.claims.sub.as_ref())?;
@@ -142,28 +184,69 @@ impl Verifier {
             .as_ref()
             .and_then(numeric_date)
             .ok_or(AuthError::Malformed("exp is not a NumericDate"))?;
+        self.check_lifetime(data.claims.iat.as_ref(), exp)?;
         Ok(Claims { user_id, exp })
     }
 
     /// Reads the header's `alg` as a plain string, so that names jsonwebtoken does not know
-    /// (`none`) are refused as the wrong algorithm rather than as unparsable headers.
-    fn check_algorithm(&self, token: &str) -> Result<(), AuthError> {
-        #[derive(Deserialize)]
-        struct AlgorithmOnly {
-            alg: Option<Value>,
-        }
+    /// (`none`) are refused as the wrong algorithm rather than as unparsable headers, and
+    /// refuses any `crit`: RFC 7515 section 4.1.11 requires a recipient to refuse a token
+    /// whose critical extensions it does not understand, and this gateway understands none.
+    fn check_header(&self, token: &str) -> Result<(), AuthError> {
         let (encoded_header, _) = token
             .split_once('.')
             .ok_or(AuthError::Malformed("not three dot-separated parts"))?;
         let header = URL_SAFE_NO_PAD
             .decode(encoded_header)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: AlgorithmOnly = serde_json::from_slice(&header)
+        let header: Map<String, Value> = serde_json::from_slice(&header)
             .map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
-        match header.alg.as_ref().and_then(Value::as_str) {
-            Some(alg) if alg.parse::<Algorithm>().ok() == Some(self.algorithm) => Ok(()),
-            _ => Err(AuthError::WrongAlgorithm),
+        match header.get("alg").and_then(Value::as_str) {
+            Some(alg) if alg.parse::<Algorithm>().ok() == Some(self.algorithm) => {}
+            _ => return Err(AuthError::WrongAlgorithm),
         }
+        // Present in any form, even `null` or `[]` (which RFC 7515 forbids outright).
+        if header.contains_key("crit") {
+            return Err(AuthError::CriticalExtension);
+        }
+        Ok(())
+    }
+
+    /// The maximum lifetime, counted from `iat`, or from now when `iat` is absent or in the
+    /// future (a future `iat` must not stretch the bound).
+    fn check_lifetime(&self, iat: Option<&Value>, exp: u64) -> Result<(), AuthError> {
+        let Some(max) = self.max_lifetime_secs else {
+            return Ok(());
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let issued = match iat {
+            None => now,
+            Some(iat) => numeric_date(iat)
+                .ok_or(AuthError::Malformed("iat is not a NumericDate"))?
+                .min(now),
+        };
+        if exp.saturating_sub(issued) > max.saturating_add(self.validation.leeway) {
+            return Err(AuthError::TooLongLived);
+        }
+        Ok(())
+    }
+}
+
+/// An ECDSA signature `(r, s)` has a twin, `(r, n - s)`, that verifies as well; P-256
+/// verifiers (jsonwebtoken's included) accept both. Only the low-S one is accepted here, so
+/// that a token has exactly one valid form.
+fn check_low_s(token: &str) -> Result<(), AuthError> {
+    let (_, encoded) = token
+        .rsplit_once('.')
+        .ok_or(AuthError::Malformed("not three dot-separated parts"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+    let signature =
+        p256::ecdsa::Signature::from_slice(&bytes).map_err(|_| AuthError::BadSignature)?;
+    match signature.normalize_s() {
+        None => Ok(()),
+        Some(_) => Err(AuthError::HighS),
     }
 }
 
@@ -200,7 +283,26 @@ pub fn mint_es256(
         sub: user_id.to_string(),
         exp: exp_unix_secs,
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).map_err(invalid)
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).map_err(invalid)?;
+    Ok(with_low_s(token))
+}
+
+/// The token with its ES256 signature in low-S form: jsonwebtoken's signer leaves `s` as
+/// it comes, and the gateway accepts only the low half.
+fn with_low_s(token: String) -> String {
+    let Some((signed, encoded)) = token.rsplit_once('.') else {
+        return token;
+    };
+    let high = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()
+        .and_then(|bytes| p256::ecdsa::Signature::from_slice(&bytes).ok())
+        .and_then(|signature| signature.normalize_s());
+    match high {
+        Some(low) => format!("{signed}.{}", URL_SAFE_NO_PAD.encode(low.to_bytes())),
+        None => token,
+    }
 }
 
 /// jsonwebtoken picks its provider from its crate features, and with `rust_crypto` alone it
@@ -212,12 +314,13 @@ fn install_crypto_provider() {
     let _already_installed = CryptoProvider::install_default(&rust_crypto::DEFAULT_PROVIDER);
 }
 
-/// The claims as they arrive. Both are raw JSON so that a token with a numeric or absent
+/// The claims as they arrive. All are raw JSON so that a token with a numeric or absent
 /// `sub` is reported as a bad subject, not as an undecodable token.
 #[derive(Deserialize)]
 struct TokenClaims {
     sub: Option<Value>,
     exp: Option<Value>,
+    iat: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -230,12 +333,13 @@ fn classify(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::UnsupportedAlgorithm => AuthError::WrongAlgorithm,
         ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-            AuthError::Malformed("exp must be present and a NumericDate")
+            AuthError::Malformed("exp must be present, and exp and nbf NumericDates")
         }
         _ => AuthError::Malformed("not a well-formed JWS"),
     }
@@ -316,7 +420,11 @@ mod tests {
             AuthError::Missing,
             AuthError::Malformed("x"),
             AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::TooLongLived,
+            AuthError::CriticalExtension,
             AuthError::BadSignature,
+            AuthError::HighS,
             AuthError::WrongAlgorithm,
             AuthError::BadSubject,
         ];

@@ -159,6 +159,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// Longest token lifetime accepted (e.g. 15m, 24h): a token whose exp lies further
+    /// after its iat (or after now, without iat) is refused with 401. Unset: no bound.
+    #[arg(long, env = "GATEWAY_JWT_MAX_LIFETIME", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Option<Duration>,
+
     /// Allowed browser origins, comma separated (e.g. https://app.example.com); empty allows
     /// every origin. Requests without an Origin header (non-browser clients) are allowed.
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -196,7 +201,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 200)]
     pub frame_burst: u32,
 
-    /// New connections per minute from one IP address (0: no limit).
+    /// New connections per minute from one IP address, counted across all cores (0: no
+    /// limit); the next one within the minute gets 429.
     #[arg(
         long,
         env = "GATEWAY_CONNECTIONS_PER_IP_PER_MINUTE",
@@ -294,7 +300,7 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+/// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -303,12 +309,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let value: u64 = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 250ms, 5s or 2m"))?;
+        .map_err(|_| format!("'{text}' is not a duration like 250ms, 5s, 2m or 24h"))?;
+    let seconds = |factor: u64| {
+        value
+            .checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("'{text}' is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("'{text}': the unit must be ms, s or m")),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err(format!("'{text}': the unit must be ms, s, m or h")),
     }
 }
 
@@ -322,7 +335,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
         assert!(parse_duration("fast").is_err());
     }
 

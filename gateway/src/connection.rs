@@ -1,6 +1,6 @@
 //! The runtime glue of one connection: the upgrade (with its time and size bounds), then a
 //! poll loop that reads only when the socket is readable, into the core's shared buffer,
-//! and writes the session's queue in order.
+//! and writes the session's queue in order, then the closing handshake.
 
 use std::borrow::Cow;
 use std::future::poll_fn;
@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::io::IntoPollIo;
@@ -18,7 +19,7 @@ use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wire::server::{Pong, Welcome};
-use wire::{ClientFrameRef, CloseCode, ErrorCode, ServerFrame, limits::MAX_FRAME_BYTES};
+use wire::{ClientFrameRef, CloseCode, ErrorCode, Refusal, ServerFrame, limits::MAX_FRAME_BYTES};
 
 use crate::core::{Core, UpgradeGuard};
 use crate::handshake::{self, UpgradeRequest};
@@ -32,6 +33,12 @@ const READS_PER_POLL: usize = 16;
 
 /// A pending partial frame above this size is not kept in a grown buffer once consumed.
 const PENDING_KEEP_BYTES: usize = 1024;
+
+/// How long the server waits for the peer's close frame after sending its own before it
+/// closes TCP (RFC 6455 section 7.1.1). Closing at once would meet the peer's reply with a
+/// reset, and a reset can cost the peer the close frame it has not read yet (browsers then
+/// report 1006 instead of the server's code).
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// A plain or TLS socket in readiness mode: no buffer is held while it waits.
 pub enum Transport {
@@ -101,7 +108,14 @@ pub fn serve(
         let Some(mut session) = opened.await else {
             return;
         };
-        let code = poll_fn(|cx| session.poll(cx)).await;
+        let code = match poll_fn(|cx| session.poll(cx)).await {
+            Ended::CloseWritten(code) => {
+                // Boxed: the wait's timer is part of a closing session only.
+                Box::pin(session.finish_closing_handshake()).await;
+                code
+            }
+            Ended::Gone(code) => code,
+        };
         session.finish(code);
     }
 }
@@ -117,7 +131,7 @@ async fn open(
     let accepted =
         monoio::time::timeout(core.node.config.handshake_timeout, upgrade(&core, stream)).await;
     drop(upgrading);
-    let (io, request, claims, leftover) = match accepted {
+    let (io, request, claims, mut leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return None,
         Err(_) => {
@@ -142,21 +156,36 @@ async fn open(
     });
     push_own(&core, &outbox, &welcome);
     if core.is_shutting_down() {
-        // Accepted in the last moment before the listener stopped: greet, then send away.
+        // The shutdown began while the 101 was being written, after the core closed its
+        // other sessions: greet, then send away like them.
         outbox.close(CloseCode::GOING_AWAY);
     }
     core.with_engine(|engine| engine.connected(&core, origin));
-    Some(Session {
+    let mut session = Session {
         bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
         core,
         io,
         decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
-        pending: leftover,
+        pending: Vec::new(),
         writing: None,
         outbox,
         origin,
         close_sent: None,
-    })
+        closing: Closing::AwaitPeerClose,
+    };
+    // Frames the client pipelined behind its request head: act on them now, since no read
+    // may ever come to trigger it.
+    if !leftover.is_empty() {
+        let now = Instant::now();
+        session.outbox.touch(now);
+        session.consume(&mut leftover, now);
+    }
+    Some(session)
+}
+
+/// Whether the gateway is shutting down: refuse upgrades rather than welcome and close them.
+fn shutting_down(core: &Core) -> bool {
+    core.is_shutting_down() || core.node.stopping.load(Ordering::Acquire)
 }
 
 /// Answers a connection refused before its upgrade is even read (the per-IP limit).
@@ -217,6 +246,16 @@ async fn upgrade(
         core.metrics.refuse(label);
         handshake::refusal(status, &reason)
     };
+    if shutting_down(core) {
+        let refusal = refuse(
+            503,
+            "shutting_down",
+            "the gateway is shutting down".to_owned(),
+        );
+        let _ = io.write_all(&refusal).await;
+        let _ = io.shutdown().await;
+        return None;
+    }
     let origin_ok =
         handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins);
     let refusal = (!origin_ok).then(|| refuse(403, "origin", "origin not allowed".to_owned()));
@@ -282,10 +321,33 @@ struct Session {
     origin: Origin,
     /// The close code once our close frame is queued.
     close_sent: Option<CloseCode>,
+    /// What the closing handshake waits for once our close frame is written.
+    closing: Closing,
 }
 
 /// Why the poll loop stops: the session is over with this code.
 type Closed = CloseCode;
+
+/// How the poll loop ended.
+enum Ended {
+    /// Our close frame is written; the closing handshake goes on.
+    CloseWritten(CloseCode),
+    /// The connection failed or was dropped: nothing more can be said on it.
+    Gone(CloseCode),
+}
+
+/// What the closing handshake waits for once our close frame is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The peer's close, for at most [`CLOSE_LINGER`], reading and dropping its other
+    /// frames meanwhile.
+    AwaitPeerClose,
+    /// Nothing: the peer closed first, and our close answered it.
+    PeerClosed,
+    /// The peer to hang up, for at most [`CLOSE_LINGER`]: its stream broke the protocol
+    /// and cannot be decoded any further, so what arrives is dropped unread.
+    Discard,
+}
 
 impl Session {
     /// Unregisters the ended session.
@@ -301,15 +363,15 @@ impl Session {
         core.with_engine(|engine| engine.disconnected(&core, origin));
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         self.outbox.register(cx.waker());
         for _ in 0..READS_PER_POLL {
             if let Err(code) = ready_or_pending(self.poll_write(cx)) {
-                return Poll::Ready(code);
+                return Poll::Ready(Ended::Gone(code));
             }
             if let Some(code) = self.outbox.close_requested() {
                 if self.outbox.is_aborted() {
-                    return Poll::Ready(code);
+                    return Poll::Ready(Ended::Gone(code));
                 }
                 if self.close_sent.is_none() {
                     self.close_sent = Some(code);
@@ -318,20 +380,98 @@ impl Session {
                     continue;
                 }
                 if self.writing.is_none() && self.outbox.is_empty() {
-                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-                    return Poll::Ready(code);
+                    return Poll::Ready(Ended::CloseWritten(code));
                 }
                 return Poll::Pending;
             }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(code)) => return Poll::Ready(code),
+                Poll::Ready(Err(code)) => return Poll::Ready(Ended::Gone(code)),
                 Poll::Pending => return Poll::Pending,
             }
         }
         // Fairness: let the core's other sessions run, then come back.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Our close frame is out: waits (bounded) for what [`Closing`] says, then closes TCP.
+    async fn finish_closing_handshake(&mut self) {
+        let waiting = match self.closing {
+            Closing::PeerClosed => false,
+            Closing::Discard => true,
+            // The peer's close may already be among the bytes read before ours went out.
+            Closing::AwaitPeerClose => {
+                let mut pending = std::mem::take(&mut self.pending);
+                !self.skip_to_peer_close(&mut pending)
+            }
+        };
+        if waiting {
+            let wait = poll_fn(|cx| self.poll_peer_close(cx));
+            let _ = monoio::time::timeout(CLOSE_LINGER, wait).await;
+        }
+        // One attempt: a TLS close_notify that does not fit the socket is not waited for.
+        poll_fn(|cx| {
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Reads until the peer's close arrives or the peer hangs up, dropping what comes
+    /// before it.
+    fn poll_peer_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        for _ in 0..READS_PER_POLL {
+            let have = self.pending.len();
+            scratch[..have].copy_from_slice(&self.pending);
+            let mut read_buf = ReadBuf::new(&mut scratch[have..]);
+            let read = match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => read_buf.filled().len(),
+            };
+            if read == 0 {
+                return Poll::Ready(());
+            }
+            if self.closing == Closing::AwaitPeerClose
+                && self.skip_to_peer_close(&mut scratch[..have + read])
+            {
+                return Poll::Ready(());
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Decodes `bytes` past every message but the peer's close. True once that close has
+    /// come, or anything that breaks the protocol (which ends the wait as well); otherwise
+    /// the unfinished frame at the end is kept for the next read.
+    fn skip_to_peer_close(&mut self, bytes: &mut [u8]) -> bool {
+        let mut start = 0;
+        loop {
+            let Ok(decoded) = self.decoder.decode(&mut bytes[start..]) else {
+                return true;
+            };
+            start += decoded.consumed;
+            match decoded.message {
+                Some(ws::Message::Close { .. }) => return true,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.keep_pending(&bytes[start..]);
+        false
+    }
+
+    /// Keeps `rest`, the start of a frame whose end has not arrived, for the next read.
+    fn keep_pending(&mut self, rest: &[u8]) {
+        self.pending.clear();
+        if self.pending.capacity() > PENDING_KEEP_BYTES {
+            self.pending = Vec::new();
+        }
+        self.pending.extend_from_slice(rest);
     }
 
     /// Writes queued frames until the queue is empty or the socket is full.
@@ -399,13 +539,21 @@ impl Session {
         }
         let now = Instant::now();
         self.outbox.touch(now);
-        let end = have + read;
+        self.consume(&mut scratch[..have + read], now);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Acts on every whole message in `bytes` (what was pending, then what was read) and
+    /// keeps the unfinished frame at the end. A close from the peer, a protocol error or a
+    /// message that ends the session asks the session to close.
+    fn consume(&mut self, bytes: &mut [u8], now: Instant) {
         let mut start = 0;
         let result = loop {
-            let decoded = match self.decoder.decode(&mut scratch[start..end]) {
+            let decoded = match self.decoder.decode(&mut bytes[start..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {
                     tracing::debug!(%error, user = self.origin.user_id, "WebSocket protocol error");
+                    self.closing = Closing::Discard;
                     break Err(CloseCode(error.close_code()));
                 }
             };
@@ -413,8 +561,12 @@ impl Session {
             let Some(message) = decoded.message else {
                 break Ok(());
             };
+            if let ws::Message::Close { code, .. } = message {
+                self.closing = Closing::PeerClosed;
+                break Err(code.map_or(CloseCode::NORMAL, CloseCode));
+            }
             if let Err(code) = on_message(
-                &core,
+                &self.core,
                 &self.outbox,
                 &mut self.bucket,
                 self.origin,
@@ -424,18 +576,19 @@ impl Session {
                 break Err(code);
             }
         };
-        if let Err(code) = result {
-            // A protocol error or a client's close: answer with a close frame, then stop.
-            self.pending = Vec::new();
-            self.outbox.close(code);
-            return Poll::Ready(Ok(()));
+        match result {
+            Ok(()) => self.keep_pending(&bytes[start..]),
+            // What follows the last message is still in step: the closing handshake reads on
+            // from there.
+            Err(code) if self.closing == Closing::AwaitPeerClose => {
+                self.keep_pending(&bytes[start..]);
+                self.outbox.close(code);
+            }
+            Err(code) => {
+                self.pending = Vec::new();
+                self.outbox.close(code);
+            }
         }
-        self.pending.clear();
-        if self.pending.capacity() > PENDING_KEEP_BYTES {
-            self.pending = Vec::new();
-        }
-        self.pending.extend_from_slice(&scratch[start..end]);
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -463,10 +616,7 @@ fn on_message(
             );
             return Ok(());
         }
-        ws::Message::Pong(_) => return Ok(()),
-        ws::Message::Close { code, .. } => {
-            return Err(code.map_or(CloseCode::NORMAL, CloseCode));
-        }
+        ws::Message::Pong(_) | ws::Message::Close { .. } => return Ok(()),
         ws::Message::Text(_) => outbox.set_text(true),
         ws::Message::Binary(_) => {}
     }
@@ -476,38 +626,30 @@ fn on_message(
         RateDecision::Refuse => {
             core.metrics.error(ErrorCode::RateLimited);
             let reason = format!("more than {} frames per second", config.frames_per_second);
+            let id = session::client_msg_id_of(&message);
             push_own(
                 core,
                 outbox,
-                &session::error_reply(ErrorCode::RateLimited, reason, None),
+                &session::error_reply(ErrorCode::RateLimited, reason, id),
             );
             return Ok(());
         }
         RateDecision::Disconnect => return Err(CloseCode::POLICY_VIOLATION),
     }
+    let refused = |refusal: Refusal| {
+        let code = refusal.error.code();
+        core.metrics.error(code);
+        let reply = session::error_reply(code, refusal.error.to_string(), refusal.client_msg_id);
+        push_own(core, outbox, &reply);
+        Ok(())
+    };
     let raw: Cow<'_, [u8]> = match session::binary_form(&message) {
         Ok(raw) => raw,
-        Err(error) => {
-            core.metrics.error(error.code());
-            push_own(
-                core,
-                outbox,
-                &session::error_reply(error.code(), error.to_string(), None),
-            );
-            return Ok(());
-        }
+        Err(refusal) => return refused(refusal),
     };
-    let frame = match ClientFrameRef::access(&raw) {
+    let frame = match ClientFrameRef::check(&raw) {
         Ok(frame) => frame,
-        Err(error) => {
-            core.metrics.error(error.code());
-            push_own(
-                core,
-                outbox,
-                &session::error_reply(error.code(), error.to_string(), None),
-            );
-            return Ok(());
-        }
+        Err(refusal) => return refused(refusal),
     };
     core.metrics.frame_in(frame.kind(), raw.len());
     if let ClientFrameRef::Ping(ping) = frame {

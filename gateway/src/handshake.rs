@@ -28,6 +28,12 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Longest reason text a refusal carries: reasons are short, and a refusal must stay small.
 const MAX_REFUSAL_REASON_CHARS: usize = 200;
 
+/// Seconds a 503 (the gateway is shutting down) asks the client to wait before it tries
+/// again. Only connections caught in the moment a process stops get one; under systemd
+/// the socket stays open and the next process (or another node) takes the retry, so a
+/// short wait is enough.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
 /// Bounds on the request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeLimits {
@@ -126,7 +132,8 @@ pub enum HandshakeError {
     /// Not a GET.
     #[error("method not allowed: the upgrade must be a GET")]
     BadMethod,
-    /// HTTP/1.0: the upgrade needs HTTP/1.1.
+    /// Any HTTP version but 1.1 (HTTP/1.0, HTTP/1.2, HTTP/2.0, ...): the upgrade needs
+    /// HTTP/1.1.
     #[error("HTTP/1.1 is required")]
     BadHttpVersion,
     /// Any path but [`WS_PATH`].
@@ -221,9 +228,33 @@ pub fn parse_upgrade(
                 limit: limits.max_headers,
             });
         }
+        Err(httparse::Error::Version) if names_another_http_version(window) => {
+            return Err(HandshakeError::BadHttpVersion);
+        }
         Err(_) => return Err(HandshakeError::Malformed("not an HTTP/1.1 request head")),
     };
     check_request(&request).map(|upgrade| Some((upgrade, head_len)))
+}
+
+/// Whether the request line's version is a well-formed HTTP version (`HTTP/` and digits,
+/// with at most one dot) that httparse refused because it is not 1.0 or 1.1: RFC 9110
+/// answers that with 505, while anything else in its place is a malformed request.
+fn names_another_http_version(head: &[u8]) -> bool {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let Some(version) = line.rsplit(|&b| b == b' ').next() else {
+        return false;
+    };
+    let Some(number) = version.strip_prefix(b"HTTP/") else {
+        return false;
+    };
+    let parts: Vec<&[u8]> = number.split(|&b| b == b'.').collect();
+    parts.len() <= 2
+        && parts
+            .iter()
+            .all(|part| !part.is_empty() && part.iter().all(u8::is_ascii_digit))
 }
 
 /// Whether a request from `origin` may connect. An empty allow list allows every origin; a
@@ -296,6 +327,7 @@ pub fn refusal(status: u16, reason: &str) -> Vec<u8> {
         // RFC 6455 section 4.4 names the version the server speaks; RFC 9110 requires a 426
         // to name the protocol to upgrade to.
         426 => response.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
+        503 => response.push_str(&format!("Retry-After: {RETRY_AFTER_SECS}\r\n")),
         _ => {}
     }
     response.push_str("\r\n");

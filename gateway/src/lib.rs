@@ -15,6 +15,7 @@ pub mod connection;
 pub mod core;
 pub mod engine;
 pub mod handshake;
+pub mod ip_limit;
 pub mod lifecycle;
 pub mod metrics;
 pub mod node;

@@ -2,8 +2,7 @@
 //! happens here, before any core starts, so a bad address fails the start at once and
 //! `--listen` with port 0 gives every core the same port.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +22,7 @@ use crate::core::Core;
 use crate::engine::Engine;
 use crate::engine::amqp::AmqpEngine;
 use crate::engine::memory::MemoryEngine;
+use crate::ip_limit::IpConnectionLimit;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
 use crate::{admin, connection, tls};
@@ -45,6 +45,8 @@ pub struct Node {
     pub verifier: Verifier,
     /// TLS, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `--connections-per-ip-per-minute`, counted across every core.
+    pub ip_limit: Option<IpConnectionLimit>,
     /// One mailbox per core.
     pub mailboxes: Vec<Mailbox>,
     /// One set of counters per core.
@@ -138,7 +140,8 @@ impl Gateway {
                     std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 Verifier::es256_from_pem(&pem)?
             }
-        };
+        }
+        .with_max_lifetime(config.jwt_max_lifetime);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
@@ -157,6 +160,7 @@ impl Gateway {
             metrics: (0..cores)
                 .map(|_| Arc::new(CoreMetrics::default()))
                 .collect(),
+            ip_limit: IpConnectionLimit::new(config.connections_per_ip_per_minute),
             config,
             verifier,
             tls,
@@ -397,12 +401,6 @@ async fn serve_core(
 }
 
 async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
-    let per_core_limit = core
-        .node
-        .config
-        .connections_per_ip_per_minute
-        .div_ceil(core.cores() as u32);
-    let mut recent: HashMap<IpAddr, (Instant, u32)> = HashMap::new();
     // Stopping must not drop an accept the kernel already completed: that connection would
     // be reset. A cancelled accept still returns a connection it had completed, and that
     // one is served (and closed with 1001 like the rest).
@@ -427,7 +425,12 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
                 continue;
             }
         };
-        if per_core_limit > 0 && !admit(&mut recent, peer.ip(), per_core_limit) {
+        let admitted = core
+            .node
+            .ip_limit
+            .as_ref()
+            .is_none_or(|limit| limit.admit(peer.ip(), Instant::now()));
+        if !admitted {
             core.metrics.refuse("ip_rate");
             monoio::spawn(connection::refuse(
                 stream,
@@ -439,19 +442,4 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
         let upgrading = core.upgrade_started();
         monoio::spawn(connection::serve(core.clone(), stream, peer, upgrading));
     }
-}
-
-/// Counts a new connection from `ip` in its one-minute window; false when over the limit.
-fn admit(recent: &mut HashMap<IpAddr, (Instant, u32)>, ip: IpAddr, limit: u32) -> bool {
-    let now = Instant::now();
-    if recent.len() > 100_000 {
-        recent.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-    }
-    let (start, count) = recent.entry(ip).or_insert((now, 0));
-    if now.duration_since(*start) >= Duration::from_secs(60) {
-        *start = now;
-        *count = 0;
-    }
-    *count += 1;
-    *count <= limit
 }

@@ -2,22 +2,30 @@
 //! text (JSON) and binary messages into one validated binary form, and the error replies.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wire::server::ErrorFrame;
-use wire::{ClientFrame, ErrorCode, ServerFrame, WireError};
+use wire::{ClientFrame, ClientFrameRef, ClientMsgId, ErrorCode, Refusal, ServerFrame, WireError};
 
 use crate::router::ws_frame;
 use crate::ws;
 
-/// A token bucket: `rate` frames per second on average, `burst` at once.
+/// How long refused frames count against a connection: they are forgiven at a burst's worth
+/// per window, so a connection is closed once more than a burst of its frames were refused
+/// within about this long, however many were accepted in between. A client cannot stay
+/// open by pacing (a few accepted frames between many refused ones); one that goes over its
+/// rate now and then, by less than a burst per window, is never closed.
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// A token bucket: `rate` frames per second on average, `burst` at once, and the refusals
+/// it handed out, remembered over [`REFUSAL_WINDOW`].
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f32,
     refilled_at: Instant,
-    /// Frames refused in a row; a client that keeps going past its errors is cut off.
-    strikes: u16,
+    /// Refused frames not yet forgiven; past `burst`, the client is cut off.
+    refusals: f32,
 }
 
 /// What the rate limit says about one frame.
@@ -27,7 +35,7 @@ pub enum RateDecision {
     Accept,
     /// Drop the frame and answer with a rate-limited error.
     Refuse,
-    /// The client ignored a burst's worth of refusals: close with 1008.
+    /// More than a burst's worth of frames were refused within the window: close with 1008.
     Disconnect,
 }
 
@@ -37,7 +45,7 @@ impl TokenBucket {
         TokenBucket {
             tokens: burst as f32,
             refilled_at: now,
-            strikes: 0,
+            refusals: 0.0,
         }
     }
 
@@ -46,15 +54,16 @@ impl TokenBucket {
         let elapsed = now
             .saturating_duration_since(self.refilled_at)
             .as_secs_f32();
-        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
         self.refilled_at = now;
+        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
+        let forgiven = elapsed * burst as f32 / REFUSAL_WINDOW.as_secs_f32();
+        self.refusals = (self.refusals - forgiven).max(0.0);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.strikes = 0;
             return RateDecision::Accept;
         }
-        self.strikes = self.strikes.saturating_add(1);
-        if u32::from(self.strikes) > burst {
+        self.refusals += 1.0;
+        if self.refusals > burst as f32 {
             RateDecision::Disconnect
         } else {
             RateDecision::Refuse
@@ -64,11 +73,23 @@ impl TokenBucket {
 
 /// The binary frame of a data message: binary messages as they are, text messages parsed
 /// from JSON and encoded once here at the edge, so everything behind sees one form.
-pub fn binary_form<'a>(message: &ws::Message<'a>) -> Result<Cow<'a, [u8]>, WireError> {
+pub fn binary_form<'a>(message: &ws::Message<'a>) -> Result<Cow<'a, [u8]>, Refusal> {
     match *message {
         ws::Message::Binary(bytes) => Ok(Cow::Borrowed(bytes)),
-        ws::Message::Text(text) => Ok(Cow::Owned(ClientFrame::from_json(text)?.encode()?)),
+        ws::Message::Text(text) => ClientFrame::binary_from_json(text).map(Cow::Owned),
         _ => Ok(Cow::Borrowed(&[])),
+    }
+}
+
+/// The client message id a data message carries, if it can be read: a frame refused before
+/// it was decoded (by the rate limit) is decoded only to name it in the error.
+pub fn client_msg_id_of(message: &ws::Message<'_>) -> Option<ClientMsgId> {
+    match binary_form(message) {
+        Ok(raw) => match ClientFrameRef::check(&raw) {
+            Ok(frame) => frame.client_msg_id(),
+            Err(refusal) => refusal.client_msg_id,
+        },
+        Err(refusal) => refusal.client_msg_id,
     }
 }
 
@@ -152,7 +173,98 @@ mod tests {
         );
         assert!(matches!(
             binary_form(&ws::Message::Text("{\"type\":\"nope\"}")),
-            Err(WireError::Json(_))
+            Err(Refusal {
+                error: WireError::Json(_),
+                client_msg_id: None
+            })
         ));
+    }
+
+    #[test]
+    fn refused_messages_are_named_by_their_client_msg_id() {
+        let query = ClientFrame::PresenceQuery(wire::client::PresenceQuery {
+            client_msg_id: 12,
+            users: vec![1],
+        });
+        let binary = query.encode().expect("encodes");
+        assert_eq!(client_msg_id_of(&ws::Message::Binary(&binary)), Some(12));
+        assert_eq!(
+            client_msg_id_of(&ws::Message::Text(&query.to_json())),
+            Some(12)
+        );
+        let broken = r#"{"type":"sync","client_msg_id":13,"limit":"all"}"#;
+        assert_eq!(client_msg_id_of(&ws::Message::Text(broken)), Some(13));
+        assert_eq!(client_msg_id_of(&ws::Message::Binary(&binary[1..])), None);
+        let ping = ClientFrame::Ping(wire::client::Ping { nonce: 1 });
+        assert_eq!(
+            client_msg_id_of(&ws::Message::Binary(&ping.encode().expect("encodes"))),
+            None
+        );
+    }
+
+    /// Sends `per_tick` frames every `tick` for `ticks` ticks; the decisions, in order.
+    fn paced(
+        bucket: &mut TokenBucket,
+        start: Instant,
+        tick_ms: u64,
+        per_tick: usize,
+        ticks: u64,
+    ) -> Vec<RateDecision> {
+        let mut decisions = Vec::new();
+        for tick in 0..ticks {
+            let now = start + Duration::from_millis(tick * tick_ms);
+            for _ in 0..per_tick {
+                decisions.push(bucket.take(now, 100, 200));
+            }
+        }
+        decisions
+    }
+
+    #[test]
+    fn accepted_frames_between_refusals_do_not_dodge_the_close() {
+        // The issue's recipe: 150 frames every 15 ms against 100 per second, burst 200. The
+        // old rule forgot its refusals at every accepted frame and never closed.
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(200, start);
+        let decisions = paced(&mut bucket, start, 15, 150, 100);
+        let closed_at = decisions
+            .iter()
+            .position(|d| *d == RateDecision::Disconnect)
+            .expect("the pacing client is closed");
+        assert!(closed_at < 3 * 150, "closed only at frame {closed_at}");
+        assert!(decisions[..closed_at].contains(&RateDecision::Accept));
+    }
+
+    #[test]
+    fn sustained_excess_is_closed_and_occasional_excess_is_not() {
+        let start = Instant::now();
+        // Twice the rate: closed within seconds.
+        let mut bucket = TokenBucket::new(200, start);
+        let decisions = paced(&mut bucket, start, 10, 2, 1000);
+        let closed_at = decisions
+            .iter()
+            .position(|d| *d == RateDecision::Disconnect)
+            .expect("a client at twice the rate is closed");
+        assert!(
+            closed_at < 6 * 200,
+            "closed only after {} s",
+            closed_at / 200
+        );
+        // Just under the rate for a minute, after the whole burst at once: never closed.
+        let mut bucket = TokenBucket::new(200, start);
+        let mut decisions = paced(&mut bucket, start, 0, 200, 1);
+        decisions.extend(paced(&mut bucket, start, 11, 1, 5500));
+        assert!(!decisions.contains(&RateDecision::Disconnect));
+        // Ten frames over the burst every few seconds are refused, never closed.
+        let mut bucket = TokenBucket::new(200, start);
+        for round in 0..20 {
+            let at = start + Duration::from_secs(round * 3);
+            let decisions = paced(&mut bucket, at, 0, 210, 1);
+            assert!(decisions.contains(&RateDecision::Refuse));
+            assert!(
+                !decisions.contains(&RateDecision::Disconnect),
+                "round {round}"
+            );
+        }
     }
 }

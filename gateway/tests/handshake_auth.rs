@@ -179,6 +179,41 @@ fn each_refusal_has_its_label_and_status() {
             "bad_http_version",
             505,
         ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/1.2", 1),
+            "bad_http_version",
+            505,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/2.0", 1),
+            "bad_http_version",
+            505,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/2", 1),
+            "bad_http_version",
+            505,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/10.0", 1),
+            "bad_http_version",
+            505,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/1.1.1", 1),
+            "malformed",
+            400,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTP/x", 1),
+            "malformed",
+            400,
+        ),
+        (
+            request("/ws", "").replacen("HTTP/1.1", "HTTQ/1.1", 1),
+            "malformed",
+            400,
+        ),
         (request("/chat", ""), "bad_path", 404),
         (request("/ws/", ""), "bad_path", 404),
         (request("/", ""), "bad_path", 404),
@@ -457,7 +492,14 @@ fn refusals_are_complete_responses() {
         assert_eq!(body, "why\n");
         let challenge = headers.iter().any(|h| h.starts_with("WWW-Authenticate: "));
         assert_eq!(challenge, status == 401);
+        let retry_after = headers.iter().any(|h| h.starts_with("Retry-After: "));
+        assert_eq!(retry_after, status == 503);
     }
+    let (_, headers, _) = split_response(&refusal(503, "shutting down"));
+    assert!(
+        headers.contains(&format!("Retry-After: {}", handshake::RETRY_AFTER_SECS)),
+        "{headers:?}"
+    );
 }
 
 #[test]
@@ -668,6 +710,148 @@ fn es256_token_verifies() {
         es256_verifier().verify(&token),
         Ok(Claims { user_id: 7, exp })
     );
+}
+
+/// An HS256 token with a hand-made header, signed for real.
+fn hs256_with_header(header: &Value, claims: &Value) -> String {
+    let signed = format!("{}.{}", b64(header), b64(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        signed.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{signed}.{signature}")
+}
+
+#[test]
+fn nbf_in_the_future_is_refused_within_the_leeway_of_exp() {
+    let verifier = Verifier::hs256(SECRET);
+    let exp = now() + 600;
+    let with_nbf = |nbf: Value| hs256_with_claims(&json!({ "sub": "42", "exp": exp, "nbf": nbf }));
+    let error = verifier.verify(&with_nbf(json!(now() + 60))).unwrap_err();
+    assert_eq!(
+        (error.clone(), error.label()),
+        (AuthError::NotYetValid, "not_yet_valid")
+    );
+    // The leeway that forgives an issuer's clock for exp forgives it for nbf too.
+    assert!(verifier.verify(&with_nbf(json!(now() + 3))).is_ok());
+    assert!(verifier.verify(&with_nbf(json!(now() - 60))).is_ok());
+    assert_eq!(
+        Verifier::hs256(SECRET)
+            .with_leeway(0)
+            .verify(&with_nbf(json!(now() + 3))),
+        Err(AuthError::NotYetValid)
+    );
+    assert!(matches!(
+        verifier.verify(&with_nbf(json!("tomorrow"))),
+        Err(AuthError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_header_with_critical_extensions_is_refused() {
+    let claims = json!({ "sub": "42", "exp": now() + 600 });
+    assert!(
+        Verifier::hs256(SECRET)
+            .verify(&hs256_with_header(&json!({ "alg": "HS256" }), &claims))
+            .is_ok()
+    );
+    for crit in [
+        json!(["b64"]),
+        json!(["exp"]),
+        json!(["http://example.com/ext"]),
+        json!([]),
+        json!(null),
+        json!("b64"),
+    ] {
+        let header = json!({ "alg": "HS256", "crit": crit, "b64": false });
+        let error = Verifier::hs256(SECRET)
+            .verify(&hs256_with_header(&header, &claims))
+            .unwrap_err();
+        assert_eq!(
+            (error.clone(), error.label()),
+            (AuthError::CriticalExtension, "critical_extension"),
+            "{header}"
+        );
+    }
+}
+
+/// `token` with the twin of its ES256 signature: (r, n - s).
+fn with_twin_signature(token: &str) -> String {
+    let (signed, encoded) = token.rsplit_once('.').unwrap();
+    let signature =
+        p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(encoded).unwrap()).unwrap();
+    let (r, s) = signature.split_scalars();
+    let twin = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-s).to_bytes()).unwrap();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()))
+}
+
+#[test]
+fn high_s_es256_signatures_are_refused_and_low_s_accepted() {
+    let verifier = es256_verifier();
+    let key = jsonwebtoken::DecodingKey::from_ec_pem(ES256_PUBLIC).unwrap();
+    for user in 0..16 {
+        // mint_es256 writes low-S signatures; their twins are high-S.
+        let low = auth::mint_es256(ES256_PRIVATE, user, now() + 600).unwrap();
+        assert!(verifier.verify(&low).is_ok(), "user {user}");
+        let high = with_twin_signature(&low);
+        let (signed, signature) = high.rsplit_once('.').unwrap();
+        assert_eq!(
+            jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key, Algorithm::ES256),
+            Ok(true),
+            "the twin verifies as an ECDSA signature"
+        );
+        let error = verifier.verify(&high).unwrap_err();
+        assert_eq!((error.clone(), error.label()), (AuthError::HighS, "high_s"));
+    }
+}
+
+#[test]
+fn the_maximum_lifetime_bounds_exp_after_iat_or_after_now() {
+    let hour = 3600;
+    let verifier =
+        Verifier::hs256(SECRET).with_max_lifetime(Some(std::time::Duration::from_secs(hour)));
+    let now = now();
+    let verify = |claims: Value| verifier.verify(&hs256_with_claims(&claims));
+    assert!(verify(json!({ "sub": "1", "iat": now, "exp": now + hour })).is_ok());
+    assert!(verify(json!({ "sub": "1", "exp": now + hour / 2 })).is_ok());
+    // Issued long ago, expiring soon: the lifetime is what the issuer granted.
+    assert!(verify(json!({ "sub": "1", "iat": now - hour / 2, "exp": now + hour / 4 })).is_ok());
+    for claims in [
+        json!({ "sub": "1", "iat": now, "exp": now + hour + 60 }),
+        json!({ "sub": "1", "exp": now + 2 * hour }),
+        json!({ "sub": "1", "iat": now - 2 * hour, "exp": now + 600 }),
+        // A future iat does not stretch the bound: the lifetime counts from now.
+        json!({ "sub": "1", "iat": now + hour, "exp": now + 3 * hour / 2 }),
+    ] {
+        let error = verify(claims.clone()).unwrap_err();
+        assert_eq!(
+            (error.clone(), error.label()),
+            (AuthError::TooLongLived, "too_long_lived"),
+            "{claims}"
+        );
+    }
+    assert!(matches!(
+        verify(json!({ "sub": "1", "iat": "today", "exp": now + 60 })),
+        Err(AuthError::Malformed(_))
+    ));
+    // Without the option, any lifetime goes.
+    assert!(
+        Verifier::hs256(SECRET)
+            .verify(&hs256_with_claims(
+                &json!({ "sub": "1", "iat": now, "exp": now + 365 * 24 * hour })
+            ))
+            .is_ok()
+    );
+}
+
+#[test]
+fn the_maximum_lifetime_flag_is_documented_in_help() {
+    use clap::CommandFactory;
+    let help = gateway::Config::command().render_long_help().to_string();
+    assert!(help.contains("--jwt-max-lifetime"), "{help}");
+    assert!(help.contains("GATEWAY_JWT_MAX_LIFETIME"), "{help}");
 }
 
 #[test]

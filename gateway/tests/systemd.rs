@@ -191,21 +191,33 @@ async fn collect<R: tokio::io::AsyncRead + Unpin>(reader: BufReader<R>, log: Arc
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens a session as `user_id` and reads its welcome; any other outcome is an error.
+/// Opens a session as `user_id` and reads its welcome; any other outcome is an error. A
+/// 503 from a process caught stopping is retried after its Retry-After, as PROTOCOL.md
+/// tells clients to.
 async fn open_session(addr: SocketAddr, user_id: u64) -> Result<Client, String> {
-    let mut request = format!("ws://{addr}/ws")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let bearer = format!("Bearer {}", token(user_id));
-    request
-        .headers_mut()
-        .insert("Authorization", bearer.parse().expect("header value"));
-    let (mut client, _) = match tokio_tungstenite::connect_async(request).await {
-        Ok(connected) => connected,
-        Err(WsError::Http(response)) => {
-            return Err(format!("upgrade refused with {}", response.status()));
+    let mut client = loop {
+        let mut request = format!("ws://{addr}/ws")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        let bearer = format!("Bearer {}", token(user_id));
+        request
+            .headers_mut()
+            .insert("Authorization", bearer.parse().expect("header value"));
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((client, _)) => break client,
+            Err(WsError::Http(response)) if response.status() == 503 => {
+                let retry_after = response
+                    .headers()
+                    .get("Retry-After")
+                    .and_then(|value| value.to_str().ok()?.parse().ok())
+                    .ok_or("a 503 without Retry-After")?;
+                tokio::time::sleep(Duration::from_secs(retry_after)).await;
+            }
+            Err(WsError::Http(response)) => {
+                return Err(format!("upgrade refused with {}", response.status()));
+            }
+            Err(error) => return Err(format!("connect or upgrade failed: {error}")),
         }
-        Err(error) => return Err(format!("connect or upgrade failed: {error}")),
     };
     loop {
         match client.next().await {

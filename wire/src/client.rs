@@ -4,7 +4,7 @@ use crate::codec::{frame_set, limits};
 use crate::limits::{
     MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_TITLE_BYTES,
 };
-use crate::{ChatId, ChatKind, ClientMsgId, Seq, UserId, wire_struct};
+use crate::{ChatId, ChatKind, ClientMsgId, Seq, UserId, WireError, wire_struct};
 
 wire_struct! {
     /// Create a chat. The creator is always a member, whether listed or not.
@@ -136,6 +136,105 @@ frame_set! {
     AddMembers(MemberChange) = 11, "add_members";
     /// Remove members from a group chat (admins only).
     RemoveMembers(MemberChange) = 12, "remove_members";
+}
+
+/// A client frame that cannot be accepted, and the id of the request it carried when that
+/// could be read: the error frame answering it echoes the id, so the client can tell which
+/// of its requests failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct Refusal {
+    /// Why the frame was refused.
+    pub error: WireError,
+    /// The frame's `client_msg_id`, when the frame was readable and its kind carries one.
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+impl Refusal {
+    fn new(error: WireError, client_msg_id: Option<ClientMsgId>) -> Refusal {
+        Refusal {
+            error,
+            client_msg_id,
+        }
+    }
+}
+
+impl ClientKind {
+    /// Whether frames of this kind carry a `client_msg_id`.
+    pub fn carries_client_msg_id(self) -> bool {
+        match self {
+            ClientKind::CreateChat
+            | ClientKind::Join
+            | ClientKind::Leave
+            | ClientKind::Send
+            | ClientKind::Sync
+            | ClientKind::PresenceQuery => true,
+            ClientKind::AckDelivered
+            | ClientKind::AckRead
+            | ClientKind::Typing
+            | ClientKind::Ping => false,
+        }
+    }
+}
+
+impl ClientFrame {
+    /// The binary form of a text frame: parsed from JSON, checked and encoded once. A
+    /// refusal names the request whenever the text was JSON with a readable `client_msg_id`
+    /// for its `type`, even if another field was wrong.
+    pub fn binary_from_json(text: &str) -> Result<Vec<u8>, Refusal> {
+        let frame = ClientFrame::parse_json(text).map_err(|error| {
+            let id = match error {
+                WireError::Json(_) => client_msg_id_of_json(text),
+                _ => None,
+            };
+            Refusal::new(error, id)
+        })?;
+        frame
+            .encode()
+            .map_err(|error| Refusal::new(error, frame.client_msg_id()))
+    }
+
+    /// The client message id the frame carries.
+    pub fn client_msg_id(&self) -> Option<ClientMsgId> {
+        match self {
+            ClientFrame::CreateChat(f) => Some(f.client_msg_id),
+            ClientFrame::Join(f) | ClientFrame::Leave(f) => Some(f.client_msg_id),
+            ClientFrame::Send(f) => Some(f.client_msg_id),
+            ClientFrame::Sync(f) => Some(f.client_msg_id),
+            ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
+            ClientFrame::AckDelivered(_)
+            | ClientFrame::AckRead(_)
+            | ClientFrame::Typing(_)
+            | ClientFrame::Ping(_) => None,
+        }
+    }
+}
+
+/// The `client_msg_id` of JSON text that is not a valid frame, read on its own: the
+/// object's `type` must name a kind that carries one, and the id must be a u64.
+fn client_msg_id_of_json(text: &str) -> Option<ClientMsgId> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "type")]
+        kind: String,
+        client_msg_id: ClientMsgId,
+    }
+    let named: Named = serde_json::from_str(text).ok()?;
+    ClientKind::from_name(&named.kind)
+        .filter(|kind| kind.carries_client_msg_id())
+        .map(|_| named.client_msg_id)
+}
+
+impl<'a> ClientFrameRef<'a> {
+    /// Validates `bytes` like [`ClientFrameRef::access`]; a frame that is a valid archive
+    /// and breaks only a limit (or holds U+0000) still names its request in the refusal.
+    pub fn check(bytes: &'a [u8]) -> Result<Self, Refusal> {
+        let frame = Self::access_archive(bytes).map_err(|error| Refusal::new(error, None))?;
+        frame
+            .check_limits()
+            .map_err(|error| Refusal::new(error, frame.client_msg_id()))?;
+        Ok(frame)
+    }
 }
 
 impl ClientFrameRef<'_> {

@@ -123,6 +123,14 @@ macro_rules! frame_set {
                     $( $Kind::$Variant => $name, )+
                 }
             }
+
+            /// The kind a JSON `type` tag names, if any.
+            pub fn from_name(name: &str) -> Option<$Kind> {
+                match name {
+                    $( $name => Some($Kind::$Variant), )+
+                    _ => None,
+                }
+            }
         }
 
         /// A frame validated in place: each variant borrows the archive inside the bytes.
@@ -134,12 +142,18 @@ macro_rules! frame_set {
         impl<'a> $FrameRef<'a> {
             /// Validates `bytes` (size, header, archive, limits) and borrows the frame in place.
             pub fn access(bytes: &'a [u8]) -> Result<Self, $crate::WireError> {
-                let (kind, archive) = $crate::codec::split_header(bytes, $limit)?;
-                let frame = match $Kind::from_u8(kind).ok_or($crate::WireError::UnknownKind(kind))? {
-                    $( $Kind::$Variant => $FrameRef::$Variant($crate::codec::access::<rkyv::Archived<$Body>>(archive)?), )+
-                };
+                let frame = Self::access_archive(bytes)?;
                 frame.check_limits()?;
                 Ok(frame)
+            }
+
+            /// Validates the size, header and archive, but not the limits: a frame that
+            /// breaks only a limit can still be read, to name the request it refuses.
+            fn access_archive(bytes: &'a [u8]) -> Result<Self, $crate::WireError> {
+                let (kind, archive) = $crate::codec::split_header(bytes, $limit)?;
+                Ok(match $Kind::from_u8(kind).ok_or($crate::WireError::UnknownKind(kind))? {
+                    $( $Kind::$Variant => $FrameRef::$Variant($crate::codec::access::<rkyv::Archived<$Body>>(archive)?), )+
+                })
             }
 
             /// The frame's kind.
@@ -187,13 +201,18 @@ macro_rules! frame_set {
 
             /// Parses the JSON form of a text frame and checks its limits.
             pub fn from_json(text: &str) -> Result<Self, $crate::WireError> {
+                let frame = Self::parse_json(text)?;
+                frame.check_limits()?;
+                Ok(frame)
+            }
+
+            /// Parses the JSON form of a text frame within the size limit, without checking
+            /// the fields' limits.
+            fn parse_json(text: &str) -> Result<Self, $crate::WireError> {
                 if text.len() > $limit {
                     return Err($crate::WireError::TooLarge { size: text.len(), limit: $limit });
                 }
-                let frame: $Frame = serde_json::from_str(text)
-                    .map_err(|e| $crate::WireError::Json(e.to_string()))?;
-                frame.check_limits()?;
-                Ok(frame)
+                serde_json::from_str(text).map_err(|e| $crate::WireError::Json(e.to_string()))
             }
 
             /// The JSON form, for text frames.

@@ -73,7 +73,9 @@ pub enum ErrorCode {
     UnsupportedVersion = 4001,
     /// The header's kind is unknown.
     UnknownKind = 4002,
-    /// The frame is larger than the protocol allows.
+    /// The frame is larger than the protocol allows. The gateway never sends it to clients:
+    /// a client message over the limit closes the connection with
+    /// [`CloseCode::MESSAGE_TOO_BIG`] before it is decoded.
     TooLarge = 4003,
     /// A field broke a limit (body, members, sync page, ...).
     LimitExceeded = 4004,
@@ -140,6 +142,9 @@ impl ErrorCode {
 }
 
 /// WebSocket close codes the gateway uses (RFC 6455 section 7.4, plus 4xxx of our own).
+///
+/// A number space of its own: 4000-4002 here are not the [`ErrorCode`]s of the same
+/// numbers, which only ever arrive in error frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CloseCode(pub u16);
 
@@ -152,11 +157,12 @@ impl CloseCode {
     pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
     /// A text frame with invalid UTF-8.
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
-    /// Policy: the connection broke the frame rate limit repeatedly.
+    /// Policy: more than a burst's worth of the connection's frames were refused by the rate
+    /// limit within its window.
     pub const POLICY_VIOLATION: CloseCode = CloseCode(1008);
     /// A message larger than [`crate::limits::MAX_FRAME_BYTES`].
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
-    /// The server failed.
+    /// The server failed. Reserved: this version never sends it.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
     /// The client read too slowly and its outbound queue filled: reconnect and sync.
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4000);

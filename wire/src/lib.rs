@@ -13,7 +13,7 @@ mod error;
 pub mod limits;
 pub mod server;
 
-pub use client::{ClientFrame, ClientFrameRef, ClientKind};
+pub use client::{ClientFrame, ClientFrameRef, ClientKind, Refusal};
 pub use error::{CloseCode, ErrorCode, WireError};
 pub use server::{ServerFrame, ServerFrameRef, ServerKind};
 

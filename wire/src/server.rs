@@ -17,7 +17,8 @@ wire_struct! {
         /// The gateway node that holds the connection.
         pub node_id: u32,
         pub server_time_us: u64,
-        /// The client should send something (a ping will do) at least this often.
+        /// The server pings a connection from which nothing arrived for this long; a
+        /// client that answers pings (WebSocket libraries do) needs to send nothing else.
         pub heartbeat_ms: u32,
         /// The largest frame the gateway accepts.
         pub max_frame_bytes: u32,

@@ -439,6 +439,74 @@ fn text_fields_with_nul_are_refused_in_both_encodings() {
     );
 }
 
+/// A refused frame names its request whenever its id can be read: a valid archive with
+/// U+0000 in a text field, or JSON whose `type` carries an id and whose id is a u64, even
+/// when another field is wrong. Frames that cannot be read, and kinds without an id, name
+/// none.
+#[test]
+fn refusals_name_the_request_when_its_id_is_readable() {
+    let send = client::SendMessage {
+        chat_id: 7,
+        client_msg_id: 3,
+        body: "a\0b".into(),
+    };
+    let mut bytes = vec![PROTOCOL_VERSION, ClientKind::Send as u8];
+    bytes.extend_from_slice(&rkyv::to_bytes::<rkyv::rancor::Error>(&send).unwrap());
+    assert_eq!(
+        ClientFrameRef::check(&bytes).unwrap_err().client_msg_id,
+        Some(3)
+    );
+    let cut = &bytes[..bytes.len() - 1];
+    assert_eq!(ClientFrameRef::check(cut).unwrap_err().client_msg_id, None);
+    assert_eq!(
+        ClientFrameRef::check(&[PROTOCOL_VERSION, 99, 0])
+            .unwrap_err()
+            .client_msg_id,
+        None
+    );
+    for (text, id) in [
+        (
+            r#"{"type":"send","chat_id":7,"client_msg_id":3,"body":"a\u0000b"}"#,
+            Some(3),
+        ),
+        (
+            r#"{"type":"send","chat_id":-7,"client_msg_id":4,"body":"x"}"#,
+            Some(4),
+        ),
+        (r#"{"client_msg_id":5,"type":"join"}"#, Some(5)),
+        (
+            r#"{"type":"presence_query","client_msg_id":6,"users":"all"}"#,
+            Some(6),
+        ),
+        (
+            r#"{"type":"send","chat_id":7,"client_msg_id":-4,"body":"x"}"#,
+            None,
+        ),
+        (r#"{"type":"ping","client_msg_id":8}"#, None),
+        (r#"{"type":"ack_read","client_msg_id":9}"#, None),
+        (r#"{"type":"welcome","client_msg_id":10}"#, None),
+        (r#"{"client_msg_id":11}"#, None),
+        (r#"[1,2]"#, None),
+        ("not json", None),
+    ] {
+        let refusal = ClientFrame::binary_from_json(text).unwrap_err();
+        assert_eq!(refusal.client_msg_id, id, "{text}");
+    }
+}
+
+proptest! {
+    /// Whatever a frame is, `carries_client_msg_id` says whether it has an id, and the owned
+    /// and the borrowed frame report the same id.
+    #[test]
+    fn client_msg_id_is_reported_alike(frame in any::<ClientFrame>()) {
+        let bytes = frame.encode().unwrap();
+        let view = ClientFrameRef::check(&bytes).unwrap();
+        prop_assert_eq!(view.client_msg_id(), frame.client_msg_id());
+        prop_assert_eq!(frame.kind().carries_client_msg_id(), frame.client_msg_id().is_some());
+        prop_assert_eq!(ClientKind::from_name(frame.kind().name()), Some(frame.kind()));
+    }
+}
+
 #[test]
 fn json_type_errors_are_json_errors() {
     let cases = [

@@ -12,8 +12,8 @@ use wire::limits::{
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
-    ChatKind, ClientFrame, ClientKind, CloseCode, ErrorCode, PROTOCOL_VERSION, ServerFrame,
-    ServerKind, WireError,
+    ChatKind, ClientFrame, ClientKind, CloseCode, ErrorCode, PROTOCOL_VERSION, Refusal,
+    ServerFrame, ServerKind, WireError,
 };
 
 /// A binary frame built straight from rkyv, bypassing the limit checks of `encode`: what a
@@ -64,6 +64,22 @@ fn client_limit(ok: ClientFrame, broken: ClientFrame, expected: WireError) {
     );
     assert_eq!(ClientFrame::decode(&bytes).unwrap_err(), expected, "decode");
     assert_eq!(expected.code(), ErrorCode::LimitExceeded);
+
+    // The gateway's entry points refuse the same frames and name the request they refuse.
+    let refusal = Refusal {
+        error: expected,
+        client_msg_id: broken.client_msg_id(),
+    };
+    assert!(refusal.client_msg_id.is_some());
+    assert_eq!(ClientFrameRef::check(&bytes).unwrap_err(), refusal, "check");
+    assert_eq!(
+        ClientFrame::binary_from_json(&broken.to_json()).unwrap_err(),
+        refusal,
+        "binary_from_json"
+    );
+    let valid = ok.encode().unwrap();
+    assert!(ClientFrameRef::check(&valid).is_ok());
+    assert_eq!(ClientFrame::binary_from_json(&ok.to_json()).unwrap(), valid);
 }
 
 fn server_limit(ok: ServerFrame, broken: ServerFrame, expected: WireError) {
