@@ -29,18 +29,7 @@ pub(crate) struct Request {
 impl Request {
     /// The client message id of the frame, which an error frame answering it echoes.
     pub(crate) fn client_msg_id(&self) -> Option<ClientMsgId> {
-        match &self.frame {
-            ClientFrame::CreateChat(f) => Some(f.client_msg_id),
-            ClientFrame::Join(f) | ClientFrame::Leave(f) => Some(f.client_msg_id),
-            ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
-            ClientFrame::Send(f) => Some(f.client_msg_id),
-            ClientFrame::Sync(f) => Some(f.client_msg_id),
-            ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
-            ClientFrame::AckDelivered(_)
-            | ClientFrame::AckRead(_)
-            | ClientFrame::Typing(_)
-            | ClientFrame::Ping(_) => None,
-        }
+        self.frame.client_msg_id()
     }
 }
 

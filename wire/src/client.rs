@@ -166,6 +166,8 @@ impl ClientKind {
             ClientKind::CreateChat
             | ClientKind::Join
             | ClientKind::Leave
+            | ClientKind::AddMembers
+            | ClientKind::RemoveMembers
             | ClientKind::Send
             | ClientKind::Sync
             | ClientKind::PresenceQuery => true,
@@ -199,6 +201,7 @@ impl ClientFrame {
         match self {
             ClientFrame::CreateChat(f) => Some(f.client_msg_id),
             ClientFrame::Join(f) | ClientFrame::Leave(f) => Some(f.client_msg_id),
+            ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
             ClientFrame::Send(f) => Some(f.client_msg_id),
             ClientFrame::Sync(f) => Some(f.client_msg_id),
             ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
