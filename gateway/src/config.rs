@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use telemetry::logs::LogFormat;
 
 /// Which engine handles what clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,6 +186,11 @@ pub struct Config {
     /// io_uring submission queue entries per core.
     #[arg(long, env = "GATEWAY_RING_ENTRIES", default_value_t = 4096)]
     pub ring_entries: u32,
+
+    /// Log lines on stderr: text (coloured only on a terminal), json (one object a line),
+    /// or journald (each line prefixed with its syslog priority, for `journalctl -p`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {

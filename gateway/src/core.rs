@@ -475,7 +475,9 @@ impl Core {
             monoio::time::sleep(SWEEP_INTERVAL).await;
             let now = Instant::now();
             let now_secs = self.now_us() / 1_000_000;
+            let mut deepest = 0;
             for outbox in self.sessions.borrow().values() {
+                deepest = deepest.max(outbox.len());
                 if outbox.close_requested().is_some() {
                     outbox.abort_if_stuck(now, CLOSE_GRACE);
                     continue;
@@ -493,6 +495,7 @@ impl Core {
                     outbox.push(Outgoing::Own(ping.clone()), &self.metrics);
                 }
             }
+            self.metrics.end_sweep_window(deepest);
         }
     }
 }

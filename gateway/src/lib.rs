@@ -8,6 +8,7 @@
 //! ([`router`]).
 
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod core;
 pub mod engine;
 pub mod handshake;
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 pub mod node;
