@@ -8,6 +8,7 @@
 
 pub mod config;
 mod db;
+pub mod metrics;
 mod migrate;
 mod outcome;
 mod persist;

@@ -2,25 +2,28 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use backend::{Config, Stats};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let config = Config::parse();
+    telemetry::logs::init(config.log_format)?;
+    let stats = Arc::new(Stats::default());
+    if let Some(addr) = config.metrics_listen {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the metrics port {addr}"))?;
+        backend::metrics::spawn(listener, stats.clone())?;
+        tracing::info!(%addr, "serving /metrics");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    backend::run(config, shutdown, Arc::new(Stats::default())).await
+    backend::run(config, shutdown, stats).await
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM (what systemd sends to stop a unit).

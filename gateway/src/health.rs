@@ -76,6 +76,8 @@ pub async fn watch_redis(url: String, node: Arc<Node>) {
         }
     };
     let mut connection: Option<MultiplexedConnection> = None;
+    // What the log last said, so that it says the state at start and then each change.
+    let mut reported: Option<bool> = None;
     loop {
         let answered = tokio::time::timeout(REDIS_PROBE_TIMEOUT, ping(&client, &mut connection))
             .await
@@ -88,13 +90,13 @@ pub async fn watch_redis(url: String, node: Arc<Node>) {
             connection = None;
         }
         let up = answered.is_ok();
-        let before = node.redis_connected.swap(up, Ordering::AcqRel);
-        match answered {
-            Err(error) if before => {
-                tracing::warn!(%error, "Redis does not answer: not ready")
+        node.redis_connected.store(up, Ordering::Release);
+        if reported != Some(up) {
+            match answered {
+                Err(error) => tracing::warn!(%error, "Redis does not answer: not ready"),
+                Ok(()) => tracing::info!("Redis answers"),
             }
-            Ok(()) if !before => tracing::info!("Redis answers"),
-            _ => {}
+            reported = Some(up);
         }
         tokio::time::sleep(REDIS_PROBE_INTERVAL).await;
     }

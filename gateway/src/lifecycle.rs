@@ -84,7 +84,7 @@ impl Signals {
     }
 
     /// Blocks until the next signal.
-    pub fn next(&mut self) -> Request {
+    pub fn wait(&mut self) -> Request {
         match self.0.forever().next() {
             Some(SIGHUP) => Request::Reload,
             Some(signal) => Request::Stop(signal),

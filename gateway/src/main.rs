@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     lifecycle::notify_ready();
     lifecycle::spawn_watchdog(gateway.node().clone())?;
     let signal = loop {
-        match signals.next() {
+        match signals.wait() {
             Request::Reload => {
                 tracing::info!("SIGHUP: reloading");
                 lifecycle::notify_reloading();

@@ -93,7 +93,8 @@ where
         let mut text = String::new();
         self.0.format_event(ctx, Writer::new(&mut text), event)?;
         let prefix = priority(event.metadata().level());
-        for line in text.lines() {
+        // The inner format pads the level to five columns (" INFO"): no use after a prefix.
+        for line in text.trim_start().lines() {
             writer.write_str(prefix)?;
             writer.write_str(line)?;
             writer.write_char('\n')?;
@@ -162,6 +163,8 @@ mod tests {
                 "{line:?} should start with {prefix}"
             );
         }
+        assert!(lines[0].starts_with("<3>ERROR "), "{text}");
+        assert!(lines[2].starts_with("<6>INFO "), "{text}");
         assert!(lines[0].contains("broken") && lines[0].contains("code=7"));
         assert!(lines[6].ends_with("second line"), "{text}");
         assert!(!text.contains('\x1b'), "no escape codes: {text:?}");
