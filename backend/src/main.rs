@@ -1,5 +1,6 @@
 //! The backend binary: flags, logging and signals around [`backend::run`].
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,9 +12,16 @@ use tokio_util::sync::CancellationToken;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::logs::init(config.log_format)?;
+    if let Err(error) = telemetry::logs::init(config.log_format) {
+        eprintln!("{error:#}");
+        return ExitCode::FAILURE;
+    }
+    telemetry::logs::exit_status(run(config).await)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     if let Some(addr) = config.metrics_listen {
         let listener = std::net::TcpListener::bind(addr)

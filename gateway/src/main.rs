@@ -1,6 +1,7 @@
 //! The `gateway` binary: flags, logs, start, reloads on SIGHUP, and the graceful stop on
 //! SIGTERM/SIGINT.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,10 +15,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit status when the shutdown deadline passed with a core or the bridge still running.
 const FORCED_EXIT: i32 = 1;
 
-fn main() -> Result<()> {
-    let mut signals = Signals::install()?;
+fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::logs::init(config.log_format)?;
+    if let Err(error) = telemetry::logs::init(config.log_format) {
+        eprintln!("{error:#}");
+        return ExitCode::FAILURE;
+    }
+    telemetry::logs::exit_status(run(config))
+}
+
+fn run(config: Config) -> Result<()> {
+    let mut signals = Signals::install()?;
     let gateway = Gateway::start(config)?;
     tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway ready");
     lifecycle::notify_ready();

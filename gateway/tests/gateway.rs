@@ -833,3 +833,39 @@ async fn metrics_keep_labels_bounded_and_describe_the_process() {
     gateway.begin_shutdown();
     gateway.join();
 }
+
+#[tokio::test]
+async fn idle_and_trickling_admin_clients_do_not_delay_probes() {
+    let gateway = start(1, &[]);
+    let admin = gateway.admin_addr();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(admin).await.expect("an idle client"));
+    }
+    let mut trickler = TcpStream::connect(admin).await.expect("a trickling client");
+    let trickling = tokio::spawn(async move {
+        for &byte in
+            b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if trickler.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/healthz", "/readyz"] {
+        let started = std::time::Instant::now();
+        let (status, _) = admin_get(&gateway, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{path} took {:?} beside idle and trickling clients",
+            started.elapsed()
+        );
+    }
+    trickling.abort();
+    drop(idle);
+    gateway.begin_shutdown();
+    gateway.join();
+}

@@ -38,6 +38,18 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("installing the logger: {error}"))
 }
 
+/// The exit status for what a binary's work returned, logging a failure as an error, so
+/// that it reaches the journal at error priority like every other error.
+pub fn exit_status(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "exiting on an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// A subscriber writing `log_format` to `writer`; `ansi` allows colours in the text format.
 pub fn subscriber<W>(
     log_format: LogFormat,
