@@ -58,7 +58,7 @@ pub struct Node {
     pub broker_connected: AtomicBool,
     /// Whether Redis answers its probes (always true without Redis).
     pub redis_connected: AtomicBool,
-    /// Bumped by each core's timer task: the watchdog pings systemd only while all move.
+    /// Bumped by each core's timer task at least every 100 ms; [`health`] watches them.
     pub core_beats: Vec<AtomicU64>,
     /// Per core: whether its beat moved within [`health::STALL_AFTER`].
     pub core_alive: Vec<AtomicBool>,
