@@ -97,14 +97,22 @@ done
 echo "== sysctl.d syntax"
 sysctl_file=$here/sysctl.d/60-edge-gateway.conf
 if grep -vE '^[[:space:]]*(#.*)?$' "$sysctl_file" \
-    | grep -vE '^[a-z0-9_.-]+ = [0-9]+( [0-9]+)*$' >&2; then
-    fail "$sysctl_file: lines above are not 'key = number...'"
+    | grep -vE '^[a-z0-9_.-]+ = [0-9]+([,-][0-9]+)*( [0-9]+)*$' >&2; then
+    fail "$sysctl_file: lines above are not 'key = number...' or 'key = port,port-port'"
 else
     grep -oE '^[a-z0-9_.-]+' "$sysctl_file" | while read -r key; do
         [ -e "/proc/sys/${key//.//}" ] || echo "note: this kernel has no $key" >&2
     done
     echo "ok: $(grep -cE '^[a-z]' "$sysctl_file") settings"
 fi
+# A widened ephemeral range must not hand RabbitMQ's listening ports to outbound sockets.
+low=$(sed -nE 's/^net\.ipv4\.ip_local_port_range = ([0-9]+) [0-9]+$/\1/p' "$sysctl_file")
+reserved=$(sed -nE 's/^net\.ipv4\.ip_local_reserved_ports = (.*)$/\1/p' "$sysctl_file")
+for port in 15672 15692 25672; do
+    if [ -n "$low" ] && [ "$port" -ge "$low" ] && ! grep -qE "(^|,)$port(,|$)" <<<"$reserved"; then
+        fail "$sysctl_file: port $port is in ip_local_port_range but not in ip_local_reserved_ports"
+    fi
+done
 
 echo "== shellcheck"
 if command -v shellcheck >/dev/null; then

@@ -1,8 +1,10 @@
 //! Command-line flags, each with an environment variable.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use telemetry::logs::LogFormat;
 
 /// How one backend worker connects and works.
 #[derive(Debug, Clone, clap::Parser)]
@@ -98,6 +100,16 @@ pub struct Config {
     /// This worker's name in RabbitMQ's connection list and in logs.
     #[arg(long, env = "BACKEND_NAME", default_value = "backend")]
     pub name: String,
+
+    /// Where to serve /metrics (Prometheus text) and /healthz; none if unset. Keep it on
+    /// loopback or a private interface: it is unauthenticated.
+    #[arg(long, env = "BACKEND_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log lines on stderr: text (coloured only on a terminal), json (one object a line),
+    /// or journald (each line prefixed with its syslog priority, for `journalctl -p`).
+    #[arg(long, env = "BACKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -224,5 +236,24 @@ mod tests {
         assert!(config.validate().is_err());
         let config = Config::parse_from(["backend", "--pg-schema", "bad;name"]);
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn log_format_and_metrics_address_are_flags() {
+        let config = Config::parse_from(["backend"]);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.metrics_listen, None);
+        let config = Config::parse_from([
+            "backend",
+            "--log-format",
+            "journald",
+            "--metrics-listen",
+            "127.0.0.1:9091",
+        ]);
+        assert_eq!(config.log_format, LogFormat::Journald);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9091".parse().expect("address"))
+        );
     }
 }

@@ -9,6 +9,7 @@
 pub mod config;
 mod db;
 mod lifecycle;
+pub mod metrics;
 mod migrate;
 mod outcome;
 mod persist;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use telemetry::logs::LogFormat;
 use wire::UserId;
 
 use crate::auth;
@@ -287,6 +288,11 @@ pub struct Config {
     /// io_uring submission queue entries per core.
     #[arg(long, env = "GATEWAY_RING_ENTRIES", default_value_t = 4096)]
     pub ring_entries: u32,
+
+    /// Log lines on stderr: text (coloured only on a terminal), json (one object a line),
+    /// or journald (each line prefixed with its syslog priority, for `journalctl -p`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 impl Config {

@@ -480,7 +480,9 @@ impl Core {
             // While this core does not read, a client's silence is ours: its pings and
             // pongs wait unread. Its silence counts from when reading resumes.
             let not_reading = self.is_backpressured();
+            let mut deepest = 0;
             for outbox in self.sessions.borrow().values() {
+                deepest = deepest.max(outbox.len());
                 if outbox.close_requested().is_some() {
                     outbox.abort_if_stuck(now, CLOSE_GRACE);
                     continue;
@@ -502,6 +504,7 @@ impl Core {
                     outbox.push(Outgoing::Own(ping.clone()), &self.metrics);
                 }
             }
+            self.metrics.end_sweep_window(deepest);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! ([`router`]).
 
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod core;
 pub mod engine;
 pub mod handshake;
 pub mod ip_limit;
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 pub mod node;

@@ -1,10 +1,10 @@
 //! The process's life as systemd sees it: READY once every core accepts, WATCHDOG pings
-//! while the cores answer, STOPPING when a signal starts the graceful shutdown.
+//! while the cores answer, RELOADING and READY around a reload (SIGHUP), STOPPING when
+//! SIGTERM or SIGINT starts the graceful shutdown.
 
 use anyhow::{Context, Result};
 use sd_notify::NotifyState;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -16,6 +16,11 @@ pub fn notify_ready() {
         NotifyState::Ready,
         NotifyState::Status("accepting connections"),
     ]);
+}
+
+/// Tells systemd a reload has begun; [`notify_ready`] ends it.
+pub fn notify_reloading() {
+    notify(&[NotifyState::Reloading, NotifyState::Status("reloading")]);
 }
 
 /// Tells systemd the gateway is stopping.
@@ -32,9 +37,10 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Pings systemd's watchdog at half its interval, when WatchdogSec is set, while the node
-/// is ready and every core's timer task has run since the last ping: a core stuck in a
-/// loop, or one whose thread ended, stops the pings and systemd restarts the process.
+/// Pings systemd's watchdog at half its interval, when WatchdogSec is set, while every core
+/// has started, none has stalled ([`Node::cores_answer`]) and no shutdown is under way: a
+/// core stuck in a loop, or one whose thread ended, stops the pings and systemd restarts
+/// the process. A lost broker or Redis does not: a restart would not bring them back.
 pub fn spawn_watchdog(node: Arc<Node>) -> Result<()> {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return Ok(());
@@ -43,35 +49,46 @@ pub fn spawn_watchdog(node: Arc<Node>) -> Result<()> {
     std::thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
-            let mut last: Vec<u64> = node
-                .core_beats
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect();
-            loop {
-                std::thread::sleep(period);
-                let now: Vec<u64> = node
-                    .core_beats
-                    .iter()
-                    .map(|b| b.load(Ordering::Relaxed))
-                    .collect();
-                let all_alive = now.iter().zip(&last).all(|(now, before)| now != before);
-                if node.is_ready() && all_alive {
+            while !node.stopping.load(Ordering::Acquire) {
+                if node.cores_answer() {
                     notify(&[NotifyState::Watchdog]);
-                } else if node.is_ready() {
-                    tracing::error!(
-                        "a core has stopped running its timer; withholding the watchdog ping"
-                    );
+                } else {
+                    tracing::error!("a core does not answer; withholding the watchdog ping");
                 }
-                last = now;
+                std::thread::sleep(period);
             }
         })
         .context("spawning the watchdog thread")?;
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT.
-pub fn wait_for_signal() -> Result<i32> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    Ok(signals.forever().next().unwrap_or(SIGTERM))
+/// What a signal asks of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// SIGHUP: read again what can change without a restart.
+    Reload,
+    /// SIGTERM or SIGINT (the signal's number): stop gracefully.
+    Stop(i32),
+}
+
+/// The signals the gateway handles. Installed first thing, so that a SIGHUP, which would
+/// otherwise end the process, only ever asks for a reload.
+pub struct Signals(signal_hook::iterator::Signals);
+
+impl Signals {
+    /// Catches SIGTERM, SIGINT and SIGHUP from now on.
+    pub fn install() -> Result<Signals> {
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map(Signals)
+            .context("installing signal handlers")
+    }
+
+    /// Blocks until the next signal.
+    pub fn wait(&mut self) -> Request {
+        match self.0.forever().next() {
+            Some(SIGHUP) => Request::Reload,
+            Some(signal) => Request::Stop(signal),
+            None => Request::Stop(SIGTERM),
+        }
+    }
 }

@@ -1,52 +1,90 @@
-//! The `gateway` binary: flags, logs, start, and the graceful stop on SIGTERM/SIGINT; or,
-//! with `gateway token`, a development token printed on stdout.
+//! The `gateway` binary: flags, logs, start, reloads on SIGHUP, and the graceful stop on
+//! SIGTERM/SIGINT; or, with `gateway token`, a development token printed on stdout.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use gateway::config::{Cli, Command};
-use gateway::{Config, Gateway, lifecycle};
-use tracing_subscriber::EnvFilter;
+use gateway::lifecycle::{self, Request, Signals};
+use gateway::{Config, Gateway};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<()> {
+/// Exit status when the shutdown deadline passed with a core or the bridge still running.
+const FORCED_EXIT: i32 = 1;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Token(args)) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .context("the clock is before 1970")?
-                .as_secs();
-            println!("{}", args.mint(now)?);
-            Ok(())
+        Some(Command::Token(args)) => match mint(&args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("{error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let config = cli.config;
+            if let Err(error) = telemetry::logs::init(config.log_format) {
+                eprintln!("{error:#}");
+                return ExitCode::FAILURE;
+            }
+            telemetry::logs::exit_status(run(config))
         }
-        None => serve(cli.config),
     }
 }
 
-fn serve(config: Config) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let deadline = config.shutdown_deadline;
+fn mint(args: &gateway::config::TokenArgs) -> Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    args.mint(now)
+}
+
+fn run(config: Config) -> Result<()> {
+    let mut signals = Signals::install()?;
     let gateway = Gateway::start(config)?;
     tracing::info!(listen = %gateway.local_addr(), admin = %gateway.admin_addr(), "gateway ready");
     lifecycle::notify_ready();
     lifecycle::spawn_watchdog(gateway.node().clone())?;
-    let signal = lifecycle::wait_for_signal()?;
-    tracing::info!(signal, ?deadline, "shutting down");
+    let signal = loop {
+        match signals.wait() {
+            Request::Reload => {
+                tracing::info!("SIGHUP: reloading");
+                lifecycle::notify_reloading();
+                if let Err(error) = gateway.reload() {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "reload failed; keeping what was loaded"
+                    );
+                }
+                lifecycle::notify_ready();
+            }
+            Request::Stop(signal) => break signal,
+        }
+    };
+    tracing::info!(signal, deadline = ?gateway.node().config.shutdown_deadline, "shutting down");
     lifecycle::notify_stopping();
     gateway.begin_shutdown();
-    // Past the deadline the process exits whatever the cores are doing.
+    // Past the deadline the process exits whatever the cores are doing, and says it failed:
+    // a core that did not stop in time is a fault the service manager should record.
+    let deadline = gateway.node().stop_deadline();
     std::thread::spawn(move || {
-        std::thread::sleep(deadline + std::time::Duration::from_secs(1));
-        tracing::warn!("shutdown deadline passed; exiting");
-        std::process::exit(0);
+        std::thread::sleep(
+            deadline.saturating_duration_since(std::time::Instant::now()) + Duration::from_secs(1),
+        );
+        tracing::error!(
+            status = FORCED_EXIT,
+            "the shutdown deadline passed with a core or the bridge still running; exiting"
+        );
+        std::process::exit(FORCED_EXIT);
     });
     gateway.join();
     tracing::info!("stopped");

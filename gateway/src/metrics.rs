@@ -1,14 +1,20 @@
 //! Counters each core owns and the admin port reads. A core writes only its own
 //! `CoreMetrics` (relaxed atomics on a cache line nobody else writes), so counting costs no
-//! lock and no contention; a scrape sums the cores.
+//! lock and no contention; at each scrape [`NodeMetrics`] describes them, summed over the
+//! cores where a per-core series would say nothing more, to `prometheus-client`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wire::{ClientKind, ErrorCode, ServerKind};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use telemetry::metrics::{counter, counters, gauge, gauges, histogram};
+use wire::{ClientKind, CloseCode, ErrorCode, ServerKind};
+
+use crate::config::EngineKind;
+use crate::node::Node;
 
 /// Upper bounds of the delivery latency buckets, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 14] = [
@@ -18,6 +24,23 @@ const LATENCY_BUCKETS_US: [u64; 14] = [
 
 /// Frame kinds fit in a byte; a table of 16 covers every kind with room to grow.
 const KINDS: usize = 16;
+
+/// Close codes counted under their own label: the gateway's, and 1006 for a connection
+/// that ended without a close frame. A client may close with any code it likes, so every
+/// other code is counted as `other`: label values must not be the client's to choose.
+const CLOSE_CODES: [u16; 11] = [
+    CloseCode::NORMAL.0,
+    CloseCode::GOING_AWAY.0,
+    CloseCode::PROTOCOL_ERROR.0,
+    1006,
+    CloseCode::INVALID_PAYLOAD.0,
+    CloseCode::POLICY_VIOLATION.0,
+    CloseCode::MESSAGE_TOO_BIG.0,
+    CloseCode::INTERNAL_ERROR.0,
+    CloseCode::SLOW_CONSUMER.0,
+    CloseCode::IDLE_TIMEOUT.0,
+    CloseCode::TOKEN_EXPIRED.0,
+];
 
 /// A Prometheus histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -46,10 +69,10 @@ pub struct CoreMetrics {
     pub connections: AtomicI64,
     /// Sessions ever opened.
     pub connections_total: AtomicU64,
-    /// Upgrades refused, by reason label.
+    /// Upgrades refused, by reason label (the gateway's own names, so a bounded set).
     pub refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// Sessions closed, by close code.
-    pub closes: Mutex<BTreeMap<u16, u64>>,
+    /// Sessions closed, by index into [`CLOSE_CODES`]; the last counts every other code.
+    closes: [AtomicU64; CLOSE_CODES.len() + 1],
     /// Client frames by kind byte.
     pub frames_in: [AtomicU64; KINDS],
     /// Server frames by kind byte.
@@ -64,8 +87,11 @@ pub struct CoreMetrics {
     pub slow_consumer_closes: AtomicU64,
     /// Frames waiting in the outbound queues of this core's sessions.
     pub outbound_queued: AtomicI64,
-    /// Deepest outbound queue seen on this core.
-    pub outbound_high_water: AtomicU64,
+    /// Deepest outbound queue a push has made since the last sweep.
+    outbound_peak: AtomicU64,
+    /// Deepest outbound queue of the last sweep window: what was left in any queue at the
+    /// sweep, or what a push reached since the one before. It goes down as queues drain.
+    outbound_deepest: AtomicU64,
     /// Messages that waited because another core's mailbox was full.
     pub mailbox_full: AtomicU64,
     /// From the moment a frame was read to the moment its delivery was written.
@@ -75,12 +101,21 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// Counts a refused upgrade.
     pub fn refuse(&self, reason: &'static str) {
-        bump(&self.refused, reason);
+        // The lock is per core and only a scrape contends for it; a poisoned map still counts.
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *refused.entry(reason).or_insert(0) += 1;
     }
 
     /// Counts a closed session.
     pub fn close(&self, code: u16) {
-        bump(&self.closes, code);
+        let slot = CLOSE_CODES
+            .iter()
+            .position(|&known| known == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.closes[slot].fetch_add(1, Relaxed);
     }
 
     /// Counts an error frame.
@@ -104,273 +139,244 @@ impl CoreMetrics {
     /// Notes an outbound queue's depth after a push.
     pub fn queue_depth(&self, depth: usize) {
         self.outbound_queued.fetch_add(1, Relaxed);
-        self.outbound_high_water.fetch_max(depth as u64, Relaxed);
+        self.outbound_peak.fetch_max(depth as u64, Relaxed);
+    }
+
+    /// Ends a sweep window in which the deepest queue left at the sweep was `deepest_now`.
+    pub fn end_sweep_window(&self, deepest_now: usize) {
+        let peak = self.outbound_peak.swap(0, Relaxed);
+        self.outbound_deepest
+            .store(peak.max(deepest_now as u64), Relaxed);
     }
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    // The lock is per core and only a scrape contends for it; a poisoned map still counts.
-    let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *map.entry(key).or_insert(0) += 1;
-}
+/// The node's metrics as the admin port exports them.
+#[derive(Debug)]
+pub struct NodeMetrics(pub Arc<Node>);
 
-fn sum(cores: &[std::sync::Arc<CoreMetrics>], f: impl Fn(&CoreMetrics) -> u64) -> u64 {
-    cores.iter().map(|c| f(c)).sum()
-}
+impl Collector for NodeMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let node = &self.0;
+        let cores = &node.metrics;
+        let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+        let e = &mut encoder;
 
-fn merged<K: Ord + Copy>(
-    cores: &[std::sync::Arc<CoreMetrics>],
-    f: impl Fn(&CoreMetrics) -> &Mutex<BTreeMap<K, u64>>,
-) -> BTreeMap<K, u64> {
-    let mut out = BTreeMap::new();
-    for core in cores {
-        let map = f(core)
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (&k, &v) in map.iter() {
-            *out.entry(k).or_insert(0) += v;
+        gauge(
+            e,
+            "gateway_ready",
+            "1 while /readyz answers 200.",
+            u64::from(node.is_ready()),
+        )?;
+        gauges(
+            e,
+            "gateway_core_up",
+            "1 while the core's timer runs; 0 for a core stalled for a second or more.",
+            (0..cores.len()).map(|i| ([("core", i)], u64::from(node.core_answers(i)))),
+        )?;
+        if node.config.engine == EngineKind::Amqp {
+            gauge(
+                e,
+                "gateway_broker_connected",
+                "1 while the broker connection is up.",
+                u64::from(
+                    node.broker_connected
+                        .load(std::sync::atomic::Ordering::Acquire),
+                ),
+            )?;
+            gauge(
+                e,
+                "gateway_broker_paused",
+                "1 while sessions stop reading: the broker is behind on its confirms or unreachable.",
+                u64::from(
+                    node.broker_paused
+                        .load(std::sync::atomic::Ordering::Acquire),
+                ),
+            )?;
+            gauge(
+                e,
+                "gateway_redis_connected",
+                "1 while Redis answers the registry's probes.",
+                u64::from(
+                    node.redis_connected
+                        .load(std::sync::atomic::Ordering::Acquire),
+                ),
+            )?;
         }
+
+        gauges(
+            e,
+            "gateway_connections",
+            "Open WebSocket sessions, per core (sum them for the node).",
+            cores
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ([("core", i)], c.connections.load(Relaxed))),
+        )?;
+        counter(
+            e,
+            "gateway_connections_opened",
+            "Sessions ever opened.",
+            sum(&|c| c.connections_total.load(Relaxed)),
+        )?;
+        let mut refused: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for core in cores {
+            let map = core
+                .refused
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (&reason, &n) in map.iter() {
+                *refused.entry(reason).or_insert(0) += n;
+            }
+        }
+        counters(
+            e,
+            "gateway_handshakes_refused",
+            "Upgrades refused, by reason.",
+            refused
+                .into_iter()
+                .map(|(reason, n)| ([("reason", reason)], n)),
+        )?;
+        let close_labels = CLOSE_CODES
+            .iter()
+            .map(u16::to_string)
+            .chain(["other".to_owned()]);
+        counters(
+            e,
+            "gateway_closes",
+            "Sessions closed, by WebSocket close code (codes the gateway does not use: other).",
+            close_labels
+                .enumerate()
+                .map(|(i, code)| ([("code", code)], sum(&|c| c.closes[i].load(Relaxed)))),
+        )?;
+        counters(
+            e,
+            "gateway_frames_in",
+            "Client frames, by kind.",
+            ClientKind::ALL.iter().map(|&kind| {
+                let n = sum(&|c| c.frames_in[kind as usize % KINDS].load(Relaxed));
+                ([("kind", kind.name())], n)
+            }),
+        )?;
+        counters(
+            e,
+            "gateway_frames_out",
+            "Server frames queued to sessions, by kind.",
+            ServerKind::ALL.iter().map(|&kind| {
+                let n = sum(&|c| c.frames_out[kind as usize % KINDS].load(Relaxed));
+                ([("kind", kind.name())], n)
+            }),
+        )?;
+        counters(
+            e,
+            "gateway_errors",
+            "Error frames sent, by code.",
+            ErrorCode::ALL.iter().enumerate().map(|(i, code)| {
+                let labels = [
+                    ("code", code.as_u16().to_string()),
+                    ("name", code.name().to_owned()),
+                ];
+                (labels, sum(&|c| c.errors[i].load(Relaxed)))
+            }),
+        )?;
+        counter(
+            e,
+            "gateway_bytes_in",
+            "WebSocket payload bytes read.",
+            sum(&|c| c.bytes_in.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "gateway_bytes_out",
+            "Bytes written to sockets.",
+            sum(&|c| c.bytes_out.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "gateway_slow_consumer_closes",
+            "Sessions closed because their outbound queue filled.",
+            sum(&|c| c.slow_consumer_closes.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "gateway_outbound_queue_frames",
+            "Frames waiting in outbound queues.",
+            cores
+                .iter()
+                .map(|c| c.outbound_queued.load(Relaxed))
+                .sum::<i64>(),
+        )?;
+        gauge(
+            e,
+            "gateway_outbound_queue_max_frames",
+            "Deepest outbound queue of any session over the last second.",
+            cores
+                .iter()
+                .map(|c| c.outbound_deepest.load(Relaxed))
+                .max()
+                .unwrap_or(0),
+        )?;
+        counter(
+            e,
+            "gateway_mailbox_full",
+            "Cross-core messages that waited for a full mailbox.",
+            sum(&|c| c.mailbox_full.load(Relaxed)),
+        )?;
+        let bounds: Vec<f64> = LATENCY_BUCKETS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .collect();
+        let counts: Vec<u64> = (0..=LATENCY_BUCKETS_US.len())
+            .map(|i| sum(&|c| c.delivery_latency.buckets[i].load(Relaxed)))
+            .collect();
+        histogram(
+            e,
+            "gateway_delivery_latency_seconds",
+            "Frame read to delivery written.",
+            &bounds,
+            &counts,
+            sum(&|c| c.delivery_latency.sum_us.load(Relaxed)) as f64 / 1e6,
+        )
     }
-    out
-}
-
-/// Renders every core's counters in the Prometheus text format.
-pub fn render(cores: &[std::sync::Arc<CoreMetrics>]) -> String {
-    let mut out = String::with_capacity(4096);
-    let gauge_i = |f: &dyn Fn(&CoreMetrics) -> i64| cores.iter().map(|c| f(c)).sum::<i64>();
-
-    metric(
-        &mut out,
-        "gateway_connections",
-        "gauge",
-        "Open WebSocket sessions.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_connections {}",
-        gauge_i(&|c| c.connections.load(Relaxed))
-    );
-    for (i, core) in cores.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "gateway_connections{{core=\"{i}\"}} {}",
-            core.connections.load(Relaxed)
-        );
-    }
-
-    metric(
-        &mut out,
-        "gateway_connections_total",
-        "counter",
-        "Sessions ever opened.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_connections_total {}",
-        sum(cores, |c| c.connections_total.load(Relaxed))
-    );
-
-    metric(
-        &mut out,
-        "gateway_handshakes_refused_total",
-        "counter",
-        "Upgrades refused, by reason.",
-    );
-    for (reason, n) in merged(cores, |c| &c.refused) {
-        let _ = writeln!(
-            out,
-            "gateway_handshakes_refused_total{{reason=\"{reason}\"}} {n}"
-        );
-    }
-
-    metric(
-        &mut out,
-        "gateway_closes_total",
-        "counter",
-        "Sessions closed, by WebSocket close code.",
-    );
-    for (code, n) in merged(cores, |c| &c.closes) {
-        let _ = writeln!(out, "gateway_closes_total{{code=\"{code}\"}} {n}");
-    }
-
-    metric(
-        &mut out,
-        "gateway_frames_in_total",
-        "counter",
-        "Client frames, by kind.",
-    );
-    for &kind in ClientKind::ALL {
-        let n = sum(cores, |c| c.frames_in[kind as usize % KINDS].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "gateway_frames_in_total{{kind=\"{}\"}} {n}",
-            kind.name()
-        );
-    }
-
-    metric(
-        &mut out,
-        "gateway_frames_out_total",
-        "counter",
-        "Server frames queued to sessions, by kind.",
-    );
-    for &kind in ServerKind::ALL {
-        let n = sum(cores, |c| c.frames_out[kind as usize % KINDS].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "gateway_frames_out_total{{kind=\"{}\"}} {n}",
-            kind.name()
-        );
-    }
-
-    metric(
-        &mut out,
-        "gateway_errors_total",
-        "counter",
-        "Error frames sent, by code.",
-    );
-    for (i, code) in ErrorCode::ALL.iter().enumerate() {
-        let n = sum(cores, |c| c.errors[i].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "gateway_errors_total{{code=\"{}\",name=\"{}\"}} {n}",
-            code.as_u16(),
-            code.name()
-        );
-    }
-
-    metric(
-        &mut out,
-        "gateway_bytes_in_total",
-        "counter",
-        "WebSocket payload bytes read.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_bytes_in_total {}",
-        sum(cores, |c| c.bytes_in.load(Relaxed))
-    );
-    metric(
-        &mut out,
-        "gateway_bytes_out_total",
-        "counter",
-        "Bytes written to sockets.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_bytes_out_total {}",
-        sum(cores, |c| c.bytes_out.load(Relaxed))
-    );
-
-    metric(
-        &mut out,
-        "gateway_slow_consumer_closes_total",
-        "counter",
-        "Sessions closed because their outbound queue filled.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_slow_consumer_closes_total {}",
-        sum(cores, |c| c.slow_consumer_closes.load(Relaxed))
-    );
-
-    metric(
-        &mut out,
-        "gateway_outbound_queue_frames",
-        "gauge",
-        "Frames waiting in outbound queues.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_outbound_queue_frames {}",
-        gauge_i(&|c| c.outbound_queued.load(Relaxed))
-    );
-    metric(
-        &mut out,
-        "gateway_outbound_queue_high_water",
-        "gauge",
-        "Deepest outbound queue seen.",
-    );
-    let high = cores
-        .iter()
-        .map(|c| c.outbound_high_water.load(Relaxed))
-        .max()
-        .unwrap_or(0);
-    let _ = writeln!(out, "gateway_outbound_queue_high_water {high}");
-
-    metric(
-        &mut out,
-        "gateway_mailbox_full_total",
-        "counter",
-        "Cross-core messages that waited for a full mailbox.",
-    );
-    let _ = writeln!(
-        out,
-        "gateway_mailbox_full_total {}",
-        sum(cores, |c| c.mailbox_full.load(Relaxed))
-    );
-
-    metric(
-        &mut out,
-        "gateway_delivery_latency_seconds",
-        "histogram",
-        "Frame read to delivery written.",
-    );
-    let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += sum(cores, |c| c.delivery_latency.buckets[i].load(Relaxed));
-        let _ = writeln!(
-            out,
-            "gateway_delivery_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    cumulative += sum(cores, |c| {
-        c.delivery_latency.buckets[LATENCY_BUCKETS_US.len()].load(Relaxed)
-    });
-    let _ = writeln!(
-        out,
-        "gateway_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let sum_us = sum(cores, |c| c.delivery_latency.sum_us.load(Relaxed));
-    let _ = writeln!(
-        out,
-        "gateway_delivery_latency_seconds_sum {}",
-        sum_us as f64 / 1e6
-    );
-    let _ = writeln!(out, "gateway_delivery_latency_seconds_count {cumulative}");
-    out
-}
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
-    fn render_sums_cores_and_keeps_histogram_cumulative() {
-        let cores = vec![
-            Arc::new(CoreMetrics::default()),
-            Arc::new(CoreMetrics::default()),
-        ];
-        cores[0].connections.fetch_add(3, Relaxed);
-        cores[1].connections.fetch_add(2, Relaxed);
-        cores[0].refuse("expired");
-        cores[1].refuse("expired");
-        cores[1].error(ErrorCode::NotMember);
-        cores[0].delivery_latency.observe(Duration::from_micros(80));
-        cores[1].delivery_latency.observe(Duration::from_millis(3));
-        let text = render(&cores);
-        assert!(text.contains("gateway_connections 5\n"), "{text}");
-        assert!(text.contains("gateway_handshakes_refused_total{reason=\"expired\"} 2\n"));
-        assert!(text.contains("gateway_errors_total{code=\"4030\",name=\"not_member\"} 1\n"));
-        assert!(text.contains("gateway_delivery_latency_seconds_bucket{le=\"0.0001\"} 1\n"));
-        assert!(text.contains("gateway_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(text.contains("gateway_delivery_latency_seconds_count 2\n"));
+    fn close_codes_are_a_bounded_label_set() {
+        let core = CoreMetrics::default();
+        core.close(1000);
+        core.close(4001);
+        core.close(3999);
+        core.close(65535);
+        let counted = |code| {
+            let slot = CLOSE_CODES.iter().position(|&c| c == code);
+            core.closes[slot.unwrap_or(CLOSE_CODES.len())].load(Relaxed)
+        };
+        assert_eq!(counted(1000), 1);
+        assert_eq!(counted(4001), 1);
+        assert_eq!(counted(0), 2, "client-chosen codes share one label");
+    }
+
+    #[test]
+    fn the_deepest_queue_gauge_goes_down_when_queues_drain() {
+        let core = CoreMetrics::default();
+        core.queue_depth(1);
+        core.queue_depth(40);
+        core.end_sweep_window(3);
+        assert_eq!(
+            core.outbound_deepest.load(Relaxed),
+            40,
+            "the peak since the last sweep"
+        );
+        core.end_sweep_window(3);
+        assert_eq!(
+            core.outbound_deepest.load(Relaxed),
+            3,
+            "what is left at the sweep"
+        );
+        core.end_sweep_window(0);
+        assert_eq!(core.outbound_deepest.load(Relaxed), 0);
     }
 }

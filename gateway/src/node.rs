@@ -4,8 +4,8 @@
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::ip_limit::IpConnectionLimit;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
-use crate::{admin, connection, tls};
+use crate::{admin, affinity, connection, health, tls};
 
 /// Messages a core's mailbox holds before senders park theirs and pause reading.
 const MAILBOX_CAPACITY: usize = 64 * 1024;
@@ -47,6 +47,8 @@ pub struct Node {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `--connections-per-ip-per-minute`, counted across every core.
     pub ip_limit: Option<IpConnectionLimit>,
+    /// The certificate the TLS acceptor presents, replaced by a reload.
+    pub certificates: Option<Arc<tls::Certificates>>,
     /// One mailbox per core.
     pub mailboxes: Vec<Mailbox>,
     /// One set of counters per core.
@@ -64,8 +66,14 @@ pub struct Node {
     broker_down_since_us: AtomicU64,
     /// The zero of `broker_down_since_us`.
     epoch: Instant,
-    /// Bumped by each core's timer task: the watchdog pings systemd only while all move.
+    /// Whether Redis answers its probes (always true without Redis).
+    pub redis_connected: AtomicBool,
+    /// Bumped by each core's timer task at least every 100 ms; [`health`] watches them.
     pub core_beats: Vec<AtomicU64>,
+    /// Per core: whether its beat moved within [`health::STALL_AFTER`].
+    pub core_alive: Vec<AtomicBool>,
+    /// When the graceful stop must be over; set when it begins.
+    stop_deadline: OnceLock<Instant>,
 }
 
 impl std::fmt::Debug for Node {
@@ -100,10 +108,57 @@ impl Node {
         since != 0 && self.epoch.elapsed().as_micros() as u64 + 1 - since > BROKER_GRACE_US
     }
 
-    /// Whether every core accepts and shutdown has not begun.
+    /// Whether the node should get new clients: see [`Node::not_ready_because`].
     pub fn is_ready(&self) -> bool {
+        self.not_ready_because().is_empty()
+    }
+
+    /// Why the node should get no new clients: a core has not started or has stalled,
+    /// shutdown has begun, or a dependency of the engine (broker, Redis) is lost. Empty
+    /// when ready.
+    pub fn not_ready_because(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let started = self.cores_ready.load(Ordering::Acquire);
+        if started < self.mailboxes.len() {
+            reasons.push(format!(
+                "{started} of {} cores started",
+                self.mailboxes.len()
+            ));
+        }
+        if self.stopping.load(Ordering::Acquire) {
+            reasons.push("shutting down".to_owned());
+        }
+        reasons.extend(
+            (0..self.core_alive.len())
+                .filter(|&core| !self.core_answers(core))
+                .map(|core| format!("core {core} stalled")),
+        );
+        if !self.broker_connected.load(Ordering::Acquire) {
+            reasons.push("broker disconnected".to_owned());
+        }
+        if !self.redis_connected.load(Ordering::Acquire) {
+            reasons.push("Redis unreachable".to_owned());
+        }
+        reasons
+    }
+
+    /// Whether core `core`'s timer ran within [`health::STALL_AFTER`].
+    pub fn core_answers(&self, core: usize) -> bool {
+        self.core_alive[core].load(Ordering::Acquire)
+    }
+
+    /// Whether every core has started and none has stalled: what systemd's watchdog needs,
+    /// whatever the broker and Redis do.
+    pub fn cores_answer(&self) -> bool {
         self.cores_ready.load(Ordering::Acquire) == self.mailboxes.len()
-            && !self.stopping.load(Ordering::Acquire)
+            && (0..self.core_alive.len()).all(|core| self.core_answers(core))
+    }
+
+    /// When the graceful stop must be over: fixed when the stop begins.
+    pub fn stop_deadline(&self) -> Instant {
+        *self
+            .stop_deadline
+            .get_or_init(|| Instant::now() + self.config.shutdown_deadline)
     }
 }
 
@@ -142,16 +197,23 @@ impl Gateway {
             }
         }
         .with_max_lifetime(config.jwt_max_lifetime);
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
-            _ => None,
+        let (tls, certificates) = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let certificates = Arc::new(tls::Certificates::load(cert, key)?);
+                (
+                    Some(tls::acceptor(certificates.clone())?),
+                    Some(certificates),
+                )
+            }
+            _ => (None, None),
         };
         let cores = config.core_count();
         let listeners = match inherited_listeners(cores)? {
             Some(listeners) => listeners,
             None => bind_listeners(config.listen, cores)?,
         };
-        let local_addr = listeners[0].local_addr()?;
+        let local_addr = listeners[0][0].local_addr()?;
+        let cpus = affinity::plan(cores);
         let admin = StdListener::bind(config.admin_listen)
             .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
         let admin_addr = admin.local_addr()?;
@@ -164,6 +226,7 @@ impl Gateway {
             config,
             verifier,
             tls,
+            certificates,
             cores_ready: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             // Without a broker there is nothing to wait for; the bridge clears these.
@@ -171,7 +234,10 @@ impl Gateway {
             broker_connected: AtomicBool::new(true),
             broker_down_since_us: AtomicU64::new(0),
             epoch: Instant::now(),
+            redis_connected: AtomicBool::new(true),
             core_beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+            core_alive: (0..cores).map(|_| AtomicBool::new(true)).collect(),
+            stop_deadline: OnceLock::new(),
         });
         let bridge = match node.config.engine {
             EngineKind::Memory => None,
@@ -179,6 +245,7 @@ impl Gateway {
                 node.broker_paused.store(true, Ordering::Release);
                 node.broker_connected.store(false, Ordering::Release);
                 node.note_broker_down();
+                node.redis_connected.store(false, Ordering::Release);
                 Some(Bridge::spawn(bridge_settings(&node.config), node.clone())?)
             }
         };
@@ -195,13 +262,14 @@ impl Gateway {
             }
         }
         let mut handles = Vec::with_capacity(cores);
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, (listeners, cpu)) in listeners.into_iter().zip(cpus).enumerate() {
             let node = node.clone();
             let bridge = bridge.as_ref().map(|b| b.inbox.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("core-{index}"))
                 .spawn(move || {
-                    if let Err(error) = run_core(index, node, listener, bridge) {
+                    affinity::pin_current_thread(index, cpu);
+                    if let Err(error) = run_core(index, node, listeners, bridge) {
                         tracing::error!(core = index, error = format!("{error:#}"), "core stopped");
                     }
                 })
@@ -215,6 +283,7 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        health::spawn_core_monitor(node.clone())?;
         Ok(Gateway {
             node,
             local_addr,
@@ -239,8 +308,10 @@ impl Gateway {
         &self.node
     }
 
-    /// Begins the graceful shutdown: stop accepting, close sessions with 1001, flush.
+    /// Begins the graceful shutdown: stop accepting, close sessions with 1001, flush, all
+    /// by [`Node::stop_deadline`].
     pub fn begin_shutdown(&self) {
+        self.node.stop_deadline();
         self.node.stopping.store(true, Ordering::Release);
         for mailbox in &self.node.mailboxes {
             // A full mailbox still gets the message: retry until it fits.
@@ -253,21 +324,43 @@ impl Gateway {
     }
 
     /// Waits for every core to finish (after [`Gateway::begin_shutdown`]), then for the
-    /// bridge to publish what the sessions left and clear this node from the registry.
+    /// bridge to publish what the sessions left and clear this node from the registry, by
+    /// the same deadline as the cores.
     pub fn join(self) {
         for handle in self.cores {
             let _ = handle.join();
         }
         if let Some(bridge) = self.bridge {
-            bridge.finish(Instant::now() + self.node.config.shutdown_deadline);
+            bridge.finish(self.node.stop_deadline());
         }
+    }
+
+    /// Replaces what can change without a restart: the TLS certificate and key, read again
+    /// from their files. What else the configuration says needs a restart, which refuses
+    /// no connection under socket activation.
+    pub fn reload(&self) -> Result<()> {
+        match (
+            &self.node.certificates,
+            &self.node.config.tls_cert,
+            &self.node.config.tls_key,
+        ) {
+            (Some(certificates), Some(cert), Some(key)) => {
+                certificates.reload(cert, key)?;
+                tracing::info!(cert = %cert.display(), "reloaded the TLS certificate");
+            }
+            _ => {
+                tracing::info!("reload: nothing to reload (no TLS); other settings need a restart")
+            }
+        }
+        Ok(())
     }
 }
 
-/// The listening sockets systemd passed (socket activation), one per core: with one socket,
-/// every core accepts on a duplicate of it. The socket outlives the process, so a restart
-/// queues new connections in its backlog instead of refusing them.
-fn inherited_listeners(cores: usize) -> Result<Option<Vec<StdListener>>> {
+/// The listening sockets systemd passed (socket activation), every one to every core: each
+/// core accepts on a duplicate of each socket, so every socket is served as long as any
+/// core runs, and the cores share each socket's accept queue. The sockets outlive the
+/// process, so a restart queues new connections in their backlogs instead of refusing them.
+fn inherited_listeners(cores: usize) -> Result<Option<Vec<Vec<StdListener>>>> {
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
         return Ok(None);
@@ -278,6 +371,7 @@ fn inherited_listeners(cores: usize) -> Result<Option<Vec<StdListener>>> {
             .take_tcp_listener(index)
             .context("taking a socket passed by systemd")?
         {
+            listener.set_nonblocking(true)?;
             inherited.push(listener);
         }
     }
@@ -286,19 +380,24 @@ fn inherited_listeners(cores: usize) -> Result<Option<Vec<StdListener>>> {
         "systemd passed no TCP listening socket"
     );
     let mut listeners = Vec::with_capacity(cores);
-    for core in 0..cores {
-        let listener = inherited[core % inherited.len()]
-            .try_clone()
-            .context("duplicating a passed socket")?;
-        listener.set_nonblocking(true)?;
-        listeners.push(listener);
+    for _ in 0..cores {
+        let duplicates = inherited
+            .iter()
+            .map(|socket| socket.try_clone().context("duplicating a passed socket"))
+            .collect::<Result<Vec<_>>>()?;
+        listeners.push(duplicates);
     }
-    tracing::info!(sockets = inherited.len(), addr = %listeners[0].local_addr()?, "using sockets passed by systemd");
+    let addrs = inherited
+        .iter()
+        .map(|socket| socket.local_addr().map(|addr| addr.to_string()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    tracing::info!(sockets = ?addrs, "using sockets passed by systemd, on every core");
     Ok(Some(listeners))
 }
 
-fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<StdListener>> {
-    let mut listeners: Vec<StdListener> = Vec::with_capacity(cores);
+/// One SO_REUSEPORT listener per core on `addr`: the kernel spreads connections over them.
+fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<Vec<StdListener>>> {
+    let mut listeners: Vec<Vec<StdListener>> = Vec::with_capacity(cores);
     let mut addr = addr;
     for _ in 0..cores {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -312,7 +411,7 @@ fn bind_listeners(addr: SocketAddr, cores: usize) -> Result<Vec<StdListener>> {
         let listener: StdListener = socket.into();
         // Port 0 picks a port once; the other cores join it.
         addr = listener.local_addr()?;
-        listeners.push(listener);
+        listeners.push(vec![listener]);
     }
     Ok(listeners)
 }
@@ -337,14 +436,10 @@ fn bridge_settings(config: &Config) -> BridgeSettings {
 fn run_core(
     index: usize,
     node: Arc<Node>,
-    listener: StdListener,
+    listeners: Vec<StdListener>,
     bridge: Option<Arc<BridgeInbox>>,
 ) -> Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Err(error) = monoio::utils::bind_to_cpu_set([index % cpus]) {
-        tracing::warn!(core = index, ?error, "could not pin the core thread");
-    }
-    let serve = serve_core(index, node.clone(), listener, bridge);
+    let serve = serve_core(index, node.clone(), listeners, bridge);
     match node.config.io_driver {
         IoDriver::IoUring => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .with_entries(node.config.ring_entries)
@@ -364,10 +459,13 @@ fn run_core(
 async fn serve_core(
     index: usize,
     node: Arc<Node>,
-    listener: StdListener,
+    listeners: Vec<StdListener>,
     bridge: Option<Arc<BridgeInbox>>,
 ) -> Result<()> {
-    let listener = TcpListener::from_std(listener).context("registering the listener")?;
+    let listeners = listeners
+        .into_iter()
+        .map(|listener| TcpListener::from_std(listener).context("registering a listener"))
+        .collect::<Result<Vec<_>>>()?;
     let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
         (EngineKind::Amqp, Some(bridge)) => {
             let topology = Topology {
@@ -391,15 +489,21 @@ async fn serve_core(
     monoio::spawn(core.clone().housekeeping());
     monoio::spawn(core.clone().sweep_idle());
     node.cores_ready.fetch_add(1, Ordering::AcqRel);
-    accept_loop(&core, listener).await;
+    futures_util::future::join_all(
+        listeners
+            .into_iter()
+            .map(|listener| accept_loop(&core, listener)),
+    )
+    .await;
     tracing::info!(core = index, "stopped accepting");
-    let deadline = Instant::now() + node.config.shutdown_deadline;
+    let deadline = node.stop_deadline();
     while !core.is_idle() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
 
+/// Accepts on one listener until the core stops.
 async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
     // Stopping must not drop an accept the kernel already completed: that connection would
     // be reset. A cancelled accept still returns a connection it had completed, and that

@@ -743,3 +743,129 @@ async fn the_epoll_driver_serves_the_same_chat_across_cores() {
     gateway.begin_shutdown();
     gateway.join();
 }
+
+/// The value of the sample `series` (name and labels, as exported) in a scrape.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_keep_labels_bounded_and_describe_the_process() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let gateway = start(2, &[]);
+    let (mut polite, _) = connect(&gateway, 1).await;
+    let (mut odd, _) = connect(&gateway, 2).await;
+    let (_stays, _) = connect(&gateway, 3).await;
+    for (client, code) in [(&mut polite, 1000), (&mut odd, 3999)] {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        client.close(Some(frame)).await.expect("closing");
+    }
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = admin_get(&gateway, "/metrics").await.1;
+        if sample(&metrics, "gateway_closes_total{code=\"other\"}") == Some(1.0)
+            && sample(&metrics, "gateway_closes_total{code=\"1000\"}") == Some(1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sample(&metrics, "gateway_closes_total{code=\"1000\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "gateway_closes_total{code=\"other\"}"),
+        Some(1.0),
+        "a client-chosen code is counted as other: {metrics}"
+    );
+    assert!(!metrics.contains("3999"), "no label value from the client");
+
+    // One series per core and no total beside them: sum() gives the node's count.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_connections ")),
+        "{metrics}"
+    );
+    let open: f64 = (0..2)
+        .map(|core| {
+            sample(&metrics, &format!("gateway_connections{{core=\"{core}\"}}"))
+                .expect("a series per core")
+        })
+        .sum();
+    assert_eq!(open, 1.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "gateway_connections_opened_total"),
+        Some(3.0)
+    );
+
+    assert_eq!(sample(&metrics, "gateway_ready"), Some(1.0));
+    assert_eq!(sample(&metrics, "gateway_core_up{core=\"1\"}"), Some(1.0));
+    assert!(sample(&metrics, "gateway_outbound_queue_max_frames").is_some());
+    assert!(
+        !metrics.contains("gateway_broker_connected"),
+        "the memory engine has no broker"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("gateway_build_info{{version=\"{version}\"}}")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let fds = sample(&metrics, "process_open_fds").expect("open descriptors");
+    let limit = sample(&metrics, "process_max_fds").expect("descriptor limit");
+    assert!(fds > 0.0 && limit >= fds, "{fds} of {limit}");
+    assert!(sample(&metrics, "process_resident_memory_bytes").expect("RSS") > 0.0);
+    assert!(sample(&metrics, "process_start_time_seconds").expect("start time") > 1.7e9);
+    gateway.begin_shutdown();
+    gateway.join();
+}
+
+#[tokio::test]
+async fn idle_and_trickling_admin_clients_do_not_delay_probes() {
+    let gateway = start(1, &[]);
+    let admin = gateway.admin_addr();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(admin).await.expect("an idle client"));
+    }
+    let mut trickler = TcpStream::connect(admin).await.expect("a trickling client");
+    let trickling = tokio::spawn(async move {
+        for &byte in
+            b"GET /metrics HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if trickler.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/healthz", "/readyz"] {
+        let started = std::time::Instant::now();
+        let (status, _) = admin_get(&gateway, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{path} took {:?} beside idle and trickling clients",
+            started.elapsed()
+        );
+    }
+    trickling.abort();
+    drop(idle);
+    gateway.begin_shutdown();
+    gateway.join();
+}

@@ -246,6 +246,10 @@ async fn run(
     inbox: Arc<BridgeInbox>,
     stop: Arc<Notify>,
 ) {
+    let probe = tokio::task::spawn_local(crate::health::watch_redis(
+        settings.redis_url.clone(),
+        node.clone(),
+    ));
     let sessions = Rc::new(RefCell::new(Sessions::default()));
     let (registry_stop, registry_stopped) = watch::channel(false);
     let registry = tokio::task::spawn_local(registry::run(
@@ -293,6 +297,7 @@ async fn run(
     }
     let _ = registry_stop.send(true);
     let _ = registry.await;
+    probe.abort();
 }
 
 /// One connection's life. `Ok` when stopping cleanly, `Err` when the broker went away.
