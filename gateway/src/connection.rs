@@ -128,8 +128,25 @@ async fn open(
     upgrading: UpgradeGuard,
 ) -> Option<Session> {
     let _ = stream.set_nodelay(true);
-    let accepted =
-        monoio::time::timeout(core.node.config.handshake_timeout, upgrade(&core, stream)).await;
+    // An upgrade still under way when a shutdown has drained long enough is dropped: the
+    // stopping process must not wait out a slow client's handshake timeout.
+    let accepted = {
+        let cut = async {
+            core.shutdown_started().await;
+            monoio::time::sleep(crate::core::SHUTDOWN_DRAIN).await;
+        };
+        let upgrade = std::pin::pin!(upgrade(&core, stream));
+        let cut = std::pin::pin!(cut);
+        monoio::time::timeout(
+            core.node.config.handshake_timeout,
+            futures_util::future::select(upgrade, cut),
+        )
+        .await
+        .map(|raced| match raced {
+            futures_util::future::Either::Left((accepted, _)) => accepted,
+            futures_util::future::Either::Right(((), _)) => None,
+        })
+    };
     drop(upgrading);
     let (io, request, claims, mut leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
@@ -421,6 +438,11 @@ impl Session {
     /// Reads until the peer's close arrives or the peer hangs up, dropping what comes
     /// before it.
     fn poll_peer_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // A shutdown that has waited long enough cuts the wait short.
+        self.outbox.register(cx.waker());
+        if self.outbox.is_aborted() {
+            return Poll::Ready(());
+        }
         let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
         for _ in 0..READS_PER_POLL {

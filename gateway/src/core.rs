@@ -30,6 +30,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closing session may take to write its close frame before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a shutdown lets sessions finish their closing handshake and upgrades finish,
+/// before it cuts what is left (a reader whose socket is full, a half-sent upgrade). Short:
+/// under socket activation the successor starts only once this process has exited, and
+/// new connections wait in the backlog meanwhile.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 /// How often a core retries messages parked for a full queue, resumes paused readers and
 /// ticks its engine while any of that is waiting.
 const TICK: Duration = Duration::from_millis(1);
@@ -101,6 +107,8 @@ pub struct Core {
     /// Connections accepted and not yet sessions: a stopping core waits for them too.
     upgrading: Rc<Cell<usize>>,
     shutting_down: Cell<bool>,
+    /// When the shutdown's drain ends and what is still open is cut.
+    drain_ends: Cell<Option<Instant>>,
     shutdown_waiters: RefCell<Vec<Waker>>,
 }
 
@@ -131,6 +139,7 @@ impl Core {
             connections_opened: Cell::new(first_connection_number()),
             upgrading: Rc::new(Cell::new(0)),
             shutting_down: Cell::new(false),
+            drain_ends: Cell::new(None),
             shutdown_waiters: RefCell::new(Vec::new()),
         }
     }
@@ -396,6 +405,23 @@ impl Core {
         for waker in self.shutdown_waiters.borrow_mut().drain(..) {
             waker.wake();
         }
+        self.drain_ends.set(Some(Instant::now() + SHUTDOWN_DRAIN));
+    }
+
+    /// Ends every session still open after the shutdown's drain, written or not.
+    fn cut_remaining_sessions(&self) {
+        let now = Instant::now();
+        let mut cut = 0;
+        for outbox in self.sessions.borrow().values() {
+            cut += usize::from(outbox.abort_if_stuck(now, Duration::ZERO));
+        }
+        if cut > 0 {
+            tracing::info!(
+                core = self.index,
+                sessions = cut,
+                "cut sessions that did not finish closing within the shutdown drain"
+            );
+        }
     }
 
     /// Resolves when the core begins to shut down.
@@ -447,6 +473,14 @@ impl Core {
                 self.idle_until_needed().await;
             }
             self.node.core_beats[self.index].fetch_add(1, Relaxed);
+            if self
+                .drain_ends
+                .get()
+                .is_some_and(|end| Instant::now() >= end)
+            {
+                self.drain_ends.set(None);
+                self.cut_remaining_sessions();
+            }
             self.retry_overflow();
             self.engine.borrow_mut().tick(&self);
             if !self.is_backpressured() {

@@ -33,6 +33,9 @@ const MAILBOX_CAPACITY: usize = 64 * 1024;
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// How often a process waiting for its admin port tries to bind it.
+const ADMIN_RETRY: Duration = Duration::from_millis(200);
+
 /// How long the broker may be unreachable before sessions are told (5030) instead of
 /// waiting: a reconnection takes a few hundred milliseconds, an outage much longer.
 const BROKER_GRACE_US: u64 = 1_000_000;
@@ -214,9 +217,11 @@ impl Gateway {
         };
         let local_addr = listeners[0][0].local_addr()?;
         let cpus = affinity::plan(cores);
-        let admin = StdListener::bind(config.admin_listen)
-            .with_context(|| format!("binding the admin port {}", config.admin_listen))?;
-        let admin_addr = admin.local_addr()?;
+        let admin = admin_listener(config.admin_listen)?;
+        let admin_addr = match &admin {
+            Some(listener) => listener.local_addr()?,
+            None => config.admin_listen,
+        };
         let node = Arc::new(Node {
             mailboxes: (0..cores).map(|_| Mailbox::new(MAILBOX_CAPACITY)).collect(),
             metrics: (0..cores)
@@ -249,7 +254,10 @@ impl Gateway {
                 Some(Bridge::spawn(bridge_settings(&node.config), node.clone())?)
             }
         };
-        admin::spawn(admin, node.clone())?;
+        match admin {
+            Some(listener) => admin::spawn(listener, node.clone())?,
+            None => bind_admin_when_free(node.clone())?,
+        }
         match node.config.io_driver {
             IoDriver::Epoll => {
                 tracing::info!(cores, %local_addr, %admin_addr, "starting on epoll");
@@ -453,6 +461,50 @@ fn run_core(
             .context("building the epoll runtime")?
             .block_on(serve),
     }
+}
+
+/// Binds the admin port; `None` when another process holds it. That is the process this
+/// one replaces during an upgrade that starts the successor before stopping the old one
+/// (both on the same env file, so on the same admin port): the clients' sockets are shared,
+/// the admin port is taken over once it is free.
+fn admin_listener(addr: SocketAddr) -> Result<Option<StdListener>> {
+    match StdListener::bind(addr) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the admin port is in use (by the process this one replaces?); serving it once it is free");
+            Ok(None)
+        }
+        Err(error) => Err(error).with_context(|| format!("binding the admin port {addr}")),
+    }
+}
+
+/// Tries to bind the admin port every [`ADMIN_RETRY`] until it is free, then serves it.
+fn bind_admin_when_free(node: Arc<Node>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("admin-bind".into())
+        .spawn(move || {
+            let addr = node.config.admin_listen;
+            loop {
+                std::thread::sleep(ADMIN_RETRY);
+                match StdListener::bind(addr) {
+                    Ok(listener) => {
+                        if let Err(error) = admin::spawn(listener, node) {
+                            tracing::error!(error = format!("{error:#}"), "serving the admin port");
+                        } else {
+                            tracing::info!(%addr, "serving the admin port");
+                        }
+                        return;
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {}
+                    Err(error) => {
+                        tracing::error!(%error, %addr, "binding the admin port failed; no admin port");
+                        return;
+                    }
+                }
+            }
+        })
+        .context("spawning the admin port's binder")?;
+    Ok(())
 }
 
 /// One core's life inside its runtime: engine, core tasks, accepting, then the drain.

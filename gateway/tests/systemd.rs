@@ -629,6 +629,108 @@ async fn restarts_on_the_inherited_socket_refuse_no_connection() {
     drop(socket);
 }
 
+/// A client that upgrades, then writes pings and never reads again: the pongs fill its
+/// (small) receive buffer and the server's send buffer, so nothing more, not even a close
+/// frame, can be written to it.
+async fn slow_reader(addr: SocketAddr, user_id: u64) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        token(user_id)
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("upgrade request");
+    let mut head = [0u8; 512];
+    let read = stream.read(&mut head).await.expect("the upgrade answer");
+    assert!(
+        head[..read].starts_with(b"HTTP/1.1 101"),
+        "upgraded: {:?}",
+        String::from_utf8_lossy(&head[..read])
+    );
+    // A masked ping (mask 0) with the largest control payload.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend([b'p'; 125]);
+    let pings = ping.repeat(64);
+    tokio::spawn(async move { while stream.write_all(&pings).await.is_ok() {} })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_is_not_held_by_a_slow_reader_or_a_half_sent_upgrade() {
+    let scratch = Scratch::new("drain");
+    let socket = systemd_socket();
+    let addr = socket.local_addr().expect("socket address");
+    let sockets = [&socket];
+    // Room for the pings: the reader must be slow, not rate limited. One env file for both
+    // processes, so one admin port as well.
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_listen = admin.to_string();
+    let env = [
+        ("GATEWAY_FRAMES_PER_SECOND", "1000000"),
+        ("GATEWAY_FRAME_BURST", "1000000"),
+        ("GATEWAY_ADMIN_LISTEN", admin_listen.as_str()),
+    ];
+    let launch = || Launch {
+        sockets: &sockets,
+        env: &env,
+        ..Launch::default()
+    };
+    let mut old = Supervised::spawn("old", &scratch, launch());
+    old.expect_notification("READY=1", Duration::from_secs(15))
+        .await;
+    let mut session = open_session(addr, 1).await.expect("a session");
+    let flood = slow_reader(addr, 2).await;
+    let mut half_open = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut half_open, b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a request head");
+    // Long enough for the reader's buffers to fill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // An upgrade: the successor starts on the same socket (and env file) first.
+    let new = Supervised::spawn("new", &scratch, launch());
+    new.expect_notification("READY=1", Duration::from_secs(15))
+        .await;
+
+    let stopped_at = Instant::now();
+    old.terminate();
+    assert_eq!(close_code(&mut session).await, Some(CloseCode::Away));
+    let status = old.exit_within(Duration::from_secs(5)).await;
+    let held = stopped_at.elapsed();
+    assert!(status.success(), "the old process exited cleanly: {status}");
+    assert!(
+        held < Duration::from_secs(1),
+        "the old process held the socket {held:?} after SIGTERM"
+    );
+    flood.abort();
+
+    // The successor serves the clients, and the admin port once the old process let go.
+    tokio::time::timeout(Duration::from_secs(5), open_session(addr, 3))
+        .await
+        .expect("a connection after the stop is welcomed")
+        .expect("a session");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let healthz = tokio::time::timeout(Duration::from_millis(500), http_get(admin, "/healthz"));
+        if let Ok((200, _)) = healthz.await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the successor did not take over the admin port"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(new);
+    drop(socket);
+}
+
 /// The core that holds a session, from the connection id in its welcome.
 async fn core_of_session(addr: SocketAddr, user_id: u64) -> u64 {
     let (mut client, welcome) = welcomed(addr, user_id).await.expect("a session");
