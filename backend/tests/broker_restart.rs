@@ -981,8 +981,16 @@ async fn a_broker_outage_closes_no_healthy_client_and_refuses_sends_with_5030() 
     };
 
     // A quorum queue killed within a second of its creation may not come back (its log is
-    // not on disk yet); a broker that has run a while is the case to test.
-    tokio::time::sleep(BEFORE_KILL).await;
+    // not on disk yet); a broker that has run a while is the case to test. The client reads
+    // meanwhile too: one that stops reading for the idle timeout is rightly closed.
+    let kill_at = Instant::now() + BEFORE_KILL;
+    while Instant::now() < kill_at {
+        match recv(&mut client, Duration::from_millis(200)).await {
+            Ok(_) => {}
+            Err(why) if why.starts_with("no frame") => {}
+            Err(why) => panic!("the client was cut before the outage: {why}"),
+        }
+    }
     broker.kill().await;
     // Reading all along (the client answers the server's pings), for twice the idle
     // timeout and more, with one send after the first seconds, then while the broker boots.
