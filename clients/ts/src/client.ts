@@ -96,6 +96,10 @@ export interface EdgeEvents {
   typing: [event: TypingEvent];
   /** The server no longer holds these messages of the chat (its history was trimmed). */
   historyLost: [info: { chatId: bigint; firstSeq: bigint; lastSeq: bigint }];
+  /** A followed chat refused a sync with `not_member` or `unknown_chat`: this user left it or
+   * was removed while away (or never was a member), or the chat is gone. The client no
+   * longer follows it. */
+  chatLost: [info: { chatId: bigint; error: ErrorFrame }];
   /** An error frame that answers none of this client's requests. */
   serverError: [error: ErrorFrame];
   /** A frame from the server that could not be decoded. */
@@ -564,8 +568,12 @@ export class EdgeClient {
     const request = pending.request;
     if (request.kind === "sync") {
       this.seqs.syncAbandoned(request.chatId);
-      if (error.code === ErrorCode.NOT_MEMBER || error.code === ErrorCode.UNKNOWN_CHAT) this.seqs.forget(request.chatId);
-      this.events.emit("serverError", error);
+      if (error.code === ErrorCode.NOT_MEMBER || error.code === ErrorCode.UNKNOWN_CHAT) {
+        this.unfollow(request.chatId);
+        this.events.emit("chatLost", { chatId: request.chatId, error });
+      } else {
+        this.events.emit("serverError", error);
+      }
     } else {
       request.answer.reject(new ServerError(error));
     }

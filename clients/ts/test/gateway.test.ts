@@ -108,6 +108,11 @@ for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
     assert.equal((await carolHears)[0].by, aliceId);
     assert.equal(carol.heldSeq(team.chat_id), undefined, "carol's client stops following the chat");
     await assert.rejects(carol.send(team.chat_id, "still here?"), code(ErrorCode.NOT_MEMBER));
+    // A chat remembered from before (say, by a page that was closed while its user was removed).
+    const lost = next(carol, "chatLost");
+    carol.follow(team.chat_id);
+    assert.deepEqual([(await lost)[0].chatId, (await lost)[0].error.code], [team.chat_id, ErrorCode.NOT_MEMBER]);
+    assert.equal(carol.heldSeq(team.chat_id), undefined);
 
     const lobby = await alice.createChat("public_group", "Lobby", []);
     assert.equal(lobby.kind, "public_group");
