@@ -14,6 +14,9 @@ import type {
   ErrorFrame,
   Joined,
   Left,
+  MembersAdded,
+  MembersChanged,
+  MembersRemoved,
   MessageBody,
   PresenceEntry,
   Receipt,
@@ -50,7 +53,8 @@ export interface EdgeClientOptions {
   webSocket?: SocketFactory;
   reconnect?: Partial<BackoffOptions>;
   outbox?: Partial<OutboxOptions>;
-  /** A request (create, join, leave, presence, sync) unanswered this long fails (ms). */
+  /** A request (create, join, leave, add or remove members, presence, sync) unanswered this
+   * long fails (ms). */
   requestTimeoutMs?: number;
   /** Messages asked for per sync page, 1 to 200. */
   syncPageSize?: number;
@@ -78,12 +82,24 @@ export interface EdgeEvents {
   /** Every receipt: `sent` for this user's messages, `delivered` and `read` watermarks of
    * the other members. */
   receipt: [receipt: Receipt];
+  /** A chat this user is a member of: created, or this user was added to it (then
+   * `members` is the membership after the addition). The client follows the chat, fetching
+   * the history an added member has not seen. */
   chatCreated: [event: ChatCreated];
   joined: [event: Joined];
   left: [event: Left];
+  /** Users were added to a chat this user was a member of already. */
+  membersAdded: [event: MembersAdded];
+  /** Users were removed from a chat; when this user is among them, the client stops
+   * following the chat. */
+  membersRemoved: [event: MembersRemoved];
   typing: [event: TypingEvent];
   /** The server no longer holds these messages of the chat (its history was trimmed). */
   historyLost: [info: { chatId: bigint; firstSeq: bigint; lastSeq: bigint }];
+  /** A followed chat refused a sync with `not_member` or `unknown_chat`: this user left it or
+   * was removed while away (or never was a member), or the chat is gone. The client no
+   * longer follows it. */
+  chatLost: [info: { chatId: bigint; error: ErrorFrame }];
   /** An error frame that answers none of this client's requests. */
   serverError: [error: ErrorFrame];
   /** A frame from the server that could not be decoded. */
@@ -121,6 +137,8 @@ type Request =
   | { kind: "create_chat"; answer: Deferred<ChatCreated> }
   | { kind: "join"; answer: Deferred<Joined> }
   | { kind: "leave"; answer: Deferred<Left> }
+  | { kind: "add_members"; answer: Deferred<MembersChanged> }
+  | { kind: "remove_members"; answer: Deferred<MembersChanged> }
   | { kind: "presence"; answer: Deferred<PresenceEntry[]> }
   | { kind: "sync"; chatId: bigint };
 
@@ -249,6 +267,11 @@ export class EdgeClient {
     return sent;
   }
 
+  /**
+   * Creates a chat with this user as its admin: `direct` with one other user (creating it
+   * again, by either of the two, answers the existing chat), an invite-only `group`, or a
+   * `public_group` that anyone may also join.
+   */
   createChat(kind: ChatKind, title: string, members: bigint[]): Promise<ChatCreated> {
     return this.request((client_msg_id) => ({ type: "create_chat", client_msg_id, kind, title, members }), (answer) => ({
       kind: "create_chat",
@@ -256,6 +279,8 @@ export class EdgeClient {
     }));
   }
 
+  /** Joins a public group. An invite-only group refuses with ServerError 4030
+   * (`not_member`): a member must add this user instead. */
   join(chatId: bigint): Promise<Joined> {
     return this.request((client_msg_id) => ({ type: "join", client_msg_id, chat_id: chatId }), (answer) => ({
       kind: "join",
@@ -270,6 +295,27 @@ export class EdgeClient {
     }));
   }
 
+  /** Adds `users` to a group this user is a member of (any member may). Resolves with the
+   * `members_added` the members get; the users added get `chat_created`. */
+  addMembers(chatId: bigint, users: bigint[]): Promise<MembersChanged> {
+    return this.request((client_msg_id) => ({ type: "add_members", client_msg_id, chat_id: chatId, users }), (answer) => ({
+      kind: "add_members",
+      answer,
+    }));
+  }
+
+  /** Removes `users` from a group this user is an admin of; anyone else gets ServerError
+   * 4031 (`forbidden`). Resolves with the `members_removed` the members, the removed
+   * included, get. */
+  removeMembers(chatId: bigint, users: bigint[]): Promise<MembersChanged> {
+    return this.request((client_msg_id) => ({ type: "remove_members", client_msg_id, chat_id: chatId, users }), (answer) => ({
+      kind: "remove_members",
+      answer,
+    }));
+  }
+
+  /** The presence of `users`; those who share no chat with this user are always answered
+   * as offline and never seen. */
   presence(users: bigint[]): Promise<PresenceEntry[]> {
     return this.request((client_msg_id) => ({ type: "presence_query", client_msg_id, users }), (answer) => ({
       kind: "presence",
@@ -353,7 +399,9 @@ export class EdgeClient {
       case "sync_batch":
         return this.syncPage(frame);
       case "chat_created":
-        this.seqs.track(frame.chat_id);
+        // A user added to a chat with history gets it by this first sync; for a chat just
+        // created, the page is empty.
+        this.follow(frame.chat_id);
         this.answer(frame.client_msg_id, "create_chat", frame);
         return this.events.emit("chatCreated", frame);
       case "joined":
@@ -361,12 +409,16 @@ export class EdgeClient {
         this.answer(frame.client_msg_id, "join", frame);
         return this.events.emit("joined", frame);
       case "left":
-        if (frame.user_id === this.userId) {
-          this.seqs.forget(frame.chat_id);
-          this.acks.delete(frame.chat_id);
-        }
+        if (frame.user_id === this.userId) this.unfollow(frame.chat_id);
         this.answer(frame.client_msg_id, "leave", frame);
         return this.events.emit("left", frame);
+      case "members_added":
+        this.answer(frame.client_msg_id, "add_members", frame);
+        return this.events.emit("membersAdded", frame);
+      case "members_removed":
+        if (this.userId !== undefined && frame.users.includes(this.userId)) this.unfollow(frame.chat_id);
+        this.answer(frame.client_msg_id, "remove_members", frame);
+        return this.events.emit("membersRemoved", frame);
       case "presence":
         return this.answer(frame.client_msg_id, "presence", frame.users);
       case "typing":
@@ -376,6 +428,12 @@ export class EdgeClient {
       case "pong":
         return;
     }
+  }
+
+  /** This user is no longer a member of `chatId`: nothing to sync or acknowledge there. */
+  private unfollow(chatId: bigint): void {
+    this.seqs.forget(chatId);
+    this.acks.delete(chatId);
   }
 
   private started(welcome: Welcome): void {
@@ -455,6 +513,8 @@ export class EdgeClient {
   private syncPage(batch: SyncBatch): void {
     const pending = this.requests.get(batch.client_msg_id);
     if (pending?.request.kind === "sync") this.forgetRequest(batch.client_msg_id);
+    // This user left the chat or was removed from it while the sync was under way.
+    if (this.seqs.held(batch.chat_id) === undefined) return;
     const verdict = this.seqs.page(batch.chat_id, batch.messages, batch.has_more);
     if (verdict.lost !== undefined) {
       const [firstSeq, lastSeq] = verdict.lost;
@@ -508,8 +568,12 @@ export class EdgeClient {
     const request = pending.request;
     if (request.kind === "sync") {
       this.seqs.syncAbandoned(request.chatId);
-      if (error.code === ErrorCode.NOT_MEMBER || error.code === ErrorCode.UNKNOWN_CHAT) this.seqs.forget(request.chatId);
-      this.events.emit("serverError", error);
+      if (error.code === ErrorCode.NOT_MEMBER || error.code === ErrorCode.UNKNOWN_CHAT) {
+        this.unfollow(request.chatId);
+        this.events.emit("chatLost", { chatId: request.chatId, error });
+      } else {
+        this.events.emit("serverError", error);
+      }
     } else {
       request.answer.reject(new ServerError(error));
     }

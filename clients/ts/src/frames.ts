@@ -1,7 +1,8 @@
 // The frames of both directions, typed. Field names are the protocol's (wire/PROTOCOL.md),
 // and every u64 is a bigint, so ids stay exact in both encodings or fail loudly (see json.ts).
 
-export type ChatKind = "direct" | "group";
+/** `group` is invite-only (members add members); anyone may also join a `public_group`. */
+export type ChatKind = "direct" | "group" | "public_group";
 export type ReceiptKind = "sent" | "delivered" | "read";
 
 // Client to server.
@@ -22,6 +23,18 @@ export interface Leave {
   type: "leave";
   client_msg_id: bigint;
   chat_id: bigint;
+}
+/** Users to add to a group (any member may) or to remove from it (admins only). */
+export interface MemberChange {
+  client_msg_id: bigint;
+  chat_id: bigint;
+  users: bigint[];
+}
+export interface AddMembers extends MemberChange {
+  type: "add_members";
+}
+export interface RemoveMembers extends MemberChange {
+  type: "remove_members";
 }
 export interface Send {
   type: "send";
@@ -70,7 +83,9 @@ export type ClientFrame =
   | Sync
   | Typing
   | PresenceQuery
-  | Ping;
+  | Ping
+  | AddMembers
+  | RemoveMembers;
 
 // Server to client.
 
@@ -124,6 +139,20 @@ export interface Left {
   chat_id: bigint;
   user_id: bigint;
 }
+/** User `by` added `users` to the chat, or removed them from it; `client_msg_id` is the id
+ * of `by`'s request. */
+export interface MembersChanged {
+  client_msg_id: bigint;
+  chat_id: bigint;
+  by: bigint;
+  users: bigint[];
+}
+export interface MembersAdded extends MembersChanged {
+  type: "members_added";
+}
+export interface MembersRemoved extends MembersChanged {
+  type: "members_removed";
+}
 export interface SyncBatch {
   type: "sync_batch";
   client_msg_id: bigint;
@@ -169,4 +198,6 @@ export type ServerFrame =
   | Presence
   | TypingEvent
   | ErrorFrame
-  | Pong;
+  | Pong
+  | MembersAdded
+  | MembersRemoved;

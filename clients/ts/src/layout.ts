@@ -35,7 +35,7 @@ export interface FrameSet {
   readonly maxBytes: number;
 }
 
-const chatKind = { enum: ["direct", "group"] } as const;
+const chatKind = { enum: ["direct", "group", "public_group"] } as const;
 const receiptKind = { enum: ["sent", "delivered", "read"] } as const;
 
 const message: StructLayout = {
@@ -64,6 +64,17 @@ const membership: FrameLayout["fields"] = [
 const ack: FrameLayout["fields"] = [
   ["chat_id", "u64"],
   ["seq", "u64"],
+];
+const memberChange: FrameLayout["fields"] = [
+  ["client_msg_id", "u64"],
+  ["chat_id", "u64"],
+  ["users", { list: "u64", max: LIMITS.MAX_MEMBERS_PER_CHAT }],
+];
+const membersChanged: FrameLayout["fields"] = [
+  ["client_msg_id", "u64"],
+  ["chat_id", "u64"],
+  ["by", "u64"],
+  ["users", { list: "u64", max: LIMITS.MAX_MEMBERS_PER_CHAT }],
 ];
 const chatEvent: FrameLayout["fields"] = [
   ["client_msg_id", "u64"],
@@ -117,6 +128,8 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
     ],
   },
   ping: { kind: 10, fields: [["nonce", "u64"]] },
+  add_members: { kind: 11, fields: memberChange },
+  remove_members: { kind: 12, fields: memberChange },
 };
 
 const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
@@ -193,6 +206,8 @@ const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
       ["server_time_us", "u64"],
     ],
   },
+  members_added: { kind: 12, fields: membersChanged },
+  members_removed: { kind: 13, fields: membersChanged },
 };
 
 function frameSet(layouts: Record<string, FrameLayout>, maxBytes: number): FrameSet {

@@ -12,7 +12,8 @@ export const LIMITS = {
   MAX_BODY_BYTES: 4096,
   /** `title` of `create_chat`, in UTF-8 bytes. */
   MAX_TITLE_BYTES: 256,
-  /** Ids in `members` of `create_chat` and `chat_created`. */
+  /** Ids in `members` of `create_chat` and `chat_created`, in `users` of `add_members`,
+   * `remove_members`, `members_added` and `members_removed`, and members of a chat. */
   MAX_MEMBERS_PER_CHAT: 1000,
   /** `limit` of `sync` (1 to this), and the most messages in a `sync_batch`. */
   MAX_SYNC_PAGE: 200,
@@ -22,6 +23,10 @@ export const LIMITS = {
   MAX_REASON_BYTES: 256,
   /** Largest server frame the server produces. */
   MAX_SERVER_FRAME_BYTES: 1048576,
+  /** Chats one user may have created that still exist, unless the server is configured
+   * otherwise: a bound of the server's, not of a frame, so only the server checks it
+   * (one more `create_chat` gets `limit_exceeded`). */
+  DEFAULT_MAX_CHATS_PER_USER: 500,
 } as const;
 
 /** Codes of error frames. 4xxx: the request was wrong; 5xxx: the server failed. */
@@ -33,6 +38,8 @@ export const ErrorCode = {
   LIMIT_EXCEEDED: 4004,
   RATE_LIMITED: 4029,
   NOT_MEMBER: 4030,
+  /** A member, but not an admin, asked for what takes one (`remove_members`). */
+  FORBIDDEN: 4031,
   UNKNOWN_CHAT: 4040,
   INVALID_REQUEST: 4090,
   INTERNAL: 5000,

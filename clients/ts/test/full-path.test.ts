@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { startStack } from "../src/devstack.js";
 import type { Stack } from "../src/devstack.js";
-import { CloseCode, EdgeClient } from "../src/node.js";
+import { CloseCode, EdgeClient, ErrorCode } from "../src/node.js";
 import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
 
 let stack: Stack;
@@ -44,13 +44,41 @@ test("a conversation through the broker and the database", async () => {
   assert.equal((await read)[0].seq, 1n);
 });
 
+test("the group rules through the backend: adds bring the history, only the admin removes, public groups take joins", async () => {
+  const [aliceId, bobId, carolId] = [base + 31n, base + 32n, base + 33n];
+  const [alice, bob, carol] = await Promise.all([aliceId, bobId, carolId].map(async (id) => track(await connected(clientOf(stack, id)))));
+  const code = (expected: number) => (error: Error & { code?: number }) => error.code === expected;
+
+  const team = await alice.createChat("group", "Stored team", []);
+  await alice.send(team.chat_id, "before bob came");
+  await assert.rejects(bob.join(team.chat_id), code(ErrorCode.NOT_MEMBER));
+  const bobGetsHistory = next(bob, "message", (message) => message.chat_id === team.chat_id, 15_000);
+  const added = await alice.addMembers(team.chat_id, [bobId]);
+  assert.deepEqual(added.users, [bobId]);
+  const [old, info] = await bobGetsHistory;
+  assert.deepEqual([old.body, info.live], ["before bob came", false]);
+
+  await bob.addMembers(team.chat_id, [carolId]);
+  await assert.rejects(bob.removeMembers(team.chat_id, [carolId]), code(ErrorCode.FORBIDDEN));
+  const carolHears = next(carol, "membersRemoved");
+  await alice.removeMembers(team.chat_id, [carolId]);
+  await carolHears;
+  await assert.rejects(carol.send(team.chat_id, "still here?"), code(ErrorCode.NOT_MEMBER));
+
+  const lobby = await alice.createChat("public_group", "Stored lobby", []);
+  assert.equal(lobby.kind, "public_group");
+  assert.equal((await carol.join(lobby.chat_id)).user_id, carolId);
+});
+
 test("a reconnecting client gets what it missed from the database, in order and once", async () => {
   const [aliceId, bobId] = [base + 11n, base + 12n];
   const alice = track(await connected(clientOf(stack, aliceId)));
   const tap = tappedWebSocket();
   const bob = track(await connected(clientOf(stack, bobId, { webSocket: tap.factory, reconnect: { initialDelayMs: 1500 } })));
+  // Listening before the request: Bob may hear of the chat before Alice's answer arrives.
+  const bobHearsOfIt = next(bob, "chatCreated");
   const chat = await alice.createChat("direct", "", [bobId]);
-  await next(bob, "chatCreated");
+  await bobHearsOfIt;
   const bobMessages = record(bob, "message");
 
   const gone = next(bob, "disconnected");

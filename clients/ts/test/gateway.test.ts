@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { startStack } from "../src/devstack.js";
 import type { Stack } from "../src/devstack.js";
-import { CloseCode, EdgeClient, decodeClientFrame, decodeServerFrame } from "../src/node.js";
+import { CloseCode, EdgeClient, ErrorCode, decodeClientFrame, decodeServerFrame } from "../src/node.js";
 import type { Encoding, MessageBody, TokenCarrier } from "../src/node.js";
 import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
 
@@ -75,6 +75,61 @@ for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
   });
 }
 
+for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
+  test(`groups in ${encoding} frames: members add to invite-only groups, anyone joins public ones, only the admin removes`, async () => {
+    const [aliceId, bobId, carolId, daveId] = [810n, 811n, 812n, 813n].map((id) => id + BigInt(index * 10));
+    const [alice, bob, carol, dave] = await Promise.all(
+      [aliceId, bobId, carolId, daveId].map(async (id) => track(await connected(clientOf(stack, id, { encoding })))),
+    );
+    const code = (expected: number) => (error: Error & { code?: number }) => error.code === expected;
+
+    const team = await alice.createChat("group", "Team", []);
+    assert.deepEqual([team.kind, team.creator, team.members], ["group", aliceId, [aliceId]]);
+    await alice.send(team.chat_id, "before bob came");
+    await assert.rejects(bob.join(team.chat_id), code(ErrorCode.NOT_MEMBER), "an invite-only group cannot be joined");
+
+    // Bob is added instead: he hears of the chat as it is, and his client fetches its history.
+    const bobHearsOfIt = next(bob, "chatCreated", (chat) => chat.chat_id === team.chat_id);
+    const bobGetsHistory = next(bob, "message", (message) => message.chat_id === team.chat_id);
+    const added = await alice.addMembers(team.chat_id, [bobId]);
+    assert.deepEqual([added.chat_id, added.by, added.users], [team.chat_id, aliceId, [bobId]]);
+    const [chat] = await bobHearsOfIt;
+    assert.deepEqual([chat.title, chat.creator, chat.members], ["Team", aliceId, [aliceId, bobId]]);
+    const [old, info] = await bobGetsHistory;
+    assert.deepEqual([old.seq, old.body, info.live], [1n, "before bob came", false]);
+
+    // Any member adds; only the admin removes, and the removed hear it too.
+    const aliceHears = next(alice, "membersAdded");
+    await bob.addMembers(team.chat_id, [carolId]);
+    assert.deepEqual([(await aliceHears)[0].by, (await aliceHears)[0].users], [bobId, [carolId]]);
+    await assert.rejects(bob.removeMembers(team.chat_id, [carolId]), code(ErrorCode.FORBIDDEN));
+    const carolHears = next(carol, "membersRemoved");
+    assert.deepEqual((await alice.removeMembers(team.chat_id, [carolId])).users, [carolId]);
+    assert.equal((await carolHears)[0].by, aliceId);
+    assert.equal(carol.heldSeq(team.chat_id), undefined, "carol's client stops following the chat");
+    await assert.rejects(carol.send(team.chat_id, "still here?"), code(ErrorCode.NOT_MEMBER));
+    // A chat remembered from before (say, by a page that was closed while its user was removed).
+    const lost = next(carol, "chatLost");
+    carol.follow(team.chat_id);
+    assert.deepEqual([(await lost)[0].chatId, (await lost)[0].error.code], [team.chat_id, ErrorCode.NOT_MEMBER]);
+    assert.equal(carol.heldSeq(team.chat_id), undefined);
+
+    const lobby = await alice.createChat("public_group", "Lobby", []);
+    assert.equal(lobby.kind, "public_group");
+    const aliceSeesDave = next(alice, "joined", (event) => event.user_id === daveId);
+    assert.equal((await dave.join(lobby.chat_id)).user_id, daveId);
+    await aliceSeesDave;
+
+    // Presence only between users who share a chat: Dave and Bob share none.
+    const [seen] = await dave.presence([aliceId]);
+    const [unseen] = await dave.presence([bobId]);
+    assert.deepEqual([seen.online, unseen.online, unseen.last_seen_us], [true, false, 0n]);
+
+    const direct = await alice.createChat("direct", "", [bobId]);
+    assert.equal((await bob.createChat("direct", "", [aliceId])).chat_id, direct.chat_id, "one direct chat per pair");
+  });
+}
+
 test("user ids above 2^53 are exact in binary frames, and refused rather than rounded in JSON", async () => {
   const big = (1n << 63n) + 7n;
   const binary = track(await connected(clientOf(stack, big)));
@@ -110,8 +165,10 @@ test("messages missed while disconnected arrive by sync, in order and once; send
     }),
   );
   await connected(bob);
+  // Listening before the request: Bob may hear of the chat before Alice's answer arrives.
+  const bobHearsOfIt = next(bob, "chatCreated");
   const chat = await alice.createChat("direct", "", [401n]);
-  await next(bob, "chatCreated");
+  await bobHearsOfIt;
   const bobMessages = record(bob, "message");
   const first = next(bob, "message");
   await alice.send(chat.chat_id, "one");

@@ -1,6 +1,8 @@
-// The page in headless Chromium (Debian's package), two users in two browser contexts, on a
-// gateway of the memory engine: sign in, a new chat, unread counts, a message and its ticks,
-// typing, presence, a reply; then a screenshot of the first user's page.
+// The page in headless Chromium (Debian's package), users in separate browser contexts, on a
+// gateway of the memory engine (EDGE_ENGINE=amqp: the full path): sign in, a private group
+// the second user is added to (he cannot join it), unread counts, a message and its ticks,
+// typing, presence, a reply, then a screenshot of the first user's page; a public group
+// joined by id, and members removed; a reload.
 
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
@@ -13,6 +15,8 @@ import { startDevServer } from "../src/server.js";
 import type { DevServer } from "../src/server.js";
 
 const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
+/** The gateway's engine: the memory engine, or with EDGE_ENGINE=amqp the full path. */
+const ENGINE = process.env["EDGE_ENGINE"] === "amqp" ? "amqp" : "memory";
 /** Where the screenshot goes; the README's is refreshed with SCREENSHOT=screenshot.png. */
 const SCREENSHOT = resolve(fileURLToPath(new URL("../..", import.meta.url)), process.env["SCREENSHOT"] ?? "dist/screenshot.png");
 
@@ -21,7 +25,7 @@ let browser: Browser;
 
 before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (scripts/node.sh --chromium)`);
-  server = await startDevServer({ engine: "memory" });
+  server = await startDevServer({ engine: ENGINE });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     // Without these, Chromium reaches for Google's services at start, which this
@@ -56,20 +60,43 @@ async function signIn(user: string): Promise<Page> {
 
 const chatItem = (page: Page) => page.locator("#chats li").first();
 
-test("two users chat in two pages: chat list, unread count, ticks, typing and presence", async () => {
+/** Creates a chat from the sidebar's form and returns its id, read from the chat header. */
+async function newChat(page: Page, kind: "direct" | "group" | "public_group", members: string, title = ""): Promise<string> {
+  await page.selectOption("#new-chat select[name=kind]", kind);
+  await page.fill("#new-chat input[name=members]", members);
+  await page.fill("#new-chat input[name=title]", title);
+  await page.click("#new-chat button");
+  await page.waitForSelector("#composer:not([hidden])");
+  const id = /#(\d+)/.exec((await page.locator("#chat-header .chat-id").textContent()) ?? "")?.[1];
+  assert.ok(id !== undefined, "the chat header shows the chat's id");
+  return id;
+}
+
+async function say(page: Page, body: string): Promise<void> {
+  await page.fill("#composer input", body);
+  await page.click("#composer button");
+}
+
+test("two users in a private group: B is added by A, then unread count, ticks, typing and presence", async () => {
   const alice = await signIn("1");
   const bob = await signIn("2");
 
-  await alice.selectOption("#new-chat select[name=kind]", "direct");
-  await alice.fill("#new-chat input[name=members]", "2");
-  await alice.click("#new-chat button");
-  await alice.waitForSelector("#composer:not([hidden])");
-  await bob.waitForSelector("#chats li");
-  assert.equal(await chatItem(bob).locator(".name").textContent(), "User 1");
-  await alice.waitForSelector('#chat-header .presence[data-online="true"]');
+  const lunch = await newChat(alice, "group", "", "Lunch");
+  assert.match((await alice.locator("#chat-header").textContent()) ?? "", /private group #\d+/);
 
-  await alice.fill("#composer input", "Hello Bob, lunch at noon?");
-  await alice.click("#composer button");
+  // An invite-only group cannot be joined: a member adds Bob instead.
+  await bob.fill("#join-chat input[name=chat]", lunch);
+  await bob.click("#join-chat button");
+  await bob.waitForSelector(`#status:has-text("chat ${lunch} is not a public group: a member must add you")`);
+  assert.equal(await bob.locator("#chats li").count(), 0);
+  await alice.fill("#add-members input[name=users]", "2");
+  await alice.click("#add-members button");
+  await alice.waitForSelector('#messages li.notice:has-text("You added User 2")');
+  await bob.waitForSelector("#chats li");
+  assert.equal(await chatItem(bob).locator(".name").textContent(), "Lunch");
+  await alice.waitForSelector('#chat-header .member[data-user="2"] .presence[data-online="true"]');
+
+  await say(alice, "Hello Bob, lunch at noon?");
   await bob.waitForSelector('#chats li .unread[data-count="1"]');
   assert.equal(await chatItem(bob).locator(".preview").textContent(), "Hello Bob, lunch at noon?");
   await alice.waitForSelector('#messages li[data-own="true"] .ticks[data-state="delivered"]');
@@ -77,6 +104,7 @@ test("two users chat in two pages: chat list, unread count, ticks, typing and pr
   // Bob opens the chat: the message is read, his count drops, Alice's ticks turn blue.
   await chatItem(bob).click();
   await bob.waitForSelector('#messages li[data-seq="1"]');
+  assert.equal(await bob.locator('#messages li[data-seq="1"] .sender').textContent(), "User 1");
   assert.equal(await chatItem(bob).locator(".unread").getAttribute("data-count"), "0");
   await alice.waitForSelector('#messages li[data-seq="1"] .ticks[data-state="read"]');
 
@@ -87,8 +115,7 @@ test("two users chat in two pages: chat list, unread count, ticks, typing and pr
   assert.match((await alice.locator('#messages li[data-seq="2"]').textContent()) ?? "", /Sure, see you/);
   await bob.waitForSelector('#messages li[data-seq="2"] .ticks[data-state="read"]');
 
-  await alice.fill("#composer input", "Great, the usual place");
-  await alice.click("#composer button");
+  await say(alice, "Great, the usual place");
   await alice.waitForSelector('#messages li[data-seq="3"] .ticks[data-state="read"]');
   await bob.type("#composer input", "On my way");
   await alice.waitForSelector("#typing:has-text('User 2 is typing')");
@@ -96,15 +123,44 @@ test("two users chat in two pages: chat list, unread count, ticks, typing and pr
   await alice.screenshot({ path: SCREENSHOT });
 });
 
+test("a public group: anyone joins by its id; its admin removes members, who lose the chat, live or when they come back", async () => {
+  const erin = await signIn("5");
+  const frank = await signIn("6");
+  const gina = await signIn("7");
+  const floor = await newChat(erin, "public_group", "", "Open floor");
+  assert.match((await erin.locator("#chat-header").textContent()) ?? "", /public group #\d+/);
+
+  for (const [page, user] of [[frank, "6"], [gina, "7"]] as const) {
+    await page.fill("#join-chat input[name=chat]", floor);
+    await page.click("#join-chat button");
+    await page.waitForSelector("#composer:not([hidden])");
+    await erin.waitForSelector(`#messages li.notice:has-text("User ${user} joined")`);
+  }
+  await say(frank, "Hi all");
+  await erin.waitForSelector('#messages li[data-own="false"]:has-text("Hi all")');
+  assert.equal(await frank.locator("#chat-header .remove").count(), 0, "only the admin may remove");
+
+  await erin.click('#chat-header .member[data-user="6"] .remove');
+  await erin.waitForSelector('#messages li.notice:has-text("You removed User 6")');
+  await frank.waitForSelector(`#status:has-text("User 5 removed you from Chat ${floor}")`);
+  assert.equal(await frank.locator("#chats li").count(), 0);
+  assert.ok(await frank.locator("#composer").isHidden());
+
+  // Gina is away (her page reloaded, not signed in) when she is removed; she finds out when
+  // her page asks for the chat it remembers.
+  await gina.reload();
+  await erin.click('#chat-header .member[data-user="7"] .remove');
+  await erin.waitForSelector('#messages li.notice:has-text("You removed User 7")');
+  await gina.fill("#sign-in input[name=user]", "7");
+  await gina.click("#sign-in button");
+  await gina.waitForSelector(`#status:has-text("you are no longer a member of Chat ${floor}")`);
+  assert.equal(await gina.locator("#chats li").count(), 0);
+});
+
 test("a reload brings back the chats and their history from the server", async () => {
   const carol = await signIn("3");
-  await carol.fill("#new-chat input[name=members]", "4");
-  await carol.click("#new-chat button");
-  await carol.waitForSelector("#composer:not([hidden])");
-  for (const body of ["first", "second"]) {
-    await carol.fill("#composer input", body);
-    await carol.click("#composer button");
-  }
+  await newChat(carol, "direct", "4");
+  for (const body of ["first", "second"]) await say(carol, body);
   await carol.waitForSelector('#messages li[data-seq="2"]:not([data-pending])');
   await carol.reload();
   await carol.fill("#sign-in input[name=user]", "3");

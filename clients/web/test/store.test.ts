@@ -54,6 +54,37 @@ test("chats and read marks survive a reload; messages come again from the server
   const chat = after.chat(7n);
   assert.equal(after.name(chat), "User 2");
   assert.equal(chat.readMark, 1n);
+  assert.equal(chat.creator, 2n);
   assert.deepEqual(chat.messages, []);
   assert.equal(new ChatStore(2n, storage).chats.size, 0, "each user has their own");
+});
+
+test("member changes keep the member list and show as notices where they happened", () => {
+  const store = new ChatStore(1n, undefined);
+  store.created({ type: "chat_created", client_msg_id: 1n, chat_id: 7n, kind: "group", title: "Team", creator: 1n, members: [1n, 2n] });
+  const chat = store.chat(7n);
+  assert.ok(store.isAdmin(chat), "the creator is the admin");
+  store.message(message(1n, 2n));
+  store.membersAdded({ client_msg_id: 2n, chat_id: 7n, by: 2n, users: [3n, 4n] });
+  store.message(message(2n, 3n));
+  store.membersRemoved({ client_msg_id: 3n, chat_id: 7n, by: 1n, users: [4n] });
+  store.joined(7n, 5n);
+  assert.deepEqual(chat.members, [1n, 2n, 3n, 5n]);
+  assert.deepEqual(
+    store.timeline(chat).map((entry) => ("notice" in entry ? entry.notice.text : `#${entry.message.seq}`)),
+    ["#1", "User 2 added User 3, User 4", "#2", "You removed User 4", "User 5 joined"],
+  );
+  assert.equal(store.isAdmin(new ChatStore(2n, undefined).chat(7n)), false);
+});
+
+test("a user removed from a chat loses it; a joined chat has no admin the page knows of", () => {
+  const store = new ChatStore(2n, undefined);
+  store.created({ type: "chat_created", client_msg_id: 1n, chat_id: 7n, kind: "group", title: "Team", creator: 1n, members: [1n, 2n] });
+  assert.equal(store.isAdmin(store.chat(7n)), false);
+  assert.equal(store.membersRemoved({ client_msg_id: 2n, chat_id: 7n, by: 1n, users: [2n] }), true);
+  assert.equal(store.chats.has(7n), false);
+  store.joined(8n, 2n);
+  const joined = store.chat(8n);
+  assert.deepEqual([joined.members, joined.creator, store.isAdmin(joined)], [[2n], undefined, false]);
+  assert.deepEqual(store.timeline(joined).map((entry) => "notice" in entry && entry.notice.text), ["You joined"]);
 });

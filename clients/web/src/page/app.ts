@@ -1,8 +1,9 @@
-// The browser chat page: sign in as a user id, then chats, messages, typing, presence and
-// receipts through the SDK. Rendering is plain DOM, redrawn from the store on each change.
+// The browser chat page: sign in as a user id, then chats (direct, private and public
+// groups), members, messages, typing, presence and receipts through the SDK. Rendering is
+// plain DOM, redrawn from the store on each change.
 
-import { EdgeClient } from "edge-client";
-import type { PresenceEntry } from "edge-client";
+import { EdgeClient, ErrorCode, ServerError } from "edge-client";
+import type { ChatKind, PresenceEntry } from "edge-client";
 import { ChatStore, TYPING_SHOWS_MS } from "./store.js";
 import type { Ticks } from "./store.js";
 
@@ -25,6 +26,13 @@ function element<K extends keyof HTMLElementTagNameMap>(
 }
 
 const TICKS: Record<Ticks, string> = { pending: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓" };
+const KINDS: Record<ChatKind, string> = { direct: "direct chat", group: "private group", public_group: "public group" };
+
+/** User ids typed as "2, 3" or "2 3"; undefined if any is not a number. */
+function userIds(text: string): bigint[] | undefined {
+  const ids = text.split(/[\s,]+/).filter(Boolean);
+  return ids.every((id) => /^[0-9]{1,20}$/.test(id)) ? ids.map(BigInt) : undefined;
+}
 
 function time(us: bigint): string {
   return new Date(Number(us / 1000n)).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -57,7 +65,9 @@ async function start(me: bigint): Promise<void> {
   byId("sign-in").hidden = true;
   byId("app").hidden = false;
   byId("me").textContent = `User ${me}`;
-  const status = (text: string) => (byId("status").textContent = text);
+  const status = (text: string): void => {
+    byId("status").textContent = text;
+  };
 
   const renderChats = () => {
     const list = byId("chats");
@@ -81,21 +91,38 @@ async function start(me: bigint): Promise<void> {
   const renderChat = () => {
     const chat = openChat === undefined ? undefined : store.chats.get(openChat);
     byId("composer").hidden = chat === undefined;
-    if (chat === undefined) return;
-    const members = store.others(chat).map((user) =>
-      element(
+    // Anyone in a group may add members; a direct chat's never change.
+    byId("add-members").hidden = chat === undefined || chat.kind === "direct";
+    if (chat === undefined) {
+      byId("chat-header").replaceChildren();
+      byId("messages").replaceChildren();
+      return;
+    }
+    const admin = store.isAdmin(chat);
+    const members = store.others(chat).map((user) => {
+      const member = element(
         "span",
         { class: "member", "data-user": String(user) },
         element("span", { class: "presence", "data-online": String(presence.get(user)?.online ?? false) }),
         `User ${user}`,
-      ),
-    );
+      );
+      if (admin) {
+        const remove = element("button", { class: "remove", type: "button", title: `Remove User ${user}` }, "×");
+        remove.addEventListener("click", () => {
+          client.removeMembers(chat.id, [user]).then(() => status(""), (error: Error) => status(error.message));
+        });
+        member.append(remove);
+      }
+      return member;
+    });
     byId("chat-header").replaceChildren(
       element("strong", {}, store.name(chat)),
-      element("span", { class: "chat-id hint" }, ` #${chat.id}`),
+      element("span", { class: "chat-id hint" }, ` ${chat.kind ? `${KINDS[chat.kind]} ` : ""}#${chat.id}`),
       element("div", { class: "members" }, ...members),
     );
-    const messages = chat.messages.map((message) => {
+    const entries = store.timeline(chat).map((entry) => {
+      if ("notice" in entry) return element("li", { class: "notice" }, entry.notice.text);
+      const message = entry.message;
       const own = message.sender === me;
       const meta = element("span", { class: "meta" }, time(message.server_time_us));
       if (own) {
@@ -120,7 +147,7 @@ async function start(me: bigint): Promise<void> {
     );
     const list = byId("messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.replaceChildren(...messages, ...pending);
+    list.replaceChildren(...entries, ...pending);
     if (atBottom) list.scrollTop = list.scrollHeight;
   };
 
@@ -186,6 +213,27 @@ async function start(me: bigint): Promise<void> {
     if (event.user_id === me && event.chat_id === openChat) openChat = undefined;
     render();
   });
+  client.on("membersAdded", (event) => {
+    store.membersAdded(event);
+    render();
+    void refreshPresence();
+  });
+  client.on("membersRemoved", (event) => {
+    const known = store.chats.get(event.chat_id);
+    const name = known ? store.name(known) : `chat ${event.chat_id}`;
+    if (store.membersRemoved(event)) {
+      status(`User ${event.by} removed you from ${name}`);
+      if (event.chat_id === openChat) openChat = undefined;
+    }
+    render();
+  });
+  client.on("chatLost", ({ chatId }) => {
+    const known = store.chats.get(chatId);
+    status(`you are no longer a member of ${known ? store.name(known) : `chat ${chatId}`}`);
+    store.forget(chatId);
+    if (chatId === openChat) openChat = undefined;
+    render();
+  });
   client.on("message", (message) => {
     store.message(message);
     if (message.chat_id === openChat) readOpenChat();
@@ -233,13 +281,12 @@ async function start(me: bigint): Promise<void> {
   byId<HTMLFormElement>("new-chat").addEventListener("submit", (event) => {
     event.preventDefault();
     const form = new FormData(event.target as HTMLFormElement);
-    const ids = String(form.get("members")).split(/[\s,]+/).filter(Boolean);
-    if (!ids.every((id) => /^[0-9]+$/.test(id))) {
-      status("member ids are numbers");
-      return;
-    }
-    const kind = form.get("kind") === "group" ? "group" : "direct";
-    client.createChat(kind, String(form.get("title") ?? ""), ids.map(BigInt)).then(
+    const members = userIds(String(form.get("members")));
+    const kind = String(form.get("kind")) as ChatKind;
+    if (members === undefined) return status("member ids are numbers");
+    if (!Object.hasOwn(KINDS, kind)) return status("choose a kind of chat");
+    if (kind === "direct" && members.length !== 1) return status("a direct chat is with one other user");
+    client.createChat(kind, String(form.get("title") ?? ""), members).then(
       (chat) => {
         (event.target as HTMLFormElement).reset();
         status("");
@@ -256,7 +303,30 @@ async function start(me: bigint): Promise<void> {
       return;
     }
     client.join(BigInt(id)).then(
-      () => open(BigInt(id)),
+      () => {
+        (event.target as HTMLFormElement).reset();
+        status("");
+        open(BigInt(id));
+      },
+      (error: Error) =>
+        status(
+          error instanceof ServerError && error.code === ErrorCode.NOT_MEMBER
+            ? `chat ${id} is not a public group: a member must add you`
+            : error.message,
+        ),
+    );
+  });
+  byId<HTMLFormElement>("add-members").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.target as HTMLFormElement;
+    const users = userIds(String(new FormData(form).get("users")));
+    if (openChat === undefined) return;
+    if (users === undefined || users.length === 0) return status("user ids are numbers");
+    client.addMembers(openChat, users).then(
+      () => {
+        form.reset();
+        status("");
+      },
       (error: Error) => status(error.message),
     );
   });

@@ -1,18 +1,34 @@
-// What the page knows of the user's chats, without the DOM: titles and members, messages in
-// seq order, receipts as ticks, unread counts, typing, and what survives a reload (the chats
-// and the read marks, in localStorage, since the protocol cannot list a user's chats yet).
+// What the page knows of the user's chats, without the DOM: titles, members and admin,
+// messages in seq order, membership notices, receipts as ticks, unread counts, typing, and
+// what survives a reload (the chats and the read marks, in localStorage, since the protocol
+// cannot list a user's chats yet).
 
-import type { ChatCreated, ChatKind, MessageBody, Receipt } from "edge-client";
+import type { ChatCreated, ChatKind, MembersChanged, MessageBody, Receipt } from "edge-client";
 
 export type Ticks = "pending" | "sent" | "delivered" | "read";
+
+/** A change of the chat's members, shown among the messages where it happened. */
+export interface Notice {
+  /** The chat's last message when the change was heard: the notice follows it. */
+  afterSeq: bigint;
+  text: string;
+}
+
+/** A message, or a notice placed after the message `at`. */
+export type TimelineEntry = { at: bigint; message: MessageBody } | { at: bigint; notice: Notice };
 
 export interface Chat {
   readonly id: bigint;
   kind: ChatKind | undefined;
   title: string;
-  /** Members as far as this page has heard (chat_created, joined, left). */
+  /** The creator, who is the group's admin while a member; unknown for a chat joined. */
+  creator: bigint | undefined;
+  /** Members as far as this page has heard (chat_created, joined, left, members_added,
+   * members_removed, senders). */
   members: bigint[];
   messages: MessageBody[];
+  /** Changes of the members heard while the page was open, oldest first. */
+  notices: Notice[];
   /** This user's messages not yet stored, by a page-local key. */
   pending: Map<number, { body: string; error?: string }>;
   /** Watermarks of the other members. */
@@ -26,11 +42,13 @@ export interface Chat {
 
 /** Most messages kept per chat; older ones leave the page (the server keeps them). */
 const MAX_MESSAGES_PER_CHAT = 2000;
+/** Most notices kept per chat. */
+const MAX_NOTICES_PER_CHAT = 100;
 /** A typing indicator shows this long after the last typing event. */
 export const TYPING_SHOWS_MS = 4000;
 
 interface Saved {
-  chats: { id: string; kind?: ChatKind; title: string; members: string[]; readMark: string }[];
+  chats: { id: string; kind?: ChatKind; title: string; creator?: string; members: string[]; readMark: string }[];
 }
 
 export class ChatStore {
@@ -46,6 +64,7 @@ export class ChatStore {
       const restored = this.chat(BigInt(chat.id));
       restored.kind = chat.kind;
       restored.title = chat.title;
+      restored.creator = chat.creator === undefined ? undefined : BigInt(chat.creator);
       restored.members = chat.members.map(BigInt);
       restored.readMark = BigInt(chat.readMark);
     }
@@ -58,8 +77,10 @@ export class ChatStore {
         id,
         kind: undefined,
         title: "",
+        creator: undefined,
         members: [],
         messages: [],
+        notices: [],
         pending: new Map(),
         delivered: new Map(),
         read: new Map(),
@@ -75,24 +96,68 @@ export class ChatStore {
     const chat = this.chat(event.chat_id);
     chat.kind = event.kind;
     chat.title = event.title;
+    chat.creator = event.creator;
     chat.members = [...event.members];
     this.save();
   }
 
   joined(chatId: bigint, user: bigint): void {
     const chat = this.chat(chatId);
-    if (!chat.members.includes(user)) chat.members.push(user);
+    if (!chat.members.includes(user)) {
+      chat.members.push(user);
+      this.notice(chat, `${this.person(user, true)} joined`);
+    }
     this.save();
   }
 
   left(chatId: bigint, user: bigint): void {
-    if (user === this.me) {
-      this.chats.delete(chatId);
-    } else {
-      const chat = this.chat(chatId);
-      chat.members = chat.members.filter((m) => m !== user);
-    }
+    if (user === this.me) return this.forget(chatId);
+    const chat = this.chat(chatId);
+    chat.members = chat.members.filter((m) => m !== user);
+    this.notice(chat, `${this.person(user, true)} left`);
     this.save();
+  }
+
+  membersAdded(event: MembersChanged): void {
+    const chat = this.chat(event.chat_id);
+    chat.members = [...new Set([...chat.members, ...event.users])];
+    this.notice(chat, `${this.person(event.by, true)} added ${this.people(event.users)}`);
+    this.save();
+  }
+
+  /** Whether this user was among the removed; the chat is then gone from the page. */
+  membersRemoved(event: MembersChanged): boolean {
+    if (event.users.includes(this.me)) {
+      this.forget(event.chat_id);
+      return true;
+    }
+    const chat = this.chat(event.chat_id);
+    chat.members = chat.members.filter((m) => !event.users.includes(m));
+    this.notice(chat, `${this.person(event.by, true)} removed ${this.people(event.users)}`);
+    this.save();
+    return false;
+  }
+
+  /** The chat's messages with its notices in between, each notice after the message it
+   * was heard after. */
+  timeline(chat: Chat): TimelineEntry[] {
+    const entries: TimelineEntry[] = [
+      ...chat.messages.map((message) => ({ at: message.seq, message })),
+      ...chat.notices.map((notice) => ({ at: notice.afterSeq, notice })),
+    ];
+    // The sort is stable, so notices of one place keep the order they were heard in.
+    return entries.sort((a, b) => (a.at !== b.at ? (a.at < b.at ? -1 : 1) : Number("notice" in a) - Number("notice" in b)));
+  }
+
+  /** The chat is no longer this user's (left, removed, or gone): it leaves the page. */
+  forget(chatId: bigint): void {
+    this.chats.delete(chatId);
+    this.save();
+  }
+
+  /** Whether this user may remove members: the admin of a group who is still a member. */
+  isAdmin(chat: Chat): boolean {
+    return chat.kind !== "direct" && chat.creator === this.me && chat.members.includes(this.me);
   }
 
   /** A message from the SDK: each (chat, seq) once, in seq order. */
@@ -147,7 +212,13 @@ export class ChatStore {
     return known.filter((user) => user !== this.me);
   }
 
-  /** The name the chat list shows. */
+  /** How notices name a user: "you" for this one. */
+  person(user: bigint, first = false): string {
+    if (user !== this.me) return `User ${user}`;
+    return first ? "You" : "you";
+  }
+
+  /** The chat list's and the chat header's name. */
   name(chat: Chat): string {
     if (chat.title) return chat.title;
     const others = this.others(chat);
@@ -161,6 +232,15 @@ export class ChatStore {
     return [...this.chats.values()].sort((a, b) => (latest(b) > latest(a) ? 1 : latest(b) < latest(a) ? -1 : Number(b.id - a.id)));
   }
 
+  private people(users: readonly bigint[]): string {
+    return users.map((user) => this.person(user)).join(", ");
+  }
+
+  private notice(chat: Chat, text: string): void {
+    chat.notices.push({ afterSeq: chat.messages.at(-1)?.seq ?? 0n, text });
+    if (chat.notices.length > MAX_NOTICES_PER_CHAT) chat.notices.shift();
+  }
+
   private key(): string {
     return `edge.chats.${this.me}`;
   }
@@ -171,6 +251,7 @@ export class ChatStore {
         id: String(chat.id),
         ...(chat.kind ? { kind: chat.kind } : {}),
         title: chat.title,
+        ...(chat.creator === undefined ? {} : { creator: String(chat.creator) }),
         members: chat.members.map(String),
         readMark: String(chat.readMark),
       })),
