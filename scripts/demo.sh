@@ -14,7 +14,8 @@
 #
 # Settings (environment): CONNECTIONS (10000), DURATION (30s), GROUP (10), RATE (0.02: one
 # message per user every 50 s, with delivered and read acks), RATES (several rates, one run
-# each on the same stack, e.g. "0.01 0.02 0.05"), BODY (64 bytes), GATEWAY_CORES (1),
+# each on the same stack, e.g. "0.01 0.02 0.05"), BODY (64 bytes), GATEWAY_CORES (1), SHARDS
+# (2: inbound shards and backend transactions at once; bench/RESULTS.md measures 2 against 8),
 # LOADTEST_THREADS (1), GATEWAY_PORT (8080), ADMIN_PORT (9090), CHAT_FLAGS (more flags for
 # the chat scenario, e.g. "--no-delivered-acks --read-ack-interval 0"), OUT (target/demo:
 # where reports, plots and logs go), BIN_DIR (a directory holding prebuilt gateway, backend
@@ -30,7 +31,7 @@ RATE=${RATE:-0.02}
 RATES=${RATES:-$RATE}
 BODY=${BODY:-64}
 GATEWAY_CORES=${GATEWAY_CORES:-1}
-SHARDS=${SHARDS:-8}
+SHARDS=${SHARDS:-2}
 LOADTEST_THREADS=${LOADTEST_THREADS:-1}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 ADMIN_PORT=${ADMIN_PORT:-9090}
