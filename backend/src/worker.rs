@@ -118,18 +118,35 @@ pub(crate) async fn run_shard(shared: Arc<Shared>, shard: u16) {
         db: None,
         backoff: Backoff::default(),
         counted: false,
+        consumed: false,
     };
+    // While a dependency is down every attempt fails the same way: the first failure is
+    // logged, then one line per `QUIET` with the count, instead of one per attempt and shard.
+    let mut next_warning = Instant::now();
+    let mut unlogged = 0u64;
     loop {
         match worker.session().await {
             Ok(()) => return,
             Err(_) if worker.shared.shutdown.is_cancelled() => return,
             Err(error) => {
                 Stats::add(&worker.shared.stats.retries, 1);
-                tracing::warn!(
-                    shard,
-                    error = format!("{error:#}"),
-                    "shard session failed; starting again"
-                );
+                let now = Instant::now();
+                if std::mem::take(&mut worker.consumed) || now >= next_warning {
+                    tracing::warn!(
+                        shard,
+                        error = format!("{error:#}"),
+                        failed_attempts_not_logged = std::mem::take(&mut unlogged),
+                        "shard session failed; starting again"
+                    );
+                    next_warning = now + QUIET;
+                } else {
+                    unlogged += 1;
+                    tracing::debug!(
+                        shard,
+                        error = format!("{error:#}"),
+                        "shard session failed again"
+                    );
+                }
                 if worker.pause().await.is_err() {
                     return;
                 }
@@ -138,6 +155,9 @@ pub(crate) async fn run_shard(shared: Arc<Shared>, shard: u16) {
     }
 }
 
+/// How long repeated session failures of a shard go unlogged (at warn) after one is logged.
+const QUIET: Duration = Duration::from_secs(30);
+
 struct ShardWorker {
     shared: Arc<Shared>,
     shard: u16,
@@ -145,6 +165,8 @@ struct ShardWorker {
     backoff: Backoff,
     /// This shard is counted in [`Shared::consuming`].
     counted: bool,
+    /// The current session got as far as consuming (its failure is news, not a repeat).
+    consumed: bool,
 }
 
 /// The two channels of a session: deliveries come in and are settled on one, outbound
@@ -198,6 +220,7 @@ impl ShardWorker {
             .with_context(|| format!("the broker did not let {queue} be consumed in time"))??;
         tracing::info!(shard = self.shard, queue, "consuming");
         self.backoff.reset();
+        self.consumed = true;
         if !std::mem::replace(&mut self.counted, true) {
             self.shared.consuming.send_modify(|n| *n += 1);
         }
