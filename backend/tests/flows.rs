@@ -384,6 +384,46 @@ async fn sync_returns_pages_with_has_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_page_of_large_bodies_stops_at_its_byte_bound() {
+    use wire::limits::{MAX_BODY_BYTES, MAX_SYNC_PAGE, MAX_SYNC_PAGE_BYTES};
+    let env = Env::new(2).await;
+    env.online(ALICE, NODE).await;
+    env.online(BOB, NODE).await;
+    let mut node = env.node_reader().await;
+    let backend = env.start(&[]);
+    let chat = create_chat(&env, &mut node, ALICE, ChatKind::Direct, &[BOB], 1)
+        .await
+        .chat_id;
+    let body = "x".repeat(MAX_BODY_BYTES);
+    let fitting = (MAX_SYNC_PAGE_BYTES / MAX_BODY_BYTES) as u64;
+    let frames: Vec<_> = (1..=fitting + 6)
+        .map(|i| (ALICE, 1, send(chat, i, &body)))
+        .collect();
+    env.send_all(&frames).await;
+
+    let page = |after_seq, client_msg_id| {
+        ClientFrame::Sync(SyncRequest {
+            client_msg_id,
+            chat_id: chat,
+            after_seq,
+            limit: MAX_SYNC_PAGE,
+        })
+    };
+    let connection = env.connection_id();
+    let (_, first) = read_page(&env, &mut node, connection, page(0, 900)).await;
+    assert_eq!(
+        (first.messages.len() as u64, first.has_more),
+        (fitting, true)
+    );
+    let (_, rest) = read_page(&env, &mut node, connection, page(fitting, 901)).await;
+    assert_eq!((rest.messages.len(), rest.has_more), (6, false));
+
+    backend.stop().await;
+    node.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_member_send_gets_an_error_echoing_its_client_msg_id() {
     let env = Env::new(2).await;
     for user in [ALICE, BOB, CAROL] {

@@ -215,6 +215,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Bytes queued for one connection before it is closed as a slow consumer (4000): the
+    /// frames' encoded size, shared deliveries counted in full. The default holds the frame
+    /// bound's worth of maximal messages.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
     /// Messages of recent history the memory engine keeps per chat for sync.
     #[arg(long, env = "GATEWAY_HISTORY_PER_CHAT", default_value_t = 1000)]
     pub history_per_chat: usize,

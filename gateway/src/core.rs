@@ -17,7 +17,7 @@ use crate::bridge::{BridgeInbox, BridgeMsg};
 use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
-use crate::outbox::{Outbox, Outgoing};
+use crate::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, connection_id, core_holds_any};
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
@@ -182,7 +182,10 @@ impl Core {
             user_id,
             expires_at,
             text,
-            self.node.config.outbound_queue,
+            QueueLimits {
+                frames: self.node.config.outbound_queue,
+                bytes: self.node.config.outbound_queue_bytes,
+            },
         ));
         self.sessions.borrow_mut().insert(id, outbox.clone());
         self.users.borrow_mut().entry(user_id).or_default().push(id);

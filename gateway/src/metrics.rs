@@ -87,6 +87,8 @@ pub struct CoreMetrics {
     pub slow_consumer_closes: AtomicU64,
     /// Frames waiting in the outbound queues of this core's sessions.
     pub outbound_queued: AtomicI64,
+    /// Bytes those frames pin.
+    pub outbound_queued_bytes: AtomicI64,
     /// Deepest outbound queue a push has made since the last sweep.
     outbound_peak: AtomicU64,
     /// Deepest outbound queue of the last sweep window: what was left in any queue at the
@@ -136,10 +138,17 @@ impl CoreMetrics {
         self.frames_out[kind_byte as usize % KINDS].fetch_add(1, Relaxed);
     }
 
-    /// Notes an outbound queue's depth after a push.
-    pub fn queue_depth(&self, depth: usize) {
+    /// Notes a push of `bytes` that left an outbound queue `depth` frames deep.
+    pub fn queue_depth(&self, depth: usize, bytes: usize) {
         self.outbound_queued.fetch_add(1, Relaxed);
+        self.outbound_queued_bytes.fetch_add(bytes as i64, Relaxed);
         self.outbound_peak.fetch_max(depth as u64, Relaxed);
+    }
+
+    /// Notes `frames` frames of `bytes` in all that left an outbound queue.
+    pub fn dequeued(&self, frames: usize, bytes: usize) {
+        self.outbound_queued.fetch_sub(frames as i64, Relaxed);
+        self.outbound_queued_bytes.fetch_sub(bytes as i64, Relaxed);
     }
 
     /// Ends a sweep window in which the deepest queue left at the sweep was `deepest_now`.
@@ -307,6 +316,15 @@ impl Collector for NodeMetrics {
         )?;
         gauge(
             e,
+            "gateway_outbound_queue_bytes",
+            "Bytes the frames waiting in outbound queues pin.",
+            cores
+                .iter()
+                .map(|c| c.outbound_queued_bytes.load(Relaxed))
+                .sum::<i64>(),
+        )?;
+        gauge(
+            e,
             "gateway_outbound_queue_max_frames",
             "Deepest outbound queue of any session over the last second.",
             cores
@@ -362,8 +380,8 @@ mod tests {
     #[test]
     fn the_deepest_queue_gauge_goes_down_when_queues_drain() {
         let core = CoreMetrics::default();
-        core.queue_depth(1);
-        core.queue_depth(40);
+        core.queue_depth(1, 10);
+        core.queue_depth(40, 10);
         core.end_sweep_window(3);
         assert_eq!(
             core.outbound_deepest.load(Relaxed),

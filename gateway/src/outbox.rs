@@ -1,5 +1,6 @@
-//! A session's outbound queue, as the rest of its core sees it: bounded, in order, and
-//! closed with 4000 when the client reads too slowly (skipping frames would break order).
+//! A session's outbound queue, as the rest of its core sees it: bounded in frames and in
+//! bytes, in order, and closed with 4000 when the client reads too slowly (skipping frames
+//! would break order).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -23,6 +24,28 @@ pub enum Outgoing {
     Own(Bytes),
 }
 
+impl Outgoing {
+    /// The bytes this entry keeps alive while it waits. A shared delivery counts in full
+    /// although other sessions hold it too: this session alone can keep it from being freed.
+    /// Its binary form is what counts, since the JSON form is built only once it is written.
+    pub fn pinned_bytes(&self) -> usize {
+        match self {
+            Outgoing::Shared(delivery) => delivery.binary_len(),
+            Outgoing::Own(bytes) => bytes.len(),
+        }
+    }
+}
+
+/// How much one session's outbound queue may hold before the session is closed as a slow
+/// consumer: whichever bound a push would pass first closes it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Frames waiting.
+    pub frames: usize,
+    /// Bytes those frames pin ([`Outgoing::pinned_bytes`]).
+    pub bytes: usize,
+}
+
 /// One session's queue and the flags its task polls.
 #[derive(Debug)]
 pub struct Outbox {
@@ -33,6 +56,8 @@ pub struct Outbox {
     /// When the session's token expires (Unix seconds): the session ends then with 4002.
     pub expires_at: u64,
     queue: RefCell<VecDeque<Outgoing>>,
+    /// What the queued frames pin, in bytes.
+    queued_bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     close: Cell<Option<CloseCode>>,
     /// When the close was asked for: a client that does not take its close frame in time
@@ -40,31 +65,32 @@ pub struct Outbox {
     close_requested_at: Cell<Option<Instant>>,
     aborted: Cell<bool>,
     text: Cell<bool>,
-    limit: usize,
+    limits: QueueLimits,
     last_read: Cell<Instant>,
     pinged: Cell<bool>,
 }
 
 impl Outbox {
-    /// An empty outbox holding up to `limit` frames.
+    /// An empty outbox holding up to `limits`.
     pub fn new(
         connection_id: u64,
         user_id: UserId,
         expires_at: u64,
         text: bool,
-        limit: usize,
+        limits: QueueLimits,
     ) -> Outbox {
         Outbox {
             connection_id,
             user_id,
             expires_at,
             queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
             waker: RefCell::new(None),
             close: Cell::new(None),
             close_requested_at: Cell::new(None),
             aborted: Cell::new(false),
             text: Cell::new(text),
-            limit,
+            limits,
             last_read: Cell::new(Instant::now()),
             pinged: Cell::new(false),
         }
@@ -101,40 +127,47 @@ impl Outbox {
         self.text.set(text);
     }
 
-    /// Queues a frame; a full queue closes the session as a slow consumer instead.
+    /// Queues a frame; a push that would pass either bound closes the session as a slow
+    /// consumer instead, and frees what it had queued.
     pub fn push(&self, frame: Outgoing, metrics: &CoreMetrics) {
         if self.close.get().is_some() {
             return;
         }
+        let bytes = frame.pinned_bytes();
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= self.limit {
-            metrics
-                .outbound_queued
-                .fetch_sub(queue.len() as i64, Relaxed);
-            queue.clear();
-            queue.shrink_to_fit();
+        if queue.len() >= self.limits.frames || self.queued_bytes.get() + bytes > self.limits.bytes
+        {
             drop(queue);
+            self.discard(metrics);
+            self.queue.borrow_mut().shrink_to_fit();
             metrics.slow_consumer_closes.fetch_add(1, Relaxed);
             self.close(CloseCode::SLOW_CONSUMER);
             return;
         }
         queue.push_back(frame);
-        metrics.queue_depth(queue.len());
+        metrics.queue_depth(queue.len(), bytes);
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
         drop(queue);
         self.wake();
     }
 
     /// Queues the close frame, the last thing the session writes, after a close request.
+    /// It is not bounded: a session queues it once.
     pub fn push_final(&self, frame: Bytes, metrics: &CoreMetrics) {
-        self.queue.borrow_mut().push_back(Outgoing::Own(frame));
-        metrics.queue_depth(self.len());
+        let frame = Outgoing::Own(frame);
+        let bytes = frame.pinned_bytes();
+        self.queue.borrow_mut().push_back(frame);
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        metrics.queue_depth(self.len(), bytes);
     }
 
     /// The next frame to write, in this session's encoding.
     pub fn pop(&self, metrics: &CoreMetrics) -> Option<(Bytes, Option<Arc<Delivery>>)> {
         let mut queue = self.queue.borrow_mut();
         let next = queue.pop_front()?;
-        metrics.outbound_queued.fetch_sub(1, Relaxed);
+        let bytes = next.pinned_bytes();
+        self.queued_bytes.set(self.queued_bytes.get() - bytes);
+        metrics.dequeued(1, bytes);
         if queue.is_empty() && queue.capacity() > 16 {
             // A burst is over: give its memory back rather than keep it per idle session.
             queue.shrink_to_fit();
@@ -182,6 +215,11 @@ impl Outbox {
         self.queue.borrow().len()
     }
 
+    /// Bytes the waiting frames pin.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.queue.borrow().is_empty()
@@ -198,9 +236,8 @@ impl Outbox {
     /// Drops what is queued (the session is gone), keeping the gauge right.
     pub fn discard(&self, metrics: &CoreMetrics) {
         let mut queue = self.queue.borrow_mut();
-        metrics
-            .outbound_queued
-            .fetch_sub(queue.len() as i64, Relaxed);
+        metrics.dequeued(queue.len(), self.queued_bytes.get());
+        self.queued_bytes.set(0);
         queue.clear();
     }
 
@@ -217,5 +254,57 @@ impl Outbox {
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(frames: usize, bytes: usize) -> Outbox {
+        Outbox::new(1, 1, u64::MAX, false, QueueLimits { frames, bytes })
+    }
+
+    #[test]
+    fn a_push_past_the_byte_bound_closes_as_slow_consumer_and_frees_the_queue() {
+        let metrics = CoreMetrics::default();
+        let outbox = outbox(1024, 10_000);
+        for _ in 0..2 {
+            outbox.push(Outgoing::Own(Bytes::from(vec![0; 4000])), &metrics);
+        }
+        assert_eq!(outbox.queued_bytes(), 8000);
+        assert_eq!(metrics.outbound_queued_bytes.load(Relaxed), 8000);
+        assert_eq!(outbox.close_requested(), None);
+        outbox.push(Outgoing::Own(Bytes::from(vec![0; 4000])), &metrics);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::SLOW_CONSUMER));
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(metrics.outbound_queued.load(Relaxed), 0);
+        assert_eq!(metrics.outbound_queued_bytes.load(Relaxed), 0);
+        assert_eq!(metrics.slow_consumer_closes.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn bytes_are_given_back_as_frames_are_written() {
+        let metrics = CoreMetrics::default();
+        let outbox = outbox(1024, 10_000);
+        let delivery = Delivery::new(
+            &wire::ServerFrame::Pong(wire::server::Pong {
+                nonce: 1,
+                server_time_us: 2,
+            })
+            .encode()
+            .unwrap(),
+            Instant::now(),
+        )
+        .unwrap();
+        outbox.push(Outgoing::Shared(delivery.clone()), &metrics);
+        outbox.push(Outgoing::Own(Bytes::from_static(b"abc")), &metrics);
+        assert_eq!(outbox.queued_bytes(), delivery.binary_len() + 3);
+        outbox.pop(&metrics);
+        assert_eq!(outbox.queued_bytes(), 3);
+        outbox.discard(&metrics);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(metrics.outbound_queued_bytes.load(Relaxed), 0);
     }
 }

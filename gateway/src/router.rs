@@ -44,6 +44,11 @@ impl Delivery {
         }))
     }
 
+    /// Length of the complete binary WebSocket frame.
+    pub fn binary_len(&self) -> usize {
+        self.binary.len()
+    }
+
     /// The kind byte of the server frame.
     pub fn kind(&self) -> u8 {
         self.kind

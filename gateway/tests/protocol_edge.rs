@@ -611,6 +611,10 @@ fn the_protocol_document_quotes_the_gateway_s_numbers() {
         ),
         format!("queues up to {} frames", defaults.outbound_queue),
         format!(
+            "up to {} MiB of them",
+            defaults.outbound_queue_bytes / (1024 * 1024)
+        ),
+        format!(
             "allows {} seconds of clock skew",
             gateway::auth::DEFAULT_LEEWAY_SECS
         ),

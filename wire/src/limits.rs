@@ -17,6 +17,19 @@ pub const MAX_MEMBERS_PER_CHAT: usize = 1000;
 /// Most messages in one sync page; a sync frame asks for `1..=MAX_SYNC_PAGE`.
 pub const MAX_SYNC_PAGE: u32 = 200;
 
+/// Most body bytes in one sync page: a page stops early, with `has_more`, before the
+/// message that would pass this (a page always carries at least one message). It keeps a
+/// page of maximal bodies near 256 KiB rather than 1 MiB, which is what a client that asks
+/// for pages faster than it reads can make the server queue per request.
+pub const MAX_SYNC_PAGE_BYTES: usize = 256 * 1024;
+
+/// Whether a sync page that holds `messages` messages whose bodies add up to `body_bytes`
+/// takes one more message with a body of `next_body` bytes under [`MAX_SYNC_PAGE_BYTES`].
+/// The page's `limit` is the caller's to apply.
+pub fn sync_page_admits(messages: usize, body_bytes: usize, next_body: usize) -> bool {
+    messages == 0 || body_bytes + next_body <= MAX_SYNC_PAGE_BYTES
+}
+
 /// Most users in one presence query.
 pub const MAX_PRESENCE_QUERY: usize = 200;
 

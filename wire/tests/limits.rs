@@ -155,10 +155,19 @@ fn constants_are_what_the_protocol_document_quotes() {
     assert_eq!(MAX_TITLE_BYTES, 256);
     assert_eq!(MAX_MEMBERS_PER_CHAT, 1000);
     assert_eq!(MAX_SYNC_PAGE, 200);
+    assert_eq!(wire::limits::MAX_SYNC_PAGE_BYTES, 262_144);
     assert_eq!(MAX_PRESENCE_QUERY, 200);
     assert_eq!(MAX_REASON_BYTES, 256);
     assert_eq!(MAX_SERVER_FRAME_BYTES, 1_048_576);
     assert_eq!(wire::envelope::MAX_ENVELOPE_BYTES, 1_048_576 + 65_536);
+}
+
+#[test]
+fn a_sync_page_takes_messages_up_to_its_byte_bound_and_always_one() {
+    use wire::limits::{MAX_SYNC_PAGE_BYTES, sync_page_admits};
+    assert!(sync_page_admits(0, 0, MAX_SYNC_PAGE_BYTES + 1));
+    assert!(sync_page_admits(3, MAX_SYNC_PAGE_BYTES - 10, 10));
+    assert!(!sync_page_admits(3, MAX_SYNC_PAGE_BYTES - 10, 11));
 }
 
 #[test]

@@ -20,7 +20,7 @@ use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Transaction};
 use wire::client::{PresenceQuery, SyncRequest, Typing};
-use wire::limits::MAX_SYNC_PAGE;
+use wire::limits::{MAX_SYNC_PAGE, sync_page_admits};
 use wire::server::{ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
 use wire::{
     ChatId, ChatKind, ClientFrame, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
@@ -184,18 +184,24 @@ async fn history(
         let out = membership_refusal(request, sync.chat_id, exists, Some(sync.client_msg_id));
         return Ok((vec![out], true));
     }
-    let has_more = rows.len() > limit as usize;
     let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut body_bytes = 0;
     for row in rows.iter().take(limit as usize) {
+        let body: String = row.try_get(4)?;
+        if !sync_page_admits(messages.len(), body_bytes, body.len()) {
+            break;
+        }
+        body_bytes += body.len();
         messages.push(Message {
             chat_id: sync.chat_id,
             seq: wire_id(row.try_get(0)?),
             sender: wire_id(row.try_get(1)?),
             client_msg_id: wire_id(row.try_get(2)?),
             server_time_us: wire_id(row.try_get(3)?),
-            body: row.try_get(4)?,
+            body,
         });
     }
+    let has_more = rows.len() > messages.len();
     let frame = ServerFrame::SyncBatch(SyncBatch {
         client_msg_id: sync.client_msg_id,
         chat_id: sync.chat_id,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wire::client::{ArchivedAck, ArchivedSendMessage, ArchivedSyncRequest};
 use wire::envelope::Target;
-use wire::limits::MAX_MEMBERS_PER_CHAT;
+use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
 use wire::server::{
     ChatCreated, ChatEvent, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
@@ -304,9 +304,16 @@ impl Chat {
         self.require_member(origin.user_id)?;
         let after = sync.after_seq.to_native();
         let limit = sync.limit.to_native() as usize;
-        let mut newer = self.history.iter().filter(|m| m.seq > after);
-        let messages: Vec<Message> = newer.by_ref().take(limit).cloned().collect();
-        let has_more = newer.next().is_some();
+        let mut newer = self.history.iter().filter(|m| m.seq > after).peekable();
+        let mut messages: Vec<Message> = Vec::new();
+        let mut body_bytes = 0;
+        while let Some(next) = newer.next_if(|m| {
+            messages.len() < limit && sync_page_admits(messages.len(), body_bytes, m.body.len())
+        }) {
+            body_bytes += next.body.len();
+            messages.push(next.clone());
+        }
+        let has_more = newer.peek().is_some();
         let page = ServerFrame::SyncBatch(SyncBatch {
             client_msg_id: sync.client_msg_id.to_native(),
             chat_id: self.id,
@@ -620,5 +627,51 @@ mod tests {
             chat.sync_page(stranger, sync).unwrap_err().code,
             ErrorCode::NotMember
         );
+    }
+
+    #[test]
+    fn a_sync_page_stops_at_its_byte_bound_and_says_more_follow() {
+        let mut chat = group(ChatKind::Group);
+        let body = "x".repeat(wire::limits::MAX_BODY_BYTES);
+        for client_msg_id in 0..100 {
+            let frame = wire::ClientFrame::Send(wire::client::SendMessage {
+                chat_id: 7,
+                client_msg_id,
+                body: body.clone(),
+            })
+            .encode()
+            .unwrap();
+            let wire::ClientFrameRef::Send(send) = wire::ClientFrameRef::access(&frame).unwrap()
+            else {
+                unreachable!("a send frame")
+            };
+            chat.send(1, send, 0, 1000).unwrap();
+        }
+        let page = |after_seq| {
+            let frame = wire::ClientFrame::Sync(wire::client::SyncRequest {
+                client_msg_id: 3,
+                chat_id: 7,
+                after_seq,
+                limit: wire::limits::MAX_SYNC_PAGE,
+            })
+            .encode()
+            .unwrap();
+            let wire::ClientFrameRef::Sync(sync) = wire::ClientFrameRef::access(&frame).unwrap()
+            else {
+                unreachable!("a sync frame")
+            };
+            let mut outcome = chat.sync_page(ORIGIN, sync).unwrap();
+            match outcome.replies.remove(0).frame {
+                ServerFrame::SyncBatch(batch) => batch,
+                other => panic!("a sync batch, not {other:?}"),
+            }
+        };
+        let first = page(0);
+        let fitting = wire::limits::MAX_SYNC_PAGE_BYTES / body.len();
+        assert_eq!(first.messages.len(), fitting);
+        assert!(first.has_more);
+        let rest = page(first.messages.last().unwrap().seq);
+        assert_eq!(rest.messages.len(), 100 - fitting);
+        assert!(!rest.has_more);
     }
 }
