@@ -23,6 +23,8 @@ pub(crate) struct Request {
     /// that worker may have committed the frame without publishing what it produced.
     pub redelivered: bool,
     pub origin: Origin,
+    /// When the gateway read the frame, microseconds since the epoch (the gateway's clock).
+    pub received_at_us: u64,
     pub frame: ClientFrame,
 }
 
@@ -51,6 +53,7 @@ pub(crate) fn decode(tag: u64, redelivered: bool, data: &[u8]) -> Result<Vec<Req
                     node_id: view.node_id.to_native(),
                     connection_id: view.connection_id.to_native(),
                 },
+                received_at_us: view.received_at_us.to_native(),
                 frame: view.client_frame()?.to_owned()?,
             })
         })

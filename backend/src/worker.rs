@@ -364,9 +364,17 @@ impl ShardWorker {
                 .context("acknowledging a batch")?;
         }
         self.shared.stats.record_batch(requests.len() as u64);
+        // How long the batch's oldest frame took from the gateway's read to this batch: the
+        // gateway's bridge, the broker's inbound queue and the wait for this shard.
+        let queued_us = requests
+            .iter()
+            .map(|r| r.received_at_us)
+            .min()
+            .map_or(0, |oldest| now_us.saturating_sub(oldest));
         tracing::debug!(
             shard = self.shard,
             frames = requests.len(),
+            queued_us,
             envelopes = published,
             persist_us = persisted.as_micros(),
             lookup_us = (looked_up - persisted).as_micros(),

@@ -201,6 +201,7 @@ mod tests {
                 node_id: 1,
                 connection_id,
             },
+            received_at_us: 0,
             frame: ClientFrame::Ping(Ping { nonce: 0 }),
         }
     }
