@@ -203,6 +203,8 @@ pub(crate) struct Statements {
     pub membership: Statement,
     /// (chat_id, after_seq, limit) -> messages after the seq, oldest first.
     pub sync_page: Statement,
+    /// (chat_id, before_seq, limit) -> messages before the seq, newest first.
+    pub sync_page_before: Statement,
     /// (chat_id) -> (chat exists, kind or null, member ids[]).
     pub chat_and_members: Statement,
     /// (kind, title, creator, client_msg_id, direct_low, direct_high) -> new chat id, or no
@@ -264,6 +266,10 @@ impl Statements {
             .await?,
             sync_page: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
                  WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .await?,
+            // The primary key (chat_id, seq) read backwards: no index of its own.
+            sync_page_before: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
+                 WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
             .await?,
             chat_and_members: p("SELECT c.id IS NOT NULL, c.kind,
                         ARRAY (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id)

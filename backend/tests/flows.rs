@@ -348,6 +348,7 @@ async fn sync_returns_pages_with_has_more() {
             chat_id: chat,
             after_seq,
             limit,
+            before_seq: None,
         })
     };
     let connection = env.connection_id();

@@ -53,13 +53,20 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// Ask for up to `limit` messages of `chat_id` after `after_seq`, oldest first.
+    /// Ask for up to `limit` messages of `chat_id`: after `after_seq`, oldest first, or, when
+    /// `before_seq` is set (and `after_seq` is 0), before `before_seq`, newest first.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(filter = "|s| s.before_seq.is_none() || s.after_seq == 0"))]
     pub struct SyncRequest {
         pub client_msg_id: ClientMsgId,
         pub chat_id: ChatId,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "proptest::prop_oneof![proptest::strategy::Just(0), proptest::arbitrary::any::<u64>()]"))]
         pub after_seq: Seq,
         #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "1..=crate::limits::MAX_SYNC_PAGE"))]
         pub limit: u32,
+        /// Backward history: JSON may leave it out, and writes it only when set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "proptest::option::of(1..=u64::MAX)"))]
+        pub before_seq: Option<Seq>,
     }
 }
 
@@ -100,7 +107,7 @@ limits!(
 );
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
 limits!(Ack, ArchivedAck);
-limits!(SyncRequest, ArchivedSyncRequest; sync_page limit);
+limits!(SyncRequest, ArchivedSyncRequest; sync_page limit; one_direction after_seq before_seq);
 limits!(Typing, ArchivedTyping);
 limits!(
     PresenceQuery,

@@ -80,3 +80,13 @@ pub(crate) fn sync_page(limit: u32) -> Result<(), LimitExceeded> {
         })
     }
 }
+
+/// Checks that a sync page goes one way: `after_seq` (non-zero) and `before_seq` together
+/// would ask for two pages at once.
+pub(crate) fn one_direction(after_seq: u64, backward: bool) -> Result<(), crate::WireError> {
+    if backward && after_seq != 0 {
+        Err(crate::WireError::BothDirections { after_seq })
+    } else {
+        Ok(())
+    }
+}

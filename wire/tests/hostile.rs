@@ -189,7 +189,10 @@ fn check_flipped_client(flipped: &[u8], byte: usize, full: bool) {
             Err(e) => assert!(
                 matches!(
                     e,
-                    WireError::Malformed(_) | WireError::Limit(_) | WireError::NulInText { .. }
+                    WireError::Malformed(_)
+                        | WireError::Limit(_)
+                        | WireError::NulInText { .. }
+                        | WireError::BothDirections { .. }
                 ),
                 "{e:?}"
             ),

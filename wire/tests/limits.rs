@@ -134,6 +134,7 @@ fn sync(limit: u32) -> ClientFrame {
         chat_id: 2,
         after_seq: 3,
         limit,
+        before_seq: None,
     })
 }
 
@@ -269,6 +270,45 @@ fn sync_page_limit() {
         })
     };
     server_limit(batch(max), batch(max + 1), limit("messages", max + 1, max));
+}
+
+#[test]
+fn a_sync_goes_one_way() {
+    let with = |after_seq, before_seq| {
+        ClientFrame::Sync(client::SyncRequest {
+            client_msg_id: 1,
+            chat_id: 2,
+            after_seq,
+            limit: 10,
+            before_seq,
+        })
+    };
+    for ok in [with(0, Some(5)), with(3, None), with(0, None)] {
+        let bytes = ok.encode().unwrap();
+        assert_eq!(ClientFrame::decode(&bytes).unwrap(), ok);
+        assert_eq!(ClientFrame::from_json(&ok.to_json()).unwrap(), ok);
+    }
+    let both = with(3, Some(5));
+    let expected = WireError::BothDirections { after_seq: 3 };
+    assert_eq!(expected.code(), ErrorCode::InvalidRequest);
+    assert_eq!(both.encode().unwrap_err(), expected);
+    let ClientFrame::Sync(body) = &both else {
+        unreachable!("a sync")
+    };
+    let bytes = raw(ClientKind::Sync as u8, body);
+    let refusal = Refusal {
+        error: expected,
+        client_msg_id: Some(1),
+    };
+    assert_eq!(ClientFrameRef::check(&bytes).unwrap_err(), refusal);
+    assert_eq!(
+        ClientFrame::binary_from_json(&both.to_json()).unwrap_err(),
+        refusal
+    );
+    // JSON may leave `before_seq` out, and writes it only when set.
+    let forward = r#"{"type":"sync","client_msg_id":1,"chat_id":2,"after_seq":3,"limit":10}"#;
+    assert_eq!(ClientFrame::from_json(forward).unwrap(), with(3, None));
+    assert_eq!(with(3, None).to_json(), forward);
 }
 
 #[test]

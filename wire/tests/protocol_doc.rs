@@ -70,8 +70,19 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
                 chat_id: 7,
                 after_seq: 12,
                 limit: 50,
+                before_seq: None,
             }),
             r#"{"type":"sync","client_msg_id":5,"chat_id":7,"after_seq":12,"limit":50}"#,
+        ),
+        (
+            ClientFrame::Sync(client::SyncRequest {
+                client_msg_id: 5,
+                chat_id: 7,
+                after_seq: 0,
+                limit: 50,
+                before_seq: Some(19),
+            }),
+            r#"{"type":"sync","client_msg_id":5,"chat_id":7,"after_seq":0,"limit":50,"before_seq":19}"#,
         ),
         (
             ClientFrame::Typing(client::Typing { chat_id: 7 }),
@@ -278,7 +289,8 @@ fn json_examples_are_exact_and_in_the_document() {
         assert!(DOC.contains(json), "PROTOCOL.md lacks the example {json}");
     }
     // Each kind has an example.
-    let client: Vec<ClientKind> = client_examples().iter().map(|(f, _)| f.kind()).collect();
+    let mut client: Vec<ClientKind> = client_examples().iter().map(|(f, _)| f.kind()).collect();
+    client.dedup();
     assert_eq!(client, ClientKind::ALL);
     let mut server: Vec<ServerKind> = server_examples().iter().map(|(f, _)| f.kind()).collect();
     server.dedup();
@@ -302,7 +314,7 @@ fn binary_examples_are_exact_and_in_the_document() {
         hex(&receipt),
         "01 03 07 00 00 00 00 00 00 00 02 12 00 00 00 00 00 00 00 2b 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
     );
-    let query = client_examples()[8].0.encode().unwrap();
+    let query = client_examples()[9].0.encode().unwrap();
     assert_eq!(
         hex(&query),
         "01 09 2b 00 00 00 00 00 00 00 2c 00 00 00 00 00 00 00 06 00 00 00 00 00 00 00 e8 ff ff ff 02 00 00 00"

@@ -168,16 +168,22 @@ async fn history(
     let limit = sync.limit.clamp(1, MAX_SYNC_PAGE);
     // One row more than the page tells whether another page follows.
     let fetch = i64::from(limit) + 1;
-    let (chat, user, after) = (
+    // A page goes one way: forward from `after_seq`, or back from `before_seq` (the gateway
+    // refused frames that carry both).
+    let (statement, from) = match sync.before_seq {
+        Some(before) => (&st.sync_page_before, before),
+        None => (&st.sync_page, sync.after_seq),
+    };
+    let (chat, user, from) = (
         db(sync.chat_id),
         db(request.origin.user_id),
-        seq_param(sync.after_seq),
+        seq_param(from),
     );
     let membership_params: [&(dyn ToSql + Sync); 2] = [&chat, &user];
-    let page_params: [&(dyn ToSql + Sync); 3] = [&chat, &after, &fetch];
+    let page_params: [&(dyn ToSql + Sync); 3] = [&chat, &from, &fetch];
     let (membership, rows) = tokio::try_join!(
         tx.query_one(&st.membership, &membership_params),
-        tx.query(&st.sync_page, &page_params),
+        tx.query(statement, &page_params),
     )?;
     let (exists, member): (bool, bool) = (membership.try_get(0)?, membership.try_get(1)?);
     if !member {

@@ -140,7 +140,18 @@ type Request =
   | { kind: "add_members"; answer: Deferred<MembersChanged> }
   | { kind: "remove_members"; answer: Deferred<MembersChanged> }
   | { kind: "presence"; answer: Deferred<PresenceEntry[]> }
+  | { kind: "history"; answer: Deferred<HistoryPage> }
   | { kind: "sync"; chatId: bigint };
+
+/** A page of backward history: `messages` newest first; `hasMore` says whether older
+ * messages precede the last one (ask again with its seq as `beforeSeq`). */
+export interface HistoryPage {
+  messages: MessageBody[];
+  hasMore: boolean;
+}
+
+/** `before_seq` that asks for the newest messages of a chat. */
+const NEWEST = 0xffff_ffff_ffff_ffffn;
 
 /** Both watermarks of one chat: what the application wants acknowledged and what was
  * written on the current session. */
@@ -321,6 +332,16 @@ export class EdgeClient {
       kind: "presence",
       answer,
     }));
+  }
+
+  /** Up to `limit` messages of `chatId` before `beforeSeq` (by default the newest ones),
+   * newest first: for a chat screen that scrolls back. These pages are the application's;
+   * they do not go through the live seq tracking or the `message` events. */
+  history(chatId: bigint, beforeSeq: bigint = NEWEST, limit: number = this.options.syncPageSize): Promise<HistoryPage> {
+    return this.request(
+      (client_msg_id) => ({ type: "sync", client_msg_id, chat_id: chatId, after_seq: 0n, limit, before_seq: beforeSeq }),
+      (answer) => ({ kind: "history", answer }),
+    );
   }
 
   /** Tells the members that this user is typing (ephemeral; dropped while disconnected). */
@@ -512,6 +533,9 @@ export class EdgeClient {
 
   private syncPage(batch: SyncBatch): void {
     const pending = this.requests.get(batch.client_msg_id);
+    if (pending?.request.kind === "history") {
+      return this.answer(batch.client_msg_id, "history", { messages: batch.messages, hasMore: batch.has_more });
+    }
     if (pending?.request.kind === "sync") this.forgetRequest(batch.client_msg_id);
     // This user left the chat or was removed from it while the sync was under way.
     if (this.seqs.held(batch.chat_id) === undefined) return;

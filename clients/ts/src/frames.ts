@@ -58,6 +58,8 @@ export interface Sync {
   chat_id: bigint;
   after_seq: bigint;
   limit: number;
+  /** Backward history: messages before this seq, newest first (after_seq must then be 0). */
+  before_seq?: bigint;
 }
 export interface Typing {
   type: "typing";

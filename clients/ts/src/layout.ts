@@ -12,6 +12,9 @@ export type FieldType =
   | "u64"
   | "bool"
   | "option_u64"
+  /** An optional u64 that JSON leaves out when none (binary: as option_u64); absent from
+   * the frame object when none. */
+  | "omittable_u64"
   | { string: number; noNul?: true }
   | { enum: readonly string[] }
   | { list: "u64" | StructLayout; max: number };
@@ -111,6 +114,7 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
       ["chat_id", "u64"],
       ["after_seq", "u64"],
       ["limit", "u32"],
+      ["before_seq", "omittable_u64"],
     ],
     check: (frame) => {
       const limit = frame["limit"] as number;
@@ -234,6 +238,7 @@ export function fieldSize(type: FieldType): number {
     case "bool":
       return 1;
     case "option_u64":
+    case "omittable_u64":
       return 9;
   }
   if ("enum" in type) return 1;

@@ -173,6 +173,7 @@ function clientFrame(id: fc.Arbitrary<bigint>): fc.Arbitrary<ClientFrame> {
     rec({ type: fc.constant("ack_delivered" as const), chat_id: id, seq: id }),
     rec({ type: fc.constant("ack_read" as const), chat_id: id, seq: id }),
     rec({ type: fc.constant("sync" as const), client_msg_id: id, chat_id: id, after_seq: id, limit: fc.integer({ min: 1, max: 200 }) }),
+    rec({ type: fc.constant("sync" as const), client_msg_id: id, chat_id: id, after_seq: fc.constant(0n), limit: fc.integer({ min: 1, max: 200 }), before_seq: id }),
     rec({ type: fc.constant("typing" as const), chat_id: id }),
     rec({ type: fc.constant("presence_query" as const), client_msg_id: id, users: fc.array(id, { maxLength: 20 }) }),
     rec({ type: fc.constant("ping" as const), nonce: id }),

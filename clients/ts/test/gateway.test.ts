@@ -33,6 +33,21 @@ for (const carrier of ["header", "query", "subprotocol"] as TokenCarrier[]) {
 }
 
 for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
+  test(`history in ${encoding} frames pages back from the newest message, newest first`, async () => {
+    const aliceId = 260n + BigInt(index * 10);
+    const alice = track(await connected(clientOf(stack, aliceId, { encoding })));
+    const chat = await alice.createChat("group", "History", []);
+    for (const body of ["one", "two", "three"]) await alice.send(chat.chat_id, body);
+
+    const newest = await alice.history(chat.chat_id, undefined, 2);
+    assert.deepEqual(newest.messages.map((m) => [m.seq, m.body]), [[3n, "three"], [2n, "two"]]);
+    assert.equal(newest.hasMore, true);
+    const older = await alice.history(chat.chat_id, 2n, 2);
+    assert.deepEqual(older.messages.map((m) => m.seq), [1n]);
+    assert.equal(older.hasMore, false);
+    await assert.rejects(alice.history(987_654_321n), (error: Error & { code?: number }) => error.code === 4040);
+  });
+
   test(`a conversation in ${encoding} frames: chat, typing, message, receipts, presence`, async () => {
     const aliceId = 200n + BigInt(index * 10);
     const bobId = aliceId + 1n;

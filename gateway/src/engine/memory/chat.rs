@@ -299,14 +299,21 @@ impl Chat {
         Ok(Outcome::replies(vec![Reply::to(receipt, targets)]))
     }
 
-    /// A page of the history this engine keeps.
+    /// A page of the history this engine keeps: after `after_seq` oldest first, or before
+    /// `before_seq` newest first.
     pub(super) fn sync_page(&self, origin: Origin, sync: &ArchivedSyncRequest) -> Answer {
         self.require_member(origin.user_id)?;
-        let after = sync.after_seq.to_native();
         let limit = sync.limit.to_native() as usize;
-        let mut newer = self.history.iter().filter(|m| m.seq > after);
-        let messages: Vec<Message> = newer.by_ref().take(limit).cloned().collect();
-        let has_more = newer.next().is_some();
+        let (messages, has_more) = match sync.before_seq.as_ref() {
+            Some(before) => {
+                let before = before.to_native();
+                page(self.history.iter().rev().filter(|m| m.seq < before), limit)
+            }
+            None => {
+                let after = sync.after_seq.to_native();
+                page(self.history.iter().filter(|m| m.seq > after), limit)
+            }
+        };
         let page = ServerFrame::SyncBatch(SyncBatch {
             client_msg_id: sync.client_msg_id.to_native(),
             chat_id: self.id,
@@ -493,6 +500,15 @@ impl Chat {
 }
 
 /// A request's user list as every answer names it: sorted, without repeats.
+/// Up to `limit` messages of `candidates`, in their order, and whether more follow.
+fn page<'a>(
+    mut candidates: impl Iterator<Item = &'a Message>,
+    limit: usize,
+) -> (Vec<Message>, bool) {
+    let messages = candidates.by_ref().take(limit).cloned().collect();
+    (messages, candidates.next().is_some())
+}
+
 fn sorted(users: &[UserId]) -> Vec<UserId> {
     let mut users = users.to_vec();
     users.sort_unstable();
@@ -605,6 +621,7 @@ mod tests {
             chat_id: 7,
             after_seq: 0,
             limit: 10,
+            before_seq: None,
         })
         .encode()
         .unwrap();
