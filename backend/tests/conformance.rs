@@ -313,6 +313,30 @@ const CASES: &[Case] = &[
         "#,
     },
     Case {
+        name: "list_chats pages the asker's chats, most recent activity first, with its watermarks and unread count",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"one","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$one}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$one}
+            A> {"type":"create_chat","client_msg_id":2,"kind":"public_group","title":"two","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":2,"chat_id":$two}
+            B< {"type":"chat_created","client_msg_id":2,"chat_id":$two}
+            A> {"type":"send","chat_id":$one,"client_msg_id":3,"body":"hi"}
+            A< {"type":"receipt","chat_id":$one,"kind":"sent","seq":1}
+            B< {"type":"message","chat_id":$one,"seq":1,"server_time_us":$t}
+            B> {"type":"list_chats","client_msg_id":4,"limit":1}
+            B< {"type":"chat_list","client_msg_id":4,"chats":[{"chat_id":$one,"kind":"group","title":"one","member_count":2,"last_seq":1,"last_activity_us":$t,"delivered_seq":0,"read_seq":0,"unread":1}],"has_more":true}
+            B> {"type":"list_chats","client_msg_id":5,"limit":5,"before_activity_us":$t,"before_chat_id":$one}
+            B< {"type":"chat_list","client_msg_id":5,"chats":[{"chat_id":$two,"kind":"public_group","title":"two","member_count":2,"last_seq":0,"delivered_seq":0,"read_seq":0,"unread":0}],"has_more":false}
+            A> {"type":"list_chats","client_msg_id":6,"limit":100}
+            A< {"type":"chat_list","client_msg_id":6,"chats":[{"chat_id":$one,"unread":1},{"chat_id":$two}],"has_more":false}
+            C> {"type":"list_chats","client_msg_id":7,"limit":5}
+            C< {"type":"chat_list","client_msg_id":7,"chats":[],"has_more":false}
+            C> {"type":"list_chats","client_msg_id":8,"limit":101}
+            C< {"type":"error","code":4004,"client_msg_id":8}
+        "#,
+    },
+    Case {
         name: "L1: chats per user are bounded; a chat whose last member leaves is gone and frees its place",
         script: r#"
             A> {"type":"create_chat","client_msg_id":1,"kind":"public_group","title":"one","members":[]}

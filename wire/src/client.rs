@@ -71,6 +71,21 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Ask for the chats the sender is a member of, most recent activity first: up to `limit`
+    /// of them, those after the cursor when one is given. The cursor is the last chat of the
+    /// previous page: its `last_activity_us` and `chat_id` (left out: no bound).
+    pub struct ListChats {
+        pub client_msg_id: ClientMsgId,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "1..=crate::limits::MAX_CHAT_LIST_PAGE"))]
+        pub limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before_activity_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before_chat_id: Option<ChatId>,
+    }
+}
+
+wire_struct! {
     /// The sender is typing in `chat_id` (ephemeral, never stored).
     pub struct Typing {
         pub chat_id: ChatId,
@@ -108,6 +123,7 @@ limits!(
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
 limits!(Ack, ArchivedAck);
 limits!(SyncRequest, ArchivedSyncRequest; sync_page limit; one_direction after_seq before_seq);
+limits!(ListChats, ArchivedListChats; chat_list_page limit);
 limits!(Typing, ArchivedTyping);
 limits!(
     PresenceQuery,
@@ -143,6 +159,8 @@ frame_set! {
     AddMembers(MemberChange) = 11, "add_members";
     /// Remove members from a group chat (admins only).
     RemoveMembers(MemberChange) = 12, "remove_members";
+    /// The sender's chats.
+    ListChats(ListChats) = 13, "list_chats";
 }
 
 /// A client frame that cannot be accepted, and the id of the request it carried when that
@@ -177,6 +195,7 @@ impl ClientKind {
             | ClientKind::RemoveMembers
             | ClientKind::Send
             | ClientKind::Sync
+            | ClientKind::ListChats
             | ClientKind::PresenceQuery => true,
             ClientKind::AckDelivered
             | ClientKind::AckRead
@@ -211,6 +230,7 @@ impl ClientFrame {
             ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
             ClientFrame::Send(f) => Some(f.client_msg_id),
             ClientFrame::Sync(f) => Some(f.client_msg_id),
+            ClientFrame::ListChats(f) => Some(f.client_msg_id),
             ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
             ClientFrame::AckDelivered(_)
             | ClientFrame::AckRead(_)
@@ -258,6 +278,7 @@ impl ClientFrameRef<'_> {
             }
             ClientFrameRef::Send(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::Sync(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::ListChats(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::PresenceQuery(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::AckDelivered(_)
             | ClientFrameRef::AckRead(_)
@@ -280,6 +301,7 @@ impl ClientFrameRef<'_> {
             ClientFrameRef::Sync(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::Typing(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::CreateChat(_)
+            | ClientFrameRef::ListChats(_)
             | ClientFrameRef::PresenceQuery(_)
             | ClientFrameRef::Ping(_) => None,
         }

@@ -4,8 +4,9 @@
 
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
-    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES,
+    MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES,
+    MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
@@ -114,6 +115,24 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
                 users: vec![44],
             }),
             r#"{"type":"remove_members","client_msg_id":8,"chat_id":7,"users":[44]}"#,
+        ),
+        (
+            ClientFrame::ListChats(client::ListChats {
+                client_msg_id: 9,
+                limit: 20,
+                before_activity_us: None,
+                before_chat_id: None,
+            }),
+            r#"{"type":"list_chats","client_msg_id":9,"limit":20}"#,
+        ),
+        (
+            ClientFrame::ListChats(client::ListChats {
+                client_msg_id: 10,
+                limit: 20,
+                before_activity_us: Some(T),
+                before_chat_id: Some(7),
+            }),
+            r#"{"type":"list_chats","client_msg_id":10,"limit":20,"before_activity_us":1767225600123456,"before_chat_id":7}"#,
         ),
     ]
 }
@@ -260,6 +279,24 @@ fn server_examples() -> Vec<(ServerFrame, &'static str)> {
             }),
             r#"{"type":"members_removed","client_msg_id":8,"chat_id":7,"by":42,"users":[44]}"#,
         ),
+        (
+            ServerFrame::ChatList(server::ChatList {
+                client_msg_id: 9,
+                chats: vec![server::ChatSummary {
+                    chat_id: 7,
+                    kind: ChatKind::Group,
+                    title: "Weekend plans".into(),
+                    member_count: 3,
+                    last_seq: 18,
+                    last_activity_us: T,
+                    delivered_seq: 18,
+                    read_seq: 17,
+                    unread: 1,
+                }],
+                has_more: true,
+            }),
+            r#"{"type":"chat_list","client_msg_id":9,"chats":[{"chat_id":7,"kind":"group","title":"Weekend plans","member_count":3,"last_seq":18,"last_activity_us":1767225600123456,"delivered_seq":18,"read_seq":17,"unread":1}],"has_more":true}"#,
+        ),
     ]
 }
 
@@ -372,6 +409,7 @@ fn tables_quote_the_code() {
         ("MAX_TITLE_BYTES", MAX_TITLE_BYTES),
         ("MAX_MEMBERS_PER_CHAT", MAX_MEMBERS_PER_CHAT),
         ("MAX_SYNC_PAGE", MAX_SYNC_PAGE as usize),
+        ("MAX_CHAT_LIST_PAGE", MAX_CHAT_LIST_PAGE as usize),
         ("MAX_PRESENCE_QUERY", MAX_PRESENCE_QUERY),
         ("MAX_REASON_BYTES", MAX_REASON_BYTES),
         ("MAX_SERVER_FRAME_BYTES", MAX_SERVER_FRAME_BYTES),

@@ -18,6 +18,7 @@ import type {
   MembersChanged,
   MembersRemoved,
   MessageBody,
+  ChatList,
   PresenceEntry,
   Receipt,
   ServerFrame,
@@ -141,6 +142,7 @@ type Request =
   | { kind: "remove_members"; answer: Deferred<MembersChanged> }
   | { kind: "presence"; answer: Deferred<PresenceEntry[]> }
   | { kind: "history"; answer: Deferred<HistoryPage> }
+  | { kind: "list_chats"; answer: Deferred<ChatList> }
   | { kind: "sync"; chatId: bigint };
 
 /** A page of backward history: `messages` newest first; `hasMore` says whether older
@@ -344,6 +346,21 @@ export class EdgeClient {
     );
   }
 
+  /** A page of this user's chats, most recent activity first, each with its last seq, this
+   * user's watermarks and unread count. For the next page while `has_more`, pass the last
+   * chat of this one as `after`. */
+  listChats(limit: number = LIMITS.MAX_CHAT_LIST_PAGE, after?: { last_activity_us: bigint; chat_id: bigint }): Promise<ChatList> {
+    return this.request(
+      (client_msg_id) => ({
+        type: "list_chats",
+        client_msg_id,
+        limit,
+        ...(after && { before_activity_us: after.last_activity_us, before_chat_id: after.chat_id }),
+      }),
+      (answer) => ({ kind: "list_chats", answer }),
+    );
+  }
+
   /** Tells the members that this user is typing (ephemeral; dropped while disconnected). */
   typing(chatId: bigint): void {
     this.write({ type: "typing", chat_id: chatId });
@@ -442,6 +459,8 @@ export class EdgeClient {
         return this.events.emit("membersRemoved", frame);
       case "presence":
         return this.answer(frame.client_msg_id, "presence", frame.users);
+      case "chat_list":
+        return this.answer(frame.client_msg_id, "list_chats", frame);
       case "typing":
         return this.events.emit("typing", frame);
       case "error":

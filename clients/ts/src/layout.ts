@@ -52,6 +52,20 @@ const message: StructLayout = {
   ],
 };
 
+const chatSummary: StructLayout = {
+  fields: [
+    ["chat_id", "u64"],
+    ["kind", chatKind],
+    ["title", { string: LIMITS.MAX_TITLE_BYTES }],
+    ["member_count", "u32"],
+    ["last_seq", "u64"],
+    ["last_activity_us", "u64"],
+    ["delivered_seq", "u64"],
+    ["read_seq", "u64"],
+    ["unread", "u64"],
+  ],
+};
+
 const presenceEntry: StructLayout = {
   fields: [
     ["user_id", "u64"],
@@ -134,6 +148,21 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
   ping: { kind: 10, fields: [["nonce", "u64"]] },
   add_members: { kind: 11, fields: memberChange },
   remove_members: { kind: 12, fields: memberChange },
+  list_chats: {
+    kind: 13,
+    fields: [
+      ["client_msg_id", "u64"],
+      ["limit", "u32"],
+      ["before_activity_us", "omittable_u64"],
+      ["before_chat_id", "omittable_u64"],
+    ],
+    check: (frame) => {
+      const limit = frame["limit"] as number;
+      return limit >= 1 && limit <= LIMITS.MAX_CHAT_LIST_PAGE
+        ? undefined
+        : `limit is ${limit}, it must be 1 to ${LIMITS.MAX_CHAT_LIST_PAGE}`;
+    },
+  },
 };
 
 const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
@@ -212,6 +241,14 @@ const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
   },
   members_added: { kind: 12, fields: membersChanged },
   members_removed: { kind: 13, fields: membersChanged },
+  chat_list: {
+    kind: 14,
+    fields: [
+      ["client_msg_id", "u64"],
+      ["chats", { list: chatSummary, max: LIMITS.MAX_CHAT_LIST_PAGE }],
+      ["has_more", "bool"],
+    ],
+  },
 };
 
 function frameSet(layouts: Record<string, FrameLayout>, maxBytes: number): FrameSet {
