@@ -203,6 +203,12 @@ pub(crate) struct Statements {
     pub membership: Statement,
     /// (chat_id, after_seq, limit) -> messages after the seq, oldest first.
     pub sync_page: Statement,
+    /// (chat_id, before_seq, limit) -> messages before the seq, newest first.
+    pub sync_page_before: Statement,
+    /// (user_id, before_activity_us, before_chat_id, limit) -> the user's chats older than
+    /// the cursor, most recent activity first: (id, kind, title, last_seq, activity,
+    /// member count, delivered_seq, read_seq).
+    pub list_chats: Statement,
     /// (chat_id) -> (chat exists, kind or null, member ids[]).
     pub chat_and_members: Statement,
     /// (kind, title, creator, client_msg_id, direct_low, direct_high) -> new chat id, or no
@@ -264,6 +270,25 @@ impl Statements {
             .await?,
             sync_page: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
                  WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .await?,
+            // The primary key (chat_id, seq) read backwards: no index of its own.
+            sync_page_before: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
+                 WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
+            .await?,
+            // A chat's activity is its newest message's time (one primary key lookup), or
+            // its creation if it has none. Read per member row of the user: a user's chats
+            // are few enough that no column kept up to date on every send pays for itself.
+            list_chats: p("SELECT c.id, c.kind, c.title, c.last_seq, a.activity,
+                        (SELECT count(*) FROM chat_members n WHERE n.chat_id = c.id),
+                        cm.delivered_seq, cm.read_seq
+                 FROM chat_members cm
+                 JOIN chats c ON c.id = cm.chat_id
+                 CROSS JOIN LATERAL (SELECT COALESCE(
+                     (SELECT m.server_time_us FROM messages m WHERE m.chat_id = c.id AND m.seq = c.last_seq),
+                     (extract(epoch FROM c.created_at) * 1000000)::bigint) AS activity) a
+                 WHERE cm.user_id = $1 AND (a.activity, c.id) < ($2, $3)
+                 ORDER BY a.activity DESC, c.id DESC
+                 LIMIT $4")
             .await?,
             chat_and_members: p("SELECT c.id IS NOT NULL, c.kind,
                         ARRAY (SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id)

@@ -364,10 +364,12 @@ impl ShardWorker {
                 .context("acknowledging a batch")?;
         }
         self.shared.stats.record_batch(requests.len() as u64);
-        // How long the batch's oldest frame took from the gateway's read to this batch: the
-        // gateway's bridge, the broker's inbound queue and the wait for this shard.
+        // How long the batch's oldest message took from the gateway's read to this batch: the
+        // gateway's bridge, the broker's inbound queue and the wait for this shard. Sends
+        // only: an ack's time is the start of the gateway's window that folded it.
         let queued_us = requests
             .iter()
+            .filter(|r| matches!(r.frame, wire::ClientFrame::Send(_)))
             .map(|r| r.received_at_us)
             .min()
             .map_or(0, |oldest| now_us.saturating_sub(oldest));

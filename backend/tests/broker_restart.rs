@@ -587,6 +587,7 @@ impl Member {
             chat_id: chat,
             after_seq: self.watermark(chat),
             limit: MAX_SYNC_PAGE,
+            before_seq: None,
         });
         let _ = send(&mut self.ws, &frame).await;
     }

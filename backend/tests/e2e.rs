@@ -265,6 +265,7 @@ async fn messages_receipts_sync_dedupe_and_membership_through_the_full_path() {
             chat_id,
             after_seq: 3,
             limit: 50,
+            before_seq: None,
         }),
     )
     .await;

@@ -348,6 +348,7 @@ async fn sync_returns_pages_with_has_more() {
             chat_id: chat,
             after_seq,
             limit,
+            before_seq: None,
         })
     };
     let connection = env.connection_id();
@@ -407,6 +408,7 @@ async fn a_sync_page_of_large_bodies_stops_at_its_byte_bound() {
             chat_id: chat,
             after_seq,
             limit: MAX_SYNC_PAGE,
+            before_seq: None,
         })
     };
     let connection = env.connection_id();

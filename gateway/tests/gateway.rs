@@ -386,6 +386,7 @@ async fn users_on_different_cores_chat_through_a_group_and_sync_after_reconnect(
             chat_id,
             after_seq: 1,
             limit: 2,
+            before_seq: None,
         }),
     )
     .await;
@@ -403,6 +404,7 @@ async fn users_on_different_cores_chat_through_a_group_and_sync_after_reconnect(
             chat_id,
             after_seq: 3,
             limit: 10,
+            before_seq: None,
         }),
     )
     .await;

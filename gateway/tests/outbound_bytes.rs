@@ -53,6 +53,7 @@ fn sync(client_msg_id: u64, chat_id: u64) -> ClientFrame {
         chat_id,
         after_seq: 0,
         limit: MAX_SYNC_PAGE,
+        before_seq: None,
     })
 }
 

@@ -50,6 +50,7 @@ fn frames_over_a_limit() -> Vec<(ClientFrame, u64)> {
             chat_id: 1,
             after_seq: 0,
             limit,
+            before_seq: None,
         })
     };
     vec![

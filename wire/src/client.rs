@@ -53,13 +53,35 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// Ask for up to `limit` messages of `chat_id` after `after_seq`, oldest first.
+    /// Ask for up to `limit` messages of `chat_id`: after `after_seq`, oldest first, or, when
+    /// `before_seq` is set (and `after_seq` is 0), before `before_seq`, newest first.
+    #[cfg_attr(any(test, feature = "arbitrary"), proptest(filter = "|s| s.before_seq.is_none() || s.after_seq == 0"))]
     pub struct SyncRequest {
         pub client_msg_id: ClientMsgId,
         pub chat_id: ChatId,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "proptest::prop_oneof![proptest::strategy::Just(0), proptest::arbitrary::any::<u64>()]"))]
         pub after_seq: Seq,
         #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "1..=crate::limits::MAX_SYNC_PAGE"))]
         pub limit: u32,
+        /// Backward history: JSON may leave it out, and writes it only when set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "proptest::option::of(1..=u64::MAX)"))]
+        pub before_seq: Option<Seq>,
+    }
+}
+
+wire_struct! {
+    /// Ask for the chats the sender is a member of, most recent activity first: up to `limit`
+    /// of them, those after the cursor when one is given. The cursor is the last chat of the
+    /// previous page: its `last_activity_us` and `chat_id` (left out: no bound).
+    pub struct ListChats {
+        pub client_msg_id: ClientMsgId,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "1..=crate::limits::MAX_CHAT_LIST_PAGE"))]
+        pub limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before_activity_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub before_chat_id: Option<ChatId>,
     }
 }
 
@@ -100,7 +122,8 @@ limits!(
 );
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
 limits!(Ack, ArchivedAck);
-limits!(SyncRequest, ArchivedSyncRequest; sync_page limit);
+limits!(SyncRequest, ArchivedSyncRequest; sync_page limit; one_direction after_seq before_seq);
+limits!(ListChats, ArchivedListChats; chat_list_page limit);
 limits!(Typing, ArchivedTyping);
 limits!(
     PresenceQuery,
@@ -136,6 +159,8 @@ frame_set! {
     AddMembers(MemberChange) = 11, "add_members";
     /// Remove members from a group chat (admins only).
     RemoveMembers(MemberChange) = 12, "remove_members";
+    /// The sender's chats.
+    ListChats(ListChats) = 13, "list_chats";
 }
 
 /// A client frame that cannot be accepted, and the id of the request it carried when that
@@ -170,6 +195,7 @@ impl ClientKind {
             | ClientKind::RemoveMembers
             | ClientKind::Send
             | ClientKind::Sync
+            | ClientKind::ListChats
             | ClientKind::PresenceQuery => true,
             ClientKind::AckDelivered
             | ClientKind::AckRead
@@ -204,6 +230,7 @@ impl ClientFrame {
             ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
             ClientFrame::Send(f) => Some(f.client_msg_id),
             ClientFrame::Sync(f) => Some(f.client_msg_id),
+            ClientFrame::ListChats(f) => Some(f.client_msg_id),
             ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
             ClientFrame::AckDelivered(_)
             | ClientFrame::AckRead(_)
@@ -251,6 +278,7 @@ impl ClientFrameRef<'_> {
             }
             ClientFrameRef::Send(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::Sync(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::ListChats(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::PresenceQuery(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::AckDelivered(_)
             | ClientFrameRef::AckRead(_)
@@ -273,6 +301,7 @@ impl ClientFrameRef<'_> {
             ClientFrameRef::Sync(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::Typing(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::CreateChat(_)
+            | ClientFrameRef::ListChats(_)
             | ClientFrameRef::PresenceQuery(_)
             | ClientFrameRef::Ping(_) => None,
         }

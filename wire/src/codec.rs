@@ -235,14 +235,17 @@ pub(crate) use frame_set;
 
 /// Implements [`CheckLimits`] alike for a body and its archive: each listed field's length
 /// (bytes of a string, items of a list) must be at most its bound; `sync_page` checks a page
-/// size; each `text` field must not contain U+0000, which PostgreSQL's `text` cannot store
+/// size and `chat_list_page` a chat list's; `one_direction` refuses a page asked both after a seq (non-zero) and before one;
+/// each `text` field must not contain U+0000, which PostgreSQL's `text` cannot store
 /// (refusing it here answers the client at once instead of failing the backend's batch).
 macro_rules! limits {
-    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)* $(; text $($text:ident),+)?) => {
+    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)* $(; chat_list_page $list_page:ident)? $(; one_direction $after:ident $before:ident)? $(; text $($text:ident),+)?) => {
         impl $crate::codec::CheckLimits for $Body {
             fn check_limits(&self) -> Result<(), $crate::WireError> {
                 $( $crate::limits::at_most(stringify!($field), self.$field.len(), $max)?; )*
                 $( $crate::limits::sync_page(self.$page)?; )*
+                $( $crate::limits::chat_list_page(self.$list_page)?; )?
+                $( $crate::limits::one_direction(self.$after, self.$before.is_some())?; )?
                 $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }
@@ -251,6 +254,8 @@ macro_rules! limits {
             fn check_limits(&self) -> Result<(), $crate::WireError> {
                 $( $crate::limits::at_most(stringify!($field), self.$field.len(), $max)?; )*
                 $( $crate::limits::sync_page(self.$page.to_native())?; )*
+                $( $crate::limits::chat_list_page(self.$list_page.to_native())?; )?
+                $( $crate::limits::one_direction(self.$after.to_native(), self.$before.is_some())?; )?
                 $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }

@@ -39,6 +39,14 @@ pub enum WireError {
         /// Where the first one is, in bytes.
         offset: usize,
     },
+    /// A sync asked for a page after `after_seq` and before `before_seq` at once.
+    #[error(
+        "sync has after_seq {after_seq} and before_seq: a page goes one way, so one of them must be left out (after_seq 0)"
+    )]
+    BothDirections {
+        /// The non-zero `after_seq` it carried.
+        after_seq: u64,
+    },
     /// A value could not be archived (an offset overflowed the 32-bit format).
     #[error("could not encode frame: {0}")]
     Encode(String),
@@ -56,6 +64,7 @@ impl WireError {
             | WireError::Malformed(_)
             | WireError::Json(_)
             | WireError::NulInText { .. } => ErrorCode::MalformedFrame,
+            WireError::BothDirections { .. } => ErrorCode::InvalidRequest,
             WireError::Encode(_) => ErrorCode::Internal,
         }
     }

@@ -35,9 +35,10 @@ pub type ClientMsgId = u64;
 #[doc(hidden)]
 macro_rules! wire_struct {
     ($(#[$meta:meta])* pub struct $Name:ident { $($body:tt)* }) => {
-        $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize)]
         #[cfg_attr(any(test, feature = "arbitrary"), derive(proptest_derive::Arbitrary))]
+        // After the derives, so that a body's own attributes may be their helpers.
+        $(#[$meta])*
         #[rkyv(derive(Debug))]
         #[allow(missing_docs)]
         pub struct $Name { $($body)* }

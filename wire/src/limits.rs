@@ -29,6 +29,9 @@ pub const MAX_SYNC_PAGE_BYTES: usize = 256 * 1024;
 pub fn sync_page_admits(messages: usize, body_bytes: usize, next_body: usize) -> bool {
     messages == 0 || body_bytes + next_body <= MAX_SYNC_PAGE_BYTES
 }
+/// Most chats in one `chat_list` page; a `list_chats` asks for `1..=MAX_CHAT_LIST_PAGE`. With
+/// titles of at most [`MAX_TITLE_BYTES`] a full page stays under 40 KiB.
+pub const MAX_CHAT_LIST_PAGE: u32 = 100;
 
 /// Most users in one presence query.
 pub const MAX_PRESENCE_QUERY: usize = 200;
@@ -83,13 +86,32 @@ pub(crate) fn no_nul(field: &'static str, text: &[u8]) -> Result<(), crate::Wire
 
 /// Checks a sync page size: zero is as wrong as too many.
 pub(crate) fn sync_page(limit: u32) -> Result<(), LimitExceeded> {
-    if (1..=MAX_SYNC_PAGE).contains(&limit) {
+    page_size(limit, MAX_SYNC_PAGE)
+}
+
+/// Checks a chat list page size: zero is as wrong as too many.
+pub(crate) fn chat_list_page(limit: u32) -> Result<(), LimitExceeded> {
+    page_size(limit, MAX_CHAT_LIST_PAGE)
+}
+
+fn page_size(limit: u32, max: u32) -> Result<(), LimitExceeded> {
+    if (1..=max).contains(&limit) {
         Ok(())
     } else {
         Err(LimitExceeded {
             field: "limit",
             actual: limit as usize,
-            limit: MAX_SYNC_PAGE as usize,
+            limit: max as usize,
         })
+    }
+}
+
+/// Checks that a sync page goes one way: `after_seq` (non-zero) and `before_seq` together
+/// would ask for two pages at once.
+pub(crate) fn one_direction(after_seq: u64, backward: bool) -> Result<(), crate::WireError> {
+    if backward && after_seq != 0 {
+        Err(crate::WireError::BothDirections { after_seq })
+    } else {
+        Ok(())
     }
 }

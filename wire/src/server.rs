@@ -2,7 +2,7 @@
 
 use crate::codec::{frame_set, limits};
 use crate::limits::{
-    MAX_BODY_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES,
+    MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES,
     MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use crate::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, UserId, wire_struct};
@@ -97,6 +97,38 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// One chat of a `chat_list`, as the asker sees it.
+    pub struct ChatSummary {
+        pub chat_id: ChatId,
+        pub kind: ChatKind,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(regex = "\\PC{0,40}"))]
+        pub title: String,
+        pub member_count: u32,
+        /// The seq of the chat's newest message; 0 if it has none.
+        pub last_seq: Seq,
+        /// When the newest message was accepted, or the chat created if it has none,
+        /// microseconds since the Unix epoch.
+        pub last_activity_us: u64,
+        /// The asker's watermarks.
+        pub delivered_seq: Seq,
+        pub read_seq: Seq,
+        /// `last_seq - read_seq`: messages the asker has not read, its own included.
+        pub unread: u64,
+    }
+}
+
+wire_struct! {
+    /// A page of the asker's chats, most recent activity first. `has_more` says whether
+    /// another page follows: ask again with the last chat as the cursor.
+    pub struct ChatList {
+        pub client_msg_id: ClientMsgId,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<ChatSummary>(), 0..8)"))]
+        pub chats: Vec<ChatSummary>,
+        pub has_more: bool,
+    }
+}
+
+wire_struct! {
     /// One user's presence.
     pub struct PresenceEntry {
         pub user_id: UserId,
@@ -185,6 +217,11 @@ limits!(
     messages <= MAX_SYNC_PAGE as usize
 );
 limits!(Presence, ArchivedPresence, users <= MAX_PRESENCE_QUERY);
+limits!(
+    ChatList,
+    ArchivedChatList,
+    chats <= MAX_CHAT_LIST_PAGE as usize
+);
 limits!(TypingEvent, ArchivedTypingEvent);
 limits!(ErrorFrame, ArchivedErrorFrame, reason <= MAX_REASON_BYTES);
 limits!(Pong, ArchivedPong);
@@ -218,6 +255,8 @@ frame_set! {
     MembersAdded(MembersChanged) = 12, "members_added";
     /// Members were removed.
     MembersRemoved(MembersChanged) = 13, "members_removed";
+    /// A page of the asker's chats.
+    ChatList(ChatList) = 14, "chat_list";
 }
 
 /// Converts a binary server frame to its JSON text, once per frame (not per recipient).

@@ -70,6 +70,7 @@ fn client_root_size(kind: ClientKind) -> usize {
         ClientKind::Typing => size_of::<Archived<client::Typing>>(),
         ClientKind::PresenceQuery => size_of::<Archived<client::PresenceQuery>>(),
         ClientKind::Ping => size_of::<Archived<client::Ping>>(),
+        ClientKind::ListChats => size_of::<Archived<client::ListChats>>(),
     }
 }
 
@@ -89,6 +90,7 @@ fn server_root_size(kind: ServerKind) -> usize {
         ServerKind::Typing => size_of::<Archived<server::TypingEvent>>(),
         ServerKind::Error => size_of::<Archived<server::ErrorFrame>>(),
         ServerKind::Pong => size_of::<Archived<server::Pong>>(),
+        ServerKind::ChatList => size_of::<Archived<server::ChatList>>(),
     }
 }
 
@@ -189,7 +191,10 @@ fn check_flipped_client(flipped: &[u8], byte: usize, full: bool) {
             Err(e) => assert!(
                 matches!(
                     e,
-                    WireError::Malformed(_) | WireError::Limit(_) | WireError::NulInText { .. }
+                    WireError::Malformed(_)
+                        | WireError::Limit(_)
+                        | WireError::NulInText { .. }
+                        | WireError::BothDirections { .. }
                 ),
                 "{e:?}"
             ),
@@ -375,12 +380,12 @@ fn short_frames_are_truncated() {
         WireError::UnknownKind(0)
     );
     assert_eq!(
-        ClientFrameRef::access(&[PROTOCOL_VERSION, 13, 1, 2, 3]).unwrap_err(),
-        WireError::UnknownKind(13)
+        ClientFrameRef::access(&[PROTOCOL_VERSION, 14, 1, 2, 3]).unwrap_err(),
+        WireError::UnknownKind(14)
     );
     assert_eq!(
-        ServerFrameRef::access(&[PROTOCOL_VERSION, 14]).unwrap_err(),
-        WireError::UnknownKind(14)
+        ServerFrameRef::access(&[PROTOCOL_VERSION, 15]).unwrap_err(),
+        WireError::UnknownKind(15)
     );
 }
 

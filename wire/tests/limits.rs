@@ -7,8 +7,8 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    LimitExceeded, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY,
-    MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    LimitExceeded, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
+    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
@@ -52,6 +52,7 @@ fn client_limit(ok: ClientFrame, broken: ClientFrame, expected: WireError) {
         ClientFrame::CreateChat(b) => raw(ClientKind::CreateChat as u8, b),
         ClientFrame::Send(b) => raw(ClientKind::Send as u8, b),
         ClientFrame::Sync(b) => raw(ClientKind::Sync as u8, b),
+        ClientFrame::ListChats(b) => raw(ClientKind::ListChats as u8, b),
         ClientFrame::PresenceQuery(b) => raw(ClientKind::PresenceQuery as u8, b),
         ClientFrame::AddMembers(b) => raw(ClientKind::AddMembers as u8, b),
         ClientFrame::RemoveMembers(b) => raw(ClientKind::RemoveMembers as u8, b),
@@ -97,6 +98,7 @@ fn server_limit(ok: ServerFrame, broken: ServerFrame, expected: WireError) {
         ServerFrame::Message(b) => raw(ServerKind::Message as u8, b),
         ServerFrame::ChatCreated(b) => raw(ServerKind::ChatCreated as u8, b),
         ServerFrame::SyncBatch(b) => raw(ServerKind::SyncBatch as u8, b),
+        ServerFrame::ChatList(b) => raw(ServerKind::ChatList as u8, b),
         ServerFrame::Presence(b) => raw(ServerKind::Presence as u8, b),
         ServerFrame::Error(b) => raw(ServerKind::Error as u8, b),
         ServerFrame::MembersAdded(b) => raw(ServerKind::MembersAdded as u8, b),
@@ -134,6 +136,7 @@ fn sync(limit: u32) -> ClientFrame {
         chat_id: 2,
         after_seq: 3,
         limit,
+        before_seq: None,
     })
 }
 
@@ -278,6 +281,86 @@ fn sync_page_limit() {
         })
     };
     server_limit(batch(max), batch(max + 1), limit("messages", max + 1, max));
+}
+
+#[test]
+fn chat_list_page_limit() {
+    let max = MAX_CHAT_LIST_PAGE as usize;
+    let list = |limit| {
+        ClientFrame::ListChats(client::ListChats {
+            client_msg_id: 1,
+            limit,
+            before_activity_us: Some(2),
+            before_chat_id: None,
+        })
+    };
+    client_limit(list(1), list(0), limit("limit", 0, max));
+    client_limit(
+        list(MAX_CHAT_LIST_PAGE),
+        list(MAX_CHAT_LIST_PAGE + 1),
+        limit("limit", max + 1, max),
+    );
+
+    let summary = server::ChatSummary {
+        chat_id: 1,
+        kind: ChatKind::Group,
+        title: "t".repeat(MAX_TITLE_BYTES),
+        member_count: 2,
+        last_seq: 3,
+        last_activity_us: 4,
+        delivered_seq: 3,
+        read_seq: 2,
+        unread: 1,
+    };
+    let page = |n: usize| {
+        ServerFrame::ChatList(server::ChatList {
+            client_msg_id: 1,
+            chats: vec![summary.clone(); n],
+            has_more: true,
+        })
+    };
+    server_limit(page(max), page(max + 1), limit("chats", max + 1, max));
+    // A full page of the longest titles stays under 40 KiB, as PROTOCOL.md says.
+    assert!(page(max).encode().unwrap().len() < 40 * 1024);
+}
+
+#[test]
+fn a_sync_goes_one_way() {
+    let with = |after_seq, before_seq| {
+        ClientFrame::Sync(client::SyncRequest {
+            client_msg_id: 1,
+            chat_id: 2,
+            after_seq,
+            limit: 10,
+            before_seq,
+        })
+    };
+    for ok in [with(0, Some(5)), with(3, None), with(0, None)] {
+        let bytes = ok.encode().unwrap();
+        assert_eq!(ClientFrame::decode(&bytes).unwrap(), ok);
+        assert_eq!(ClientFrame::from_json(&ok.to_json()).unwrap(), ok);
+    }
+    let both = with(3, Some(5));
+    let expected = WireError::BothDirections { after_seq: 3 };
+    assert_eq!(expected.code(), ErrorCode::InvalidRequest);
+    assert_eq!(both.encode().unwrap_err(), expected);
+    let ClientFrame::Sync(body) = &both else {
+        unreachable!("a sync")
+    };
+    let bytes = raw(ClientKind::Sync as u8, body);
+    let refusal = Refusal {
+        error: expected,
+        client_msg_id: Some(1),
+    };
+    assert_eq!(ClientFrameRef::check(&bytes).unwrap_err(), refusal);
+    assert_eq!(
+        ClientFrame::binary_from_json(&both.to_json()).unwrap_err(),
+        refusal
+    );
+    // JSON may leave `before_seq` out, and writes it only when set.
+    let forward = r#"{"type":"sync","client_msg_id":1,"chat_id":2,"after_seq":3,"limit":10}"#;
+    assert_eq!(ClientFrame::from_json(forward).unwrap(), with(3, None));
+    assert_eq!(with(3, None).to_json(), forward);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
-    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES,
+    MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES,
+    MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
@@ -70,8 +71,19 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
                 chat_id: 7,
                 after_seq: 12,
                 limit: 50,
+                before_seq: None,
             }),
             r#"{"type":"sync","client_msg_id":5,"chat_id":7,"after_seq":12,"limit":50}"#,
+        ),
+        (
+            ClientFrame::Sync(client::SyncRequest {
+                client_msg_id: 5,
+                chat_id: 7,
+                after_seq: 0,
+                limit: 50,
+                before_seq: Some(19),
+            }),
+            r#"{"type":"sync","client_msg_id":5,"chat_id":7,"after_seq":0,"limit":50,"before_seq":19}"#,
         ),
         (
             ClientFrame::Typing(client::Typing { chat_id: 7 }),
@@ -103,6 +115,24 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
                 users: vec![44],
             }),
             r#"{"type":"remove_members","client_msg_id":8,"chat_id":7,"users":[44]}"#,
+        ),
+        (
+            ClientFrame::ListChats(client::ListChats {
+                client_msg_id: 9,
+                limit: 20,
+                before_activity_us: None,
+                before_chat_id: None,
+            }),
+            r#"{"type":"list_chats","client_msg_id":9,"limit":20}"#,
+        ),
+        (
+            ClientFrame::ListChats(client::ListChats {
+                client_msg_id: 10,
+                limit: 20,
+                before_activity_us: Some(T),
+                before_chat_id: Some(7),
+            }),
+            r#"{"type":"list_chats","client_msg_id":10,"limit":20,"before_activity_us":1767225600123456,"before_chat_id":7}"#,
         ),
     ]
 }
@@ -249,6 +279,24 @@ fn server_examples() -> Vec<(ServerFrame, &'static str)> {
             }),
             r#"{"type":"members_removed","client_msg_id":8,"chat_id":7,"by":42,"users":[44]}"#,
         ),
+        (
+            ServerFrame::ChatList(server::ChatList {
+                client_msg_id: 9,
+                chats: vec![server::ChatSummary {
+                    chat_id: 7,
+                    kind: ChatKind::Group,
+                    title: "Weekend plans".into(),
+                    member_count: 3,
+                    last_seq: 18,
+                    last_activity_us: T,
+                    delivered_seq: 18,
+                    read_seq: 17,
+                    unread: 1,
+                }],
+                has_more: true,
+            }),
+            r#"{"type":"chat_list","client_msg_id":9,"chats":[{"chat_id":7,"kind":"group","title":"Weekend plans","member_count":3,"last_seq":18,"last_activity_us":1767225600123456,"delivered_seq":18,"read_seq":17,"unread":1}],"has_more":true}"#,
+        ),
     ]
 }
 
@@ -278,7 +326,8 @@ fn json_examples_are_exact_and_in_the_document() {
         assert!(DOC.contains(json), "PROTOCOL.md lacks the example {json}");
     }
     // Each kind has an example.
-    let client: Vec<ClientKind> = client_examples().iter().map(|(f, _)| f.kind()).collect();
+    let mut client: Vec<ClientKind> = client_examples().iter().map(|(f, _)| f.kind()).collect();
+    client.dedup();
     assert_eq!(client, ClientKind::ALL);
     let mut server: Vec<ServerKind> = server_examples().iter().map(|(f, _)| f.kind()).collect();
     server.dedup();
@@ -302,7 +351,7 @@ fn binary_examples_are_exact_and_in_the_document() {
         hex(&receipt),
         "01 03 07 00 00 00 00 00 00 00 02 12 00 00 00 00 00 00 00 2b 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
     );
-    let query = client_examples()[8].0.encode().unwrap();
+    let query = client_examples()[9].0.encode().unwrap();
     assert_eq!(
         hex(&query),
         "01 09 2b 00 00 00 00 00 00 00 2c 00 00 00 00 00 00 00 06 00 00 00 00 00 00 00 e8 ff ff ff 02 00 00 00"
@@ -360,6 +409,7 @@ fn tables_quote_the_code() {
         ("MAX_TITLE_BYTES", MAX_TITLE_BYTES),
         ("MAX_MEMBERS_PER_CHAT", MAX_MEMBERS_PER_CHAT),
         ("MAX_SYNC_PAGE", MAX_SYNC_PAGE as usize),
+        ("MAX_CHAT_LIST_PAGE", MAX_CHAT_LIST_PAGE as usize),
         ("MAX_PRESENCE_QUERY", MAX_PRESENCE_QUERY),
         ("MAX_REASON_BYTES", MAX_REASON_BYTES),
         ("MAX_SERVER_FRAME_BYTES", MAX_SERVER_FRAME_BYTES),

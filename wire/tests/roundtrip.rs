@@ -84,8 +84,17 @@ fn assert_client_view(view: ClientFrameRef<'_>, frame: &ClientFrame) {
             assert_eq!(a.chat_id.to_native(), b.chat_id);
             assert_eq!(a.after_seq.to_native(), b.after_seq);
             assert_eq!(a.limit.to_native(), b.limit);
+            assert_eq!(option(&a.before_seq), b.before_seq);
             assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
             assert_eq!(view.chat_id(), Some(b.chat_id));
+        }
+        (ClientFrameRef::ListChats(a), ClientFrame::ListChats(b)) => {
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.limit.to_native(), b.limit);
+            assert_eq!(option(&a.before_activity_us), b.before_activity_us);
+            assert_eq!(option(&a.before_chat_id), b.before_chat_id);
+            assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
+            assert_eq!(view.chat_id(), None);
         }
         (ClientFrameRef::Typing(a), ClientFrame::Typing(b)) => {
             assert_eq!(a.chat_id.to_native(), b.chat_id);
@@ -187,6 +196,22 @@ fn assert_server_view(view: ServerFrameRef<'_>, frame: &ServerFrame) {
         (ServerFrameRef::Pong(a), ServerFrame::Pong(b)) => {
             assert_eq!(a.nonce.to_native(), b.nonce);
             assert_eq!(a.server_time_us.to_native(), b.server_time_us);
+        }
+        (ServerFrameRef::ChatList(a), ServerFrame::ChatList(b)) => {
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.has_more, b.has_more);
+            assert_eq!(a.chats.len(), b.chats.len());
+            for (a, b) in a.chats.iter().zip(&b.chats) {
+                assert_eq!(a.chat_id.to_native(), b.chat_id);
+                assert_eq!(chat_kind(&a.kind), b.kind);
+                assert_eq!(a.title.as_str(), b.title);
+                assert_eq!(a.member_count.to_native(), b.member_count);
+                assert_eq!(a.last_seq.to_native(), b.last_seq);
+                assert_eq!(a.last_activity_us.to_native(), b.last_activity_us);
+                assert_eq!(a.delivered_seq.to_native(), b.delivered_seq);
+                assert_eq!(a.read_seq.to_native(), b.read_seq);
+                assert_eq!(a.unread.to_native(), b.unread);
+            }
         }
         (view, frame) => panic!("view {:?} is not frame {:?}", view.kind(), frame.kind()),
     }
@@ -297,7 +322,8 @@ fn every_kind_is_generated_and_named_uniquely() {
             "presence_query",
             "ping",
             "add_members",
-            "remove_members"
+            "remove_members",
+            "list_chats"
         ]
     );
     assert_eq!(
@@ -315,7 +341,8 @@ fn every_kind_is_generated_and_named_uniquely() {
             "error",
             "pong",
             "members_added",
-            "members_removed"
+            "members_removed",
+            "chat_list"
         ]
     );
     for (i, kind) in wire::ClientKind::ALL.iter().enumerate() {
@@ -327,9 +354,9 @@ fn every_kind_is_generated_and_named_uniquely() {
         assert_eq!(wire::ServerKind::from_u8(*kind as u8), Some(*kind));
     }
     assert_eq!(wire::ClientKind::from_u8(0), None);
-    assert_eq!(wire::ClientKind::from_u8(13), None);
+    assert_eq!(wire::ClientKind::from_u8(14), None);
     assert_eq!(wire::ServerKind::from_u8(0), None);
-    assert_eq!(wire::ServerKind::from_u8(14), None);
+    assert_eq!(wire::ServerKind::from_u8(15), None);
     assert_eq!(codec::HEADER_LEN, 2);
 
     // The generator reaches every kind, so the properties above cover all of them.

@@ -19,9 +19,9 @@ use std::collections::{HashMap, HashSet};
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Row, Transaction};
-use wire::client::{PresenceQuery, SyncRequest, Typing};
-use wire::limits::{MAX_SYNC_PAGE, sync_page_admits};
-use wire::server::{ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
+use wire::client::{ListChats, PresenceQuery, SyncRequest, Typing};
+use wire::limits::{MAX_CHAT_LIST_PAGE, MAX_SYNC_PAGE, sync_page_admits};
+use wire::server::{ChatList, ChatSummary, ErrorFrame, Message, Receipt, SyncBatch, TypingEvent};
 use wire::{
     ChatId, ChatKind, ClientFrame, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
 };
@@ -65,9 +65,10 @@ pub(crate) async fn apply(
                 run.segment(std::mem::take(&mut segment)).await?;
                 run.membership_change(request).await?;
             }
-            ClientFrame::Sync(_) | ClientFrame::Typing(_) | ClientFrame::PresenceQuery(_) => {
-                segment.others.push(request)
-            }
+            ClientFrame::Sync(_)
+            | ClientFrame::ListChats(_)
+            | ClientFrame::Typing(_)
+            | ClientFrame::PresenceQuery(_) => segment.others.push(request),
             // The gateway answers pings itself; one that reaches us needs nothing.
             ClientFrame::Ping(_) => {}
         }
@@ -153,6 +154,7 @@ async fn other(
 ) -> Result<(Vec<Output>, bool), Error> {
     match &request.frame {
         ClientFrame::Sync(sync) => history(tx, st, request, sync).await,
+        ClientFrame::ListChats(list) => chat_list(tx, st, request, list).await,
         ClientFrame::Typing(typing) => typing_event(tx, st, request, typing).await,
         ClientFrame::PresenceQuery(query) => presence(tx, st, request, query).await,
         _ => Ok((Vec::new(), false)),
@@ -168,16 +170,22 @@ async fn history(
     let limit = sync.limit.clamp(1, MAX_SYNC_PAGE);
     // One row more than the page tells whether another page follows.
     let fetch = i64::from(limit) + 1;
-    let (chat, user, after) = (
+    // A page goes one way: forward from `after_seq`, or back from `before_seq` (the gateway
+    // refused frames that carry both).
+    let (statement, from) = match sync.before_seq {
+        Some(before) => (&st.sync_page_before, before),
+        None => (&st.sync_page, sync.after_seq),
+    };
+    let (chat, user, from) = (
         db(sync.chat_id),
         db(request.origin.user_id),
-        seq_param(sync.after_seq),
+        seq_param(from),
     );
     let membership_params: [&(dyn ToSql + Sync); 2] = [&chat, &user];
-    let page_params: [&(dyn ToSql + Sync); 3] = [&chat, &after, &fetch];
+    let page_params: [&(dyn ToSql + Sync); 3] = [&chat, &from, &fetch];
     let (membership, rows) = tokio::try_join!(
         tx.query_one(&st.membership, &membership_params),
-        tx.query(&st.sync_page, &page_params),
+        tx.query(statement, &page_params),
     )?;
     let (exists, member): (bool, bool) = (membership.try_get(0)?, membership.try_get(1)?);
     if !member {
@@ -206,6 +214,47 @@ async fn history(
         client_msg_id: sync.client_msg_id,
         chat_id: sync.chat_id,
         messages,
+        has_more,
+    });
+    Ok((vec![Output::new(frame, to_origin(&request.origin))], false))
+}
+
+/// The asker's chats after the cursor, most recent activity first.
+async fn chat_list(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    request: &Request,
+    list: &ListChats,
+) -> Result<(Vec<Output>, bool), Error> {
+    let limit = list.limit.clamp(1, MAX_CHAT_LIST_PAGE);
+    // One row more than the page tells whether another page follows.
+    let fetch = i64::from(limit) + 1;
+    // Times and chat ids stay below 2^63: a cursor above is no bound.
+    let activity = seq_param(list.before_activity_us.unwrap_or(u64::MAX));
+    let chat = seq_param(list.before_chat_id.unwrap_or(u64::MAX));
+    let params: [&(dyn ToSql + Sync); 4] = [&db(request.origin.user_id), &activity, &chat, &fetch];
+    let rows = tx.query(&st.list_chats, &params).await?;
+    let has_more = rows.len() > limit as usize;
+    let mut chats = Vec::with_capacity(rows.len().min(limit as usize));
+    for row in rows.iter().take(limit as usize) {
+        let last_seq = wire_id(row.try_get(3)?);
+        let read_seq = wire_id(row.try_get(7)?);
+        let member_count: i64 = row.try_get(5)?;
+        chats.push(ChatSummary {
+            chat_id: wire_id(row.try_get(0)?),
+            kind: parse_kind(row.try_get(1)?),
+            title: row.try_get(2)?,
+            member_count: u32::try_from(member_count).unwrap_or(u32::MAX),
+            last_seq,
+            last_activity_us: wire_id(row.try_get(4)?),
+            delivered_seq: wire_id(row.try_get(6)?),
+            read_seq,
+            unread: last_seq.saturating_sub(read_seq),
+        });
+    }
+    let frame = ServerFrame::ChatList(ChatList {
+        client_msg_id: list.client_msg_id,
+        chats,
         has_more,
     });
     Ok((vec![Output::new(frame, to_origin(&request.origin))], false))

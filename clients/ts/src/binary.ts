@@ -92,8 +92,11 @@ function writeField(out: Writer, type: FieldType, value: unknown, dataAt: number
     case "bool":
       return out.bytes([value ? 1 : 0]);
     case "option_u64":
-      out.bytes([value === null ? 0 : 1]);
-      return out.u64(value === null ? 0n : (value as bigint));
+    case "omittable_u64": {
+      const none = value === null || value === undefined;
+      out.bytes([none ? 0 : 1]);
+      return out.u64(none ? 0n : (value as bigint));
+    }
   }
   if ("enum" in type) return out.bytes([type.enum.indexOf(value as string)]);
   const fieldAt = out.length;
@@ -191,7 +194,8 @@ class Reader {
   struct(layout: StructLayout, at: number): Fields {
     const value: Fields = {};
     for (const [name, type] of layout.fields) {
-      value[name] = this.field(type, at, name);
+      const field = this.field(type, at, name);
+      if (field !== undefined) value[name] = field;
       at += fieldSize(type);
     }
     return value;
@@ -218,10 +222,12 @@ class Reader {
         this.need(byte <= 1, `${name} is not a boolean`);
         return byte === 1;
       }
-      case "option_u64": {
+      case "option_u64":
+      case "omittable_u64": {
         const tag = view.getUint8(at);
         this.need(tag <= 1, `${name} has an unknown option tag`);
-        return tag === 1 ? view.getBigUint64(at + 1, true) : null;
+        if (tag === 1) return view.getBigUint64(at + 1, true);
+        return type === "option_u64" ? null : undefined;
       }
     }
     if ("enum" in type) {

@@ -52,6 +52,9 @@ function checkField(type: FieldType, value: unknown, path: string): void {
     case "option_u64":
       if (value !== null) checkU64(value, malformed);
       return;
+    case "omittable_u64":
+      if (value !== null && value !== undefined) checkU64(value, malformed);
+      return;
     case "bool":
       if (typeof value !== "boolean") throw malformed("must be a boolean");
       return;

@@ -18,6 +18,7 @@ import type {
   MembersChanged,
   MembersRemoved,
   MessageBody,
+  ChatList,
   PresenceEntry,
   Receipt,
   ServerFrame,
@@ -140,7 +141,19 @@ type Request =
   | { kind: "add_members"; answer: Deferred<MembersChanged> }
   | { kind: "remove_members"; answer: Deferred<MembersChanged> }
   | { kind: "presence"; answer: Deferred<PresenceEntry[]> }
+  | { kind: "history"; answer: Deferred<HistoryPage> }
+  | { kind: "list_chats"; answer: Deferred<ChatList> }
   | { kind: "sync"; chatId: bigint };
+
+/** A page of backward history: `messages` newest first; `hasMore` says whether older
+ * messages precede the last one (ask again with its seq as `beforeSeq`). */
+export interface HistoryPage {
+  messages: MessageBody[];
+  hasMore: boolean;
+}
+
+/** `before_seq` that asks for the newest messages of a chat. */
+const NEWEST = 0xffff_ffff_ffff_ffffn;
 
 /** Both watermarks of one chat: what the application wants acknowledged and what was
  * written on the current session. */
@@ -323,6 +336,31 @@ export class EdgeClient {
     }));
   }
 
+  /** Up to `limit` messages of `chatId` before `beforeSeq` (by default the newest ones),
+   * newest first: for a chat screen that scrolls back. These pages are the application's;
+   * they do not go through the live seq tracking or the `message` events. */
+  history(chatId: bigint, beforeSeq: bigint = NEWEST, limit: number = this.options.syncPageSize): Promise<HistoryPage> {
+    return this.request(
+      (client_msg_id) => ({ type: "sync", client_msg_id, chat_id: chatId, after_seq: 0n, limit, before_seq: beforeSeq }),
+      (answer) => ({ kind: "history", answer }),
+    );
+  }
+
+  /** A page of this user's chats, most recent activity first, each with its last seq, this
+   * user's watermarks and unread count. For the next page while `has_more`, pass the last
+   * chat of this one as `after`. */
+  listChats(limit: number = LIMITS.MAX_CHAT_LIST_PAGE, after?: { last_activity_us: bigint; chat_id: bigint }): Promise<ChatList> {
+    return this.request(
+      (client_msg_id) => ({
+        type: "list_chats",
+        client_msg_id,
+        limit,
+        ...(after && { before_activity_us: after.last_activity_us, before_chat_id: after.chat_id }),
+      }),
+      (answer) => ({ kind: "list_chats", answer }),
+    );
+  }
+
   /** Tells the members that this user is typing (ephemeral; dropped while disconnected). */
   typing(chatId: bigint): void {
     this.write({ type: "typing", chat_id: chatId });
@@ -421,6 +459,8 @@ export class EdgeClient {
         return this.events.emit("membersRemoved", frame);
       case "presence":
         return this.answer(frame.client_msg_id, "presence", frame.users);
+      case "chat_list":
+        return this.answer(frame.client_msg_id, "list_chats", frame);
       case "typing":
         return this.events.emit("typing", frame);
       case "error":
@@ -512,6 +552,9 @@ export class EdgeClient {
 
   private syncPage(batch: SyncBatch): void {
     const pending = this.requests.get(batch.client_msg_id);
+    if (pending?.request.kind === "history") {
+      return this.answer(batch.client_msg_id, "history", { messages: batch.messages, hasMore: batch.has_more });
+    }
     if (pending?.request.kind === "sync") this.forgetRequest(batch.client_msg_id);
     // This user left the chat or was removed from it while the sync was under way.
     if (this.seqs.held(batch.chat_id) === undefined) return;

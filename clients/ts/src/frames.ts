@@ -58,6 +58,16 @@ export interface Sync {
   chat_id: bigint;
   after_seq: bigint;
   limit: number;
+  /** Backward history: messages before this seq, newest first (after_seq must then be 0). */
+  before_seq?: bigint;
+}
+export interface ListChats {
+  type: "list_chats";
+  client_msg_id: bigint;
+  limit: number;
+  /** The cursor: the last chat of the previous page (left out for the first page). */
+  before_activity_us?: bigint;
+  before_chat_id?: bigint;
 }
 export interface Typing {
   type: "typing";
@@ -85,7 +95,8 @@ export type ClientFrame =
   | PresenceQuery
   | Ping
   | AddMembers
-  | RemoveMembers;
+  | RemoveMembers
+  | ListChats;
 
 // Server to client.
 
@@ -160,6 +171,24 @@ export interface SyncBatch {
   messages: MessageBody[];
   has_more: boolean;
 }
+/** One chat of a `chat_list`, as the asker sees it. */
+export interface ChatSummary {
+  chat_id: bigint;
+  kind: ChatKind;
+  title: string;
+  member_count: number;
+  last_seq: bigint;
+  last_activity_us: bigint;
+  delivered_seq: bigint;
+  read_seq: bigint;
+  unread: bigint;
+}
+export interface ChatList {
+  type: "chat_list";
+  client_msg_id: bigint;
+  chats: ChatSummary[];
+  has_more: boolean;
+}
 export interface PresenceEntry {
   user_id: bigint;
   online: boolean;
@@ -200,4 +229,5 @@ export type ServerFrame =
   | ErrorFrame
   | Pong
   | MembersAdded
-  | MembersRemoved;
+  | MembersRemoved
+  | ChatList;

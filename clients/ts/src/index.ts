@@ -3,7 +3,7 @@
 // platform's global WebSocket (browsers); Node.js resolves the package to node.ts instead.
 
 export { EdgeClient, NoAnswerError, ServerError } from "./client.js";
-export type { ConnectionState, EdgeClientOptions, EdgeEvents, Encoding, Sent, TokenSource } from "./client.js";
+export type { ConnectionState, EdgeClientOptions, EdgeEvents, Encoding, HistoryPage, Sent, TokenSource } from "./client.js";
 export type * from "./frames.js";
 export { decodeClientFrame, decodeServerFrame, encodeClientFrame, encodeServerFrame } from "./binary.js";
 export { clientFrameFromJson, clientFrameToJson, serverFrameFromJson, serverFrameToJson } from "./json.js";

@@ -32,7 +32,10 @@ type Fields = Record<string, unknown>;
 
 function toJson(set: FrameSet, frame: { type: string }): string {
   const layout = checkedLayout(set, frame);
-  const fields = layout.fields.map(([name, type]) => `"${name}":${jsonValue(type, (frame as unknown as Fields)[name])}`);
+  const value = frame as unknown as Fields;
+  const fields = layout.fields
+    .filter(([name, type]) => type !== "omittable_u64" || (value[name] !== undefined && value[name] !== null))
+    .map(([name, type]) => `"${name}":${jsonValue(type, value[name])}`);
   const text = `{"type":${JSON.stringify(frame.type)},${fields.join(",")}}`;
   const size = utf8.encode(text).length;
   if (size > set.maxBytes) {
@@ -84,7 +87,10 @@ function asObject(value: unknown, path: string): Fields {
 
 function readStruct(layout: StructLayout, object: Fields, path: string): Fields {
   const value: Fields = {};
-  for (const [name, type] of layout.fields) value[name] = readValue(type, object[name], `${path}.${name}`);
+  for (const [name, type] of layout.fields) {
+    const field = readValue(type, object[name], `${path}.${name}`);
+    if (field !== undefined) value[name] = field;
+  }
   return value;
 }
 
@@ -98,6 +104,8 @@ function readValue(type: FieldType, value: unknown, path: string): unknown {
       return exactU64(value, path);
     case "option_u64":
       return value === null || value === undefined ? null : exactU64(value, path);
+    case "omittable_u64":
+      return value === null || value === undefined ? undefined : exactU64(value, path);
     case "bool":
       if (typeof value !== "boolean") throw malformed(path, "is not a boolean");
       return value;

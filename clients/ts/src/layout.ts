@@ -12,6 +12,9 @@ export type FieldType =
   | "u64"
   | "bool"
   | "option_u64"
+  /** An optional u64 that JSON leaves out when none (binary: as option_u64); absent from
+   * the frame object when none. */
+  | "omittable_u64"
   | { string: number; noNul?: true }
   | { enum: readonly string[] }
   | { list: "u64" | StructLayout; max: number };
@@ -46,6 +49,20 @@ const message: StructLayout = {
     ["client_msg_id", "u64"],
     ["server_time_us", "u64"],
     ["body", { string: LIMITS.MAX_BODY_BYTES }],
+  ],
+};
+
+const chatSummary: StructLayout = {
+  fields: [
+    ["chat_id", "u64"],
+    ["kind", chatKind],
+    ["title", { string: LIMITS.MAX_TITLE_BYTES }],
+    ["member_count", "u32"],
+    ["last_seq", "u64"],
+    ["last_activity_us", "u64"],
+    ["delivered_seq", "u64"],
+    ["read_seq", "u64"],
+    ["unread", "u64"],
   ],
 };
 
@@ -111,6 +128,7 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
       ["chat_id", "u64"],
       ["after_seq", "u64"],
       ["limit", "u32"],
+      ["before_seq", "omittable_u64"],
     ],
     check: (frame) => {
       const limit = frame["limit"] as number;
@@ -130,6 +148,21 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
   ping: { kind: 10, fields: [["nonce", "u64"]] },
   add_members: { kind: 11, fields: memberChange },
   remove_members: { kind: 12, fields: memberChange },
+  list_chats: {
+    kind: 13,
+    fields: [
+      ["client_msg_id", "u64"],
+      ["limit", "u32"],
+      ["before_activity_us", "omittable_u64"],
+      ["before_chat_id", "omittable_u64"],
+    ],
+    check: (frame) => {
+      const limit = frame["limit"] as number;
+      return limit >= 1 && limit <= LIMITS.MAX_CHAT_LIST_PAGE
+        ? undefined
+        : `limit is ${limit}, it must be 1 to ${LIMITS.MAX_CHAT_LIST_PAGE}`;
+    },
+  },
 };
 
 const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
@@ -208,6 +241,14 @@ const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
   },
   members_added: { kind: 12, fields: membersChanged },
   members_removed: { kind: 13, fields: membersChanged },
+  chat_list: {
+    kind: 14,
+    fields: [
+      ["client_msg_id", "u64"],
+      ["chats", { list: chatSummary, max: LIMITS.MAX_CHAT_LIST_PAGE }],
+      ["has_more", "bool"],
+    ],
+  },
 };
 
 function frameSet(layouts: Record<string, FrameLayout>, maxBytes: number): FrameSet {
@@ -234,6 +275,7 @@ export function fieldSize(type: FieldType): number {
     case "bool":
       return 1;
     case "option_u64":
+    case "omittable_u64":
       return 9;
   }
   if ("enum" in type) return 1;

@@ -17,6 +17,8 @@ export const LIMITS = {
   MAX_MEMBERS_PER_CHAT: 1000,
   /** `limit` of `sync` (1 to this), and the most messages in a `sync_batch`. */
   MAX_SYNC_PAGE: 200,
+  /** `limit` of `list_chats` (1 to this), and the most chats in a `chat_list`. */
+  MAX_CHAT_LIST_PAGE: 100,
   /** `users` of `presence_query` and `presence`. */
   MAX_PRESENCE_QUERY: 200,
   /** `reason` of `error`, in UTF-8 bytes. */

@@ -173,11 +173,14 @@ function clientFrame(id: fc.Arbitrary<bigint>): fc.Arbitrary<ClientFrame> {
     rec({ type: fc.constant("ack_delivered" as const), chat_id: id, seq: id }),
     rec({ type: fc.constant("ack_read" as const), chat_id: id, seq: id }),
     rec({ type: fc.constant("sync" as const), client_msg_id: id, chat_id: id, after_seq: id, limit: fc.integer({ min: 1, max: 200 }) }),
+    rec({ type: fc.constant("sync" as const), client_msg_id: id, chat_id: id, after_seq: fc.constant(0n), limit: fc.integer({ min: 1, max: 200 }), before_seq: id }),
     rec({ type: fc.constant("typing" as const), chat_id: id }),
     rec({ type: fc.constant("presence_query" as const), client_msg_id: id, users: fc.array(id, { maxLength: 20 }) }),
     rec({ type: fc.constant("ping" as const), nonce: id }),
     rec({ type: fc.constant("add_members" as const), client_msg_id: id, chat_id: id, users: fc.array(id, { maxLength: 20 }) }),
     rec({ type: fc.constant("remove_members" as const), client_msg_id: id, chat_id: id, users: fc.array(id, { maxLength: 20 }) }),
+    rec({ type: fc.constant("list_chats" as const), client_msg_id: id, limit: fc.integer({ min: 1, max: 100 }) }),
+    rec({ type: fc.constant("list_chats" as const), client_msg_id: id, limit: fc.integer({ min: 1, max: 100 }), before_activity_us: id, before_chat_id: id }),
   );
 }
 
@@ -197,6 +200,25 @@ function serverFrame(id: fc.Arbitrary<bigint>): fc.Arbitrary<ServerFrame> {
     rec({ type: fc.constant("pong" as const), nonce: id, server_time_us: id }),
     rec({ type: fc.constant("members_added" as const), client_msg_id: id, chat_id: id, by: id, users: fc.array(id, { maxLength: 20 }) }),
     rec({ type: fc.constant("members_removed" as const), client_msg_id: id, chat_id: id, by: id, users: fc.array(id, { maxLength: 20 }) }),
+    rec({
+      type: fc.constant("chat_list" as const),
+      client_msg_id: id,
+      chats: fc.array(
+        rec({
+          chat_id: id,
+          kind: chatKind,
+          title: text(256),
+          member_count: fc.integer({ min: 0, max: 0xffff_ffff }),
+          last_seq: id,
+          last_activity_us: id,
+          delivered_seq: id,
+          read_seq: id,
+          unread: id,
+        }),
+        { maxLength: 8 },
+      ),
+      has_more: fc.boolean(),
+    }),
   );
 }
 

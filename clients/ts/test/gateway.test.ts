@@ -33,6 +33,43 @@ for (const carrier of ["header", "query", "subprotocol"] as TokenCarrier[]) {
 }
 
 for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
+  test(`the chat list in ${encoding} frames: most recent activity first, paged, with unread counts`, async () => {
+    const aliceId = 280n + BigInt(index * 10);
+    const bobId = aliceId + 1n;
+    const alice = track(await connected(clientOf(stack, aliceId, { encoding })));
+    const bob = track(await connected(clientOf(stack, bobId, { encoding })));
+    const quiet = await alice.createChat("group", "Quiet", [bobId]);
+    const busy = await alice.createChat("group", "Busy", [bobId]);
+    const bobGetsIt = next(bob, "message");
+    await alice.send(quiet.chat_id, "wake up");
+    await bobGetsIt;
+
+    const first = await bob.listChats(1);
+    assert.deepEqual(
+      first.chats.map((c) => [c.chat_id, c.title, c.member_count, c.last_seq]),
+      [[quiet.chat_id, "Quiet", 2, 1n]],
+    );
+    assert.equal(first.has_more, true);
+    const second = await bob.listChats(1, first.chats[0]!);
+    assert.deepEqual(second.chats.map((c) => [c.chat_id, c.last_seq, c.unread]), [[busy.chat_id, 0n, 0n]]);
+    assert.equal(second.has_more, false);
+  });
+
+  test(`history in ${encoding} frames pages back from the newest message, newest first`, async () => {
+    const aliceId = 260n + BigInt(index * 10);
+    const alice = track(await connected(clientOf(stack, aliceId, { encoding })));
+    const chat = await alice.createChat("group", "History", []);
+    for (const body of ["one", "two", "three"]) await alice.send(chat.chat_id, body);
+
+    const newest = await alice.history(chat.chat_id, undefined, 2);
+    assert.deepEqual(newest.messages.map((m) => [m.seq, m.body]), [[3n, "three"], [2n, "two"]]);
+    assert.equal(newest.hasMore, true);
+    const older = await alice.history(chat.chat_id, 2n, 2);
+    assert.deepEqual(older.messages.map((m) => m.seq), [1n]);
+    assert.equal(older.hasMore, false);
+    await assert.rejects(alice.history(987_654_321n), (error: Error & { code?: number }) => error.code === 4040);
+  });
+
   test(`a conversation in ${encoding} frames: chat, typing, message, receipts, presence`, async () => {
     const aliceId = 200n + BigInt(index * 10);
     const bobId = aliceId + 1n;

@@ -10,7 +10,7 @@ use wire::client::{ArchivedAck, ArchivedSendMessage, ArchivedSyncRequest};
 use wire::envelope::Target;
 use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
 use wire::server::{
-    ChatCreated, ChatEvent, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
+    ChatCreated, ChatEvent, ChatSummary, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
 use wire::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId};
 
@@ -117,6 +117,8 @@ pub(super) struct Chat {
     /// Every member as a delivery target, rebuilt when membership changes.
     targets: Arc<[Target]>,
     next_seq: Seq,
+    /// When the newest message was accepted, or the chat made if it has none.
+    last_activity_us: u64,
     history: VecDeque<Message>,
     /// Delivered and read watermarks per member.
     watermarks: HashMap<UserId, (Seq, Seq)>,
@@ -133,6 +135,7 @@ impl Chat {
         creator: UserId,
         creator_client_msg_id: ClientMsgId,
         mut members: Vec<UserId>,
+        created_us: u64,
     ) -> Chat {
         members.sort_unstable();
         members.dedup();
@@ -146,6 +149,7 @@ impl Chat {
             admins: vec![creator],
             targets: Arc::from([]),
             next_seq: 1,
+            last_activity_us: created_us,
             history: VecDeque::new(),
             watermarks: HashMap::new(),
             departures: VecDeque::new(),
@@ -239,6 +243,7 @@ impl Chat {
             body: send.body.as_str().to_owned(),
         };
         self.next_seq += 1;
+        self.last_activity_us = now_us;
         let seq = message.seq;
         let delivery = Reply {
             frame: ServerFrame::Message(message.clone()),
@@ -299,21 +304,41 @@ impl Chat {
         Ok(Outcome::replies(vec![Reply::to(receipt, targets)]))
     }
 
-    /// A page of the history this engine keeps.
+    /// The chat as `user` sees it in a chat list, if `user` is a member.
+    pub(super) fn summary(&self, user: UserId) -> Option<ChatSummary> {
+        if !self.is_member(user) {
+            return None;
+        }
+        let (delivered_seq, read_seq) = self.watermarks.get(&user).copied().unwrap_or_default();
+        let last_seq = self.next_seq - 1;
+        Some(ChatSummary {
+            chat_id: self.id,
+            kind: self.kind,
+            title: self.title.clone(),
+            member_count: self.members.len() as u32,
+            last_seq,
+            last_activity_us: self.last_activity_us,
+            delivered_seq,
+            read_seq,
+            unread: last_seq.saturating_sub(read_seq),
+        })
+    }
+
+    /// A page of the history this engine keeps: after `after_seq` oldest first, or before
+    /// `before_seq` newest first.
     pub(super) fn sync_page(&self, origin: Origin, sync: &ArchivedSyncRequest) -> Answer {
         self.require_member(origin.user_id)?;
-        let after = sync.after_seq.to_native();
         let limit = sync.limit.to_native() as usize;
-        let mut newer = self.history.iter().filter(|m| m.seq > after).peekable();
-        let mut messages: Vec<Message> = Vec::new();
-        let mut body_bytes = 0;
-        while let Some(next) = newer.next_if(|m| {
-            messages.len() < limit && sync_page_admits(messages.len(), body_bytes, m.body.len())
-        }) {
-            body_bytes += next.body.len();
-            messages.push(next.clone());
-        }
-        let has_more = newer.peek().is_some();
+        let (messages, has_more) = match sync.before_seq.as_ref() {
+            Some(before) => {
+                let before = before.to_native();
+                page(self.history.iter().rev().filter(|m| m.seq < before), limit)
+            }
+            None => {
+                let after = sync.after_seq.to_native();
+                page(self.history.iter().filter(|m| m.seq > after), limit)
+            }
+        };
         let page = ServerFrame::SyncBatch(SyncBatch {
             client_msg_id: sync.client_msg_id.to_native(),
             chat_id: self.id,
@@ -500,6 +525,22 @@ impl Chat {
 }
 
 /// A request's user list as every answer names it: sorted, without repeats.
+/// Up to `limit` messages of `candidates`, in their order, and whether more follow.
+/// Up to `limit` of `candidates`, in their order, stopping early at the page's byte bound
+/// (`sync_page_admits`); whether more were left.
+fn page<'a>(candidates: impl Iterator<Item = &'a Message>, limit: usize) -> (Vec<Message>, bool) {
+    let mut candidates = candidates.peekable();
+    let mut messages: Vec<Message> = Vec::new();
+    let mut body_bytes = 0;
+    while let Some(next) = candidates.next_if(|m| {
+        messages.len() < limit && sync_page_admits(messages.len(), body_bytes, m.body.len())
+    }) {
+        body_bytes += next.body.len();
+        messages.push(next.clone());
+    }
+    (messages, candidates.peek().is_some())
+}
+
 fn sorted(users: &[UserId]) -> Vec<UserId> {
     let mut users = users.to_vec();
     users.sort_unstable();
@@ -517,7 +558,7 @@ mod tests {
     };
 
     fn group(kind: ChatKind) -> Chat {
-        Chat::new(7, kind, "g".into(), 1, 100, vec![2, 1])
+        Chat::new(7, kind, "g".into(), 1, 100, vec![2, 1], 0)
     }
 
     fn targets(users: &[UserId]) -> Arc<[Target]> {
@@ -581,7 +622,7 @@ mod tests {
 
     #[test]
     fn direct_chats_never_change_members() {
-        let mut chat = Chat::new(8, ChatKind::Direct, String::new(), 1, 1, vec![1, 2]);
+        let mut chat = Chat::new(8, ChatKind::Direct, String::new(), 1, 1, vec![1, 2], 0);
         for refusal in [
             chat.join(3, 1).unwrap_err(),
             chat.leave(1, 2).unwrap_err(),
@@ -612,6 +653,7 @@ mod tests {
             chat_id: 7,
             after_seq: 0,
             limit: 10,
+            before_seq: None,
         })
         .encode()
         .unwrap();
@@ -653,6 +695,7 @@ mod tests {
                 chat_id: 7,
                 after_seq,
                 limit: wire::limits::MAX_SYNC_PAGE,
+                before_seq: None,
             })
             .encode()
             .unwrap();

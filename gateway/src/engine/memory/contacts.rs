@@ -30,6 +30,11 @@ impl Contacts {
         }
     }
 
+    /// The chats `user` is a member of.
+    pub(super) fn chats_of(&self, user: UserId) -> impl Iterator<Item = ChatId> + '_ {
+        self.chats_of.get(&user).into_iter().flatten().copied()
+    }
+
     /// Whether `a` may see `b`: the same user, or members of one chat.
     pub(super) fn may_see(&self, a: UserId, b: UserId) -> bool {
         if a == b {

@@ -5,6 +5,7 @@
 //! shares a chat with whom ([`contacts`]), so a query is answered where it arrives.
 
 mod chat;
+mod chat_list;
 mod contacts;
 mod directory;
 
@@ -13,14 +14,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wire::client::{ArchivedCreateChat, ArchivedPresenceQuery};
+use wire::client::{ArchivedCreateChat, ArchivedListChats, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::server::{ErrorFrame, Presence, PresenceEntry};
+use wire::server::{ChatSummary, ErrorFrame, Presence, PresenceEntry};
 use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
 
 use self::chat::{Chat, Refusal, Reply};
+pub use self::chat_list::Cursor;
+use self::chat_list::Gather;
 use self::contacts::Contacts;
 use self::directory::{DIRECTORY_CORE, Decision, Directory};
 use super::{Engine, EngineMsg};
@@ -70,6 +73,27 @@ pub enum Msg {
         /// The id of the create that made it.
         client_msg_id: ClientMsgId,
     },
+    /// A chat list wants the summaries, for `user`, of these chats this core owns.
+    ListPart {
+        /// The user asking.
+        user: UserId,
+        /// The chats of the user this core owns, as the asking core knows them.
+        chat_ids: Vec<ChatId>,
+        /// Where the page starts.
+        cursor: Cursor,
+        /// The page size.
+        limit: usize,
+        /// The core that gathers the parts, and its id for the request.
+        reply_core: usize,
+        gather_id: u64,
+    },
+    /// One core's part of a chat list, for the core that gathers it.
+    ListFound {
+        /// The gathering core's id for the request.
+        gather_id: u64,
+        /// At most `limit + 1` summaries, after the cursor.
+        chats: Vec<ChatSummary>,
+    },
     /// The members of a chat changed on the core that owns it: every other core's copy of
     /// who shares a chat follows.
     Members {
@@ -101,10 +125,17 @@ struct PresenceState {
     last_seen_us: u64,
 }
 
+/// Most chat lists one core gathers at once; more are answered `unavailable`. Each one
+/// waits only for the other cores' mailboxes, so this is reached only by a flood.
+const MAX_PENDING_LISTS: usize = 1024;
+
 /// One core's shard of the memory engine.
 #[derive(Debug)]
 pub struct MemoryEngine {
     chats: HashMap<ChatId, Chat>,
+    /// Chat lists waiting for other cores' parts, by gather id.
+    gathers: HashMap<u64, Gather>,
+    next_gather_id: u64,
     presence: HashMap<UserId, PresenceState>,
     contacts: Contacts,
     /// Consulted on [`DIRECTORY_CORE`] only.
@@ -118,6 +149,8 @@ impl MemoryEngine {
     pub fn new(history_limit: usize, max_chats_per_user: usize) -> MemoryEngine {
         MemoryEngine {
             chats: HashMap::new(),
+            gathers: HashMap::new(),
+            next_gather_id: 0,
             presence: HashMap::new(),
             contacts: Contacts::default(),
             directory: Directory::new(max_chats_per_user),
@@ -196,6 +229,99 @@ impl MemoryEngine {
                 added,
                 removed,
             } => self.contacts.changed(chat_id, &added, &removed),
+            Msg::ListPart {
+                user,
+                chat_ids,
+                cursor,
+                limit,
+                reply_core,
+                gather_id,
+            } => {
+                let chats = self.list_part(user, &chat_ids, cursor, limit);
+                let found = Msg::ListFound { gather_id, chats };
+                self.dispatch(core, reply_core, found);
+            }
+            Msg::ListFound { gather_id, chats } => {
+                let done = self
+                    .gathers
+                    .get_mut(&gather_id)
+                    .is_some_and(|gather| gather.add(chats));
+                if let Some(gather) = done.then(|| self.gathers.remove(&gather_id)).flatten() {
+                    answer_list(core, gather);
+                }
+            }
+        }
+    }
+
+    /// The summaries of those of `chat_ids` this core owns and `user` is a member of, cut
+    /// to the page.
+    fn list_part(
+        &self,
+        user: UserId,
+        chat_ids: &[ChatId],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Vec<ChatSummary> {
+        let chats = chat_ids
+            .iter()
+            .filter_map(|id| self.chats.get(id)?.summary(user))
+            .collect();
+        chat_list::select(chats, cursor, limit)
+    }
+
+    /// Lists the asker's chats: asks every core that owns some of them for its part, and
+    /// answers once all are in.
+    fn list_chats(
+        &mut self,
+        core: &Core,
+        origin: Origin,
+        request: &ArchivedListChats,
+        received_at: Instant,
+    ) {
+        let client_msg_id = request.client_msg_id.to_native();
+        if self.gathers.len() >= MAX_PENDING_LISTS {
+            let refusal = Refusal::new(ErrorCode::Unavailable, "too many chat lists under way");
+            return reply_error(core, origin, refusal, Some(client_msg_id), received_at);
+        }
+        let cursor = Cursor::of(request);
+        let limit = request.limit.to_native() as usize;
+        let mut by_core: Vec<Vec<ChatId>> = vec![Vec::new(); core.cores()];
+        for chat_id in self.contacts.chats_of(origin.user_id) {
+            by_core[Self::owner(core, chat_id)].push(chat_id);
+        }
+        let gather_id = self.next_gather_id;
+        self.next_gather_id += 1;
+        let mut gather = Gather {
+            origin,
+            client_msg_id,
+            cursor,
+            limit,
+            received_at,
+            waiting: by_core.iter().filter(|ids| !ids.is_empty()).count(),
+            found: Vec::new(),
+        };
+        let here = std::mem::take(&mut by_core[core.index()]);
+        if !here.is_empty() {
+            let part = self.list_part(origin.user_id, &here, cursor, limit);
+            gather.add(part);
+        }
+        if gather.waiting == 0 {
+            return answer_list(core, gather);
+        }
+        self.gathers.insert(gather_id, gather);
+        for (owner, chat_ids) in by_core.into_iter().enumerate() {
+            if chat_ids.is_empty() {
+                continue;
+            }
+            let part = Msg::ListPart {
+                user: origin.user_id,
+                chat_ids,
+                cursor,
+                limit,
+                reply_core: core.index(),
+                gather_id,
+            };
+            core.send_to_core(owner, CoreMsg::Engine(EngineMsg::Memory(part)));
         }
     }
 
@@ -299,6 +425,7 @@ impl MemoryEngine {
             new.creator,
             new.client_msg_id,
             new.members,
+            core.now_us(),
         );
         let announcement = chat.announce(new.client_msg_id);
         self.members_changed(core, new.chat_id, chat.members(), &[]);
@@ -345,6 +472,7 @@ impl MemoryEngine {
                 chat.remove_members(user, req.client_msg_id.to_native(), &users)
             }
             ClientFrameRef::CreateChat(_)
+            | ClientFrameRef::ListChats(_)
             | ClientFrameRef::PresenceQuery(_)
             | ClientFrameRef::Ping(_) => return,
         };
@@ -415,6 +543,12 @@ fn reply_to(origin: Origin) -> Arc<[Target]> {
     Arc::from([Target::Connection(origin.connection_id)])
 }
 
+fn answer_list(core: &Core, gather: Gather) {
+    let (origin, received_at) = (gather.origin, gather.received_at);
+    let frame = ServerFrame::ChatList(gather.page());
+    core.deliver_frame(&frame, reply_to(origin), None, received_at);
+}
+
 /// Delivers what a request produced, in order.
 fn perform(core: &Core, replies: Vec<Reply>, received_at: Instant) {
     for reply in replies {
@@ -461,6 +595,9 @@ impl Engine for MemoryEngine {
             }
             ClientFrameRef::PresenceQuery(query) => {
                 self.presence_query(core, origin, query, received_at)
+            }
+            ClientFrameRef::ListChats(request) => {
+                self.list_chats(core, origin, request, received_at)
             }
             ClientFrameRef::Ping(_) => {}
             _ => {
