@@ -17,6 +17,9 @@ export const LIMITS = {
   MAX_MEMBERS_PER_CHAT: 1000,
   /** `limit` of `sync` (1 to this), and the most messages in a `sync_batch`. */
   MAX_SYNC_PAGE: 200,
+  /** Most `body` bytes in one `sync_batch`: the server ends a page early (`has_more`) before
+   * the message that would pass it; a page always holds at least one message. */
+  MAX_SYNC_PAGE_BYTES: 262144,
   /** `limit` of `list_chats` (1 to this), and the most chats in a `chat_list`. */
   MAX_CHAT_LIST_PAGE: 100,
   /** `users` of `presence_query` and `presence`. */
