@@ -8,10 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admin_get, connect, recv, send, start, token};
+use common::{admin_get, connect, raw_close_code, raw_upgrade, recv, send, start};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wire::client::{CreateChat, SendMessage, SyncRequest};
 use wire::limits::{MAX_BODY_BYTES, MAX_SYNC_PAGE};
@@ -93,42 +92,6 @@ async fn chat_full_of_4_kib_messages(gateway: &gateway::Gateway) -> u64 {
     chat_id
 }
 
-/// Upgrades as `user_id` on a raw socket that the test never reads until the end.
-async fn never_reading_client(gateway: &gateway::Gateway, user_id: u64) -> TcpStream {
-    let mut stream = TcpStream::connect(gateway.local_addr())
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
-        token(user_id)
-    );
-    stream.write_all(request.as_bytes()).await.expect("upgrade");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await.expect("response head"));
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
-}
-
-/// Reads what the server sent until it closes; returns the close code.
-async fn close_code(stream: &mut TcpStream) -> Option<u16> {
-    let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
-    let mut decoder = gateway::ws::Decoder::new(gateway::ws::Role::Client, 1 << 20);
-    let mut start = 0;
-    let mut code = None;
-    loop {
-        let decoded = decoder.decode(&mut bytes[start..]).ok()?;
-        start += decoded.consumed;
-        match decoded.message {
-            Some(gateway::ws::Message::Close { code: c, .. }) => code = c,
-            Some(_) => continue,
-            None => return code,
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_never_reading_sync_flooder_is_closed_with_its_bytes_bounded_and_a_reader_is_served() {
     let gateway = start(1, &[]);
@@ -136,7 +99,7 @@ async fn a_never_reading_sync_flooder_is_closed_with_its_bytes_bounded_and_a_rea
     let rss_before = vm_rss();
 
     // The flooder asks for full pages at the rate limit and never reads.
-    let mut flooder = never_reading_client(&gateway, 2).await;
+    let mut flooder = raw_upgrade(&gateway, 2).await;
     let mut rss_peak = rss_before;
     let mut queued_peak: f64 = 0.0;
     let mut requests = 0;
@@ -169,7 +132,7 @@ async fn a_never_reading_sync_flooder_is_closed_with_its_bytes_bounded_and_a_rea
         }
     };
     assert!(closed, "not closed after {requests} sync requests");
-    assert_eq!(close_code(&mut flooder).await, Some(4000));
+    assert_eq!(raw_close_code(&mut flooder).await, Some(4000));
     let (_, metrics) = admin_get(&gateway, "/metrics").await;
     assert_eq!(sample(&metrics, "gateway_outbound_queue_bytes"), 0.0);
     let rss_after = vm_rss();

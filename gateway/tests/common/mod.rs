@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TungsteniteCloseCode;
@@ -173,4 +174,50 @@ pub async fn raw_status(gateway: &Gateway, request: &[u8]) -> u16 {
 /// The core a connection id names.
 pub fn core_of(connection_id: u64) -> u64 {
     connection_id >> 45
+}
+
+/// Upgrades a raw socket by hand, for what no WebSocket library does (frames it would not
+/// send, a client that never reads).
+pub async fn raw_upgrade(gateway: &Gateway, user_id: u64) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway.local_addr())
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(user_id)
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write head");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Reads frames as a client until the server closes; returns the close code.
+pub async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
+    let mut decoder = gateway::ws::Decoder::new(gateway::ws::Role::Client, 1 << 20);
+    let mut start = 0;
+    let mut code = None;
+    loop {
+        let decoded = decoder.decode(&mut bytes[start..]).ok()?;
+        start += decoded.consumed;
+        match decoded.message {
+            Some(gateway::ws::Message::Close { code: c, .. }) => code = c,
+            Some(_) => continue,
+            None => return code,
+        }
+    }
 }
