@@ -11,7 +11,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wire::envelope::Target;
-use wire::{CloseCode, ServerFrame, UserId};
+use wire::server::ErrorFrame;
+use wire::{ClientMsgId, CloseCode, ErrorCode, ServerFrame, UserId};
 
 use crate::bridge::{BridgeInbox, BridgeMsg};
 use crate::engine::Engine;
@@ -206,6 +207,21 @@ impl Core {
             }
         }
         self.metrics.connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Answers the session `origin` with an error frame, counted in the metrics.
+    pub fn reply_error(
+        &self,
+        origin: crate::router::Origin,
+        code: ErrorCode,
+        reason: impl Into<String>,
+        client_msg_id: Option<ClientMsgId>,
+        received_at: Instant,
+    ) {
+        self.metrics.error(code);
+        let frame = ServerFrame::Error(ErrorFrame::new(code, reason, client_msg_id));
+        let to: Arc<[Target]> = Arc::from([Target::Connection(origin.connection_id)]);
+        self.deliver_frame(&frame, to, None, received_at);
     }
 
     /// Encodes a server frame once and delivers it to `targets` on whichever cores hold

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use broker::Topology;
 use wire::client::Ack;
-use wire::envelope::Target;
-use wire::server::ErrorFrame;
-use wire::{ChatId, ClientFrame, ClientFrameRef, ErrorCode, ServerFrame, UserId};
+use wire::{ChatId, ClientFrame, ClientFrameRef, ErrorCode, UserId};
 
 use super::{Engine, EngineMsg};
 use crate::bridge::{BridgeInbox, BridgeMsg, InboundFrame};
@@ -70,11 +68,6 @@ impl AmqpEngine {
 
     fn broker_connected(&self) -> bool {
         self.node.broker_connected.load(Ordering::Acquire)
-    }
-
-    /// Unreachable past the grace: refuse instead of queueing.
-    fn broker_unreachable(&self) -> bool {
-        self.node.broker_unreachable()
     }
 
     fn publish(
@@ -171,14 +164,15 @@ impl Engine for AmqpEngine {
             core.need_timer();
             return;
         }
-        if self.broker_unreachable() {
+        if self.node.broker_unreachable() {
             if let Some(client_msg_id) = frame.client_msg_id() {
-                let code = ErrorCode::Unavailable;
-                core.metrics.error(code);
-                let reason = "the message broker is unreachable; resend later";
-                let error = ServerFrame::Error(ErrorFrame::new(code, reason, Some(client_msg_id)));
-                let to: Arc<[Target]> = Arc::from([Target::Connection(origin.connection_id)]);
-                core.deliver_frame(&error, to, None, received_at);
+                core.reply_error(
+                    origin,
+                    ErrorCode::Unavailable,
+                    "the message broker is unreachable; resend later",
+                    Some(client_msg_id),
+                    received_at,
+                );
             }
             return;
         }

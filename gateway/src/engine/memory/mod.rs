@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wire::client::{ArchivedCreateChat, ArchivedListChats, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::server::{ChatSummary, ErrorFrame, Presence, PresenceEntry};
+use wire::server::{ChatSummary, Presence, PresenceEntry};
 use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
@@ -563,9 +563,13 @@ fn reply_error(
     client_msg_id: Option<ClientMsgId>,
     received_at: Instant,
 ) {
-    core.metrics.error(refusal.code);
-    let frame = ServerFrame::Error(ErrorFrame::new(refusal.code, refusal.reason, client_msg_id));
-    core.deliver_frame(&frame, reply_to(origin), None, received_at);
+    core.reply_error(
+        origin,
+        refusal.code,
+        refusal.reason,
+        client_msg_id,
+        received_at,
+    );
 }
 
 impl Engine for MemoryEngine {
