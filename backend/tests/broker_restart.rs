@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use full_stack::{
-    SHARDS, clean_up, database_url, private_corner, start_gateway_with, upgrade_request,
+    SHARDS, database_url, private_corner, start_gateway_with, tear_down, upgrade_request,
 };
 use futures_util::{SinkExt, StreamExt};
 use gateway::Gateway;
@@ -131,16 +131,15 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
-            let _ = worker.kill();
-            let _ = worker.wait();
-        }
-        if let Some(gateway) = self.gateway.take() {
-            gateway.begin_shutdown();
-            gateway.join();
-        }
         // The private broker goes with its directory; the schema is ours to drop.
-        clean_up(&self.name, self.node_id, None);
+        let gateway = self.gateway.take();
+        tear_down(
+            self.worker.as_mut(),
+            gateway,
+            &self.name,
+            self.node_id,
+            None,
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use full_stack::{SHARDS, clean_up, database_url, private_corner, start_gateway, upgrade_request};
+use full_stack::{SHARDS, database_url, private_corner, start_gateway, tear_down, upgrade_request};
 use futures_util::{SinkExt, StreamExt};
 use gateway::Gateway;
 use tokio::net::TcpStream;
@@ -118,16 +118,15 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in &mut self.workers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(gateway) = self.gateway.take() {
-            gateway.begin_shutdown();
-            gateway.join();
-        }
         // Leave the services as we found them.
-        clean_up(&self.name, self.node_id, Some(AMQP_URL));
+        let gateway = self.gateway.take();
+        tear_down(
+            &mut self.workers,
+            gateway,
+            &self.name,
+            self.node_id,
+            Some(AMQP_URL),
+        );
     }
 }
 

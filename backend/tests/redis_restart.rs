@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use full_stack::{
-    SHARDS, clean_up, database_url, private_corner, start_gateway_with, upgrade_request,
+    SHARDS, database_url, private_corner, start_gateway_with, tear_down, upgrade_request,
 };
 use futures_util::{SinkExt, StreamExt};
 use gateway::Gateway;
@@ -139,13 +139,14 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self.worker.kill();
-        let _ = self.worker.wait();
-        if let Some(gateway) = self.gateway.take() {
-            gateway.begin_shutdown();
-            gateway.join();
-        }
-        clean_up(&self.name, self.node_id, Some(AMQP_URL));
+        let gateway = self.gateway.take();
+        tear_down(
+            [&mut self.worker],
+            gateway,
+            &self.name,
+            self.node_id,
+            Some(AMQP_URL),
+        );
     }
 }
 

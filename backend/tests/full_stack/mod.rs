@@ -5,6 +5,7 @@
 #![allow(dead_code)] // A helper for several test binaries; each uses a part of it.
 
 use std::net::SocketAddr;
+use std::process::Child;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -93,6 +94,26 @@ pub fn upgrade_request(addr: SocketAddr, user: u64) -> Request {
         format!("Bearer {token}").parse().expect("header"),
     );
     request
+}
+
+/// Stops a test's stack: its worker processes (SIGKILL), then its gateway, then removes
+/// its corner of the services with [`clean_up`].
+pub fn tear_down<'a>(
+    workers: impl IntoIterator<Item = &'a mut Child>,
+    gateway: Option<Gateway>,
+    name: &str,
+    node_id: u32,
+    amqp_url: Option<&str>,
+) {
+    for worker in workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    if let Some(gateway) = gateway {
+        gateway.begin_shutdown();
+        gateway.join();
+    }
+    clean_up(name, node_id, amqp_url);
 }
 
 /// Drops the corner's schema and, on the broker at `amqp_url` (if given), its queues and
