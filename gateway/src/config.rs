@@ -280,10 +280,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ACK_WINDOW", value_parser = parse_duration, default_value = "20ms")]
     pub ack_window: Duration,
 
-    /// How long the bridge lets frames gather before it publishes them (`0ms` publishes
-    /// what each turn finds). A few milliseconds make the broker messages and the backend's
-    /// batches larger at moderate load, for less broker and database CPU per message, at
-    /// the price of that much latency (bench/RESULTS.md measures it).
+    /// How long the bridge lets frames gather before it publishes them. With `0ms`, frames
+    /// go out at once while no publish awaits its confirm, and otherwise gather until the
+    /// round in flight is confirmed, so batches grow with the load and a lone frame never
+    /// waits. A few milliseconds make broker messages and backend batches larger at moderate
+    /// load, for less broker and database CPU per message, at the price of that much
+    /// latency (bench/RESULTS.md measures both).
     #[arg(long, env = "GATEWAY_PUBLISH_LINGER", value_parser = parse_duration, default_value = "0ms")]
     pub publish_linger: Duration,
 

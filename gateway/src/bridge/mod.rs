@@ -367,6 +367,10 @@ async fn session(
                 if let Some(again) = publisher.confirmed(&channel, id, confirmation).await? {
                     in_flight.push(again);
                 }
+                // Frames held back while this round was unconfirmed go out now.
+                if publish_at.is_none() && !inbox.publishes.is_empty() {
+                    inbox.publish_ready.notify_one();
+                }
             }
             delivery = deliveries.next(), if router.has_room() => {
                 let delivery = delivery.context("the delivery stream ended")?.context("receiving a delivery")?;
@@ -377,13 +381,13 @@ async fn session(
                 router.retry(&node.mailboxes);
             }
             _ = inbox.publish_ready.notified(), if !paused && publish_at.is_none() => {
-                if settings.publish_linger.is_zero() || *stopping {
+                if *stopping || (settings.publish_linger.is_zero() && publisher.takes_now(inbox.publishes.len())) {
                     in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
                     if !inbox.publishes.is_empty() {
                         // More waits than this round took: come back for it.
                         inbox.publish_ready.notify_one();
                     }
-                } else {
+                } else if !settings.publish_linger.is_zero() {
                     publish_at = Some(tokio::time::Instant::now() + settings.publish_linger);
                 }
             }
