@@ -2,6 +2,11 @@
 //! transaction, publish what it produced with confirms (one envelope per gateway node),
 //! then acknowledge it.
 //!
+//! The steps are pipelined: once a batch's envelopes are queued on the channel, the next
+//! batch is persisted while the broker confirms them, and batches are acknowledged in
+//! order as their confirms come in (at most [`MAX_UNSETTLED_BATCHES`] at a time). A
+//! batch's cycle is then its transaction, not its transaction plus a confirm's round trip.
+//!
 //! The order of the steps is the delivery guarantee. Nothing is acknowledged before its
 //! transaction commits and its deliveries are confirmed; a failure anywhere before the ack
 //! leaves the frames with the broker (held by this worker while it retries, or returned to
@@ -10,6 +15,8 @@
 //! redelivered, and a stored message found by a redelivered frame is published again in
 //! full, since its first publish may never have happened.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use broker::{DEAD_LETTER_REASON_HEADER, REPUBLISH_HEADER, Topology};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -42,6 +50,10 @@ use crate::stats::Stats;
 /// How many times a batch that conflicts with another transaction is tried again as it is,
 /// before it is treated like a permanent failure (and split to find the cause).
 const MAX_CONFLICT_RETRIES: u32 = 5;
+
+/// Batches whose deliveries await their confirms while the next ones are persisted. Each
+/// holds its encoded envelopes until they are written, so this also bounds that memory.
+const MAX_UNSETTLED_BATCHES: usize = 4;
 
 /// How long opening a session's channels and starting its consumer may take (the
 /// connection has its own timeout) before the session starts over.
@@ -225,11 +237,16 @@ impl ShardWorker {
             self.shared.consuming.send_modify(|n| *n += 1);
         }
         let (batch_size, batch_wait) = (config.batch_size, config.batch_wait);
+        let mut unsettled = FuturesOrdered::new();
         loop {
             let first = tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
-                    // Unhandled prefetched deliveries go back to the queue with the channel.
+                    // What is persisted and published is acknowledged before the channels
+                    // close; unhandled prefetched deliveries go back to the queue with them.
+                    while let Some(settled) = unsettled.next().await {
+                        Self::acknowledge(&channels, settled).await?;
+                    }
                     for channel in [&channels.consume, &channels.publish] {
                         if let Err(error) = channel.close(200, "shutting down".into()).await {
                             tracing::debug!(%error, "closing a channel");
@@ -237,7 +254,11 @@ impl ShardWorker {
                     }
                     return Ok(());
                 }
-                next = consumer.next() => next,
+                Some(settled) = unsettled.next(), if !unsettled.is_empty() => {
+                    Self::acknowledge(&channels, settled).await?;
+                    continue;
+                }
+                next = consumer.next(), if unsettled.len() < MAX_UNSETTLED_BATCHES => next,
             };
             // A delivery holds one frame or a gateway's batch of them: the batch is counted
             // in frames, and a delivery is never split.
@@ -256,9 +277,26 @@ impl ShardWorker {
                     Err(_) => break,
                 }
             }
-            self.handle_batch(&channels, batch).await?;
+            if let Some(settling) = self.handle_batch(&channels, batch).await? {
+                unsettled.push_back(settling);
+            }
             self.backoff.reset();
         }
+    }
+
+    /// Acknowledges a batch whose deliveries the broker confirmed: every delivery up to its
+    /// last valid one (the invalid ones are settled already).
+    async fn acknowledge(channels: &Channels, settled: Settled) -> anyhow::Result<()> {
+        let Settled { last_tag, confirms } = settled;
+        confirms?;
+        if let Some(last) = last_tag {
+            channels
+                .consume
+                .basic_ack(last, BasicAckOptions { multiple: true })
+                .await
+                .context("acknowledging a batch")?;
+        }
+        Ok(())
     }
 
     /// Opens the session's channels and starts consuming `queue`.
@@ -321,10 +359,16 @@ impl ShardWorker {
         Ok(())
     }
 
-    async fn handle_batch(&mut self, channels: &Channels, batch: Batch) -> anyhow::Result<()> {
+    /// Persists a batch and queues its deliveries; returns what settles it once the broker
+    /// confirmed them (`None` for a batch with no valid delivery).
+    async fn handle_batch(
+        &mut self,
+        channels: &Channels,
+        batch: Batch,
+    ) -> anyhow::Result<Option<Settling>> {
         let Batch { requests, last_tag } = batch;
         if requests.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let now_us = now_us();
         let started = Instant::now();
@@ -352,17 +396,9 @@ impl ShardWorker {
             );
         }
         let published = envelopes.len() as u64;
-        self.publish(&channels.publish, envelopes, poisoned).await?;
+        let confirms = self.publish(&channels.publish, envelopes, poisoned).await?;
         Stats::add(&self.shared.stats.published, published);
-        let confirmed = started.elapsed();
-        // Every delivery up to the last valid one: the invalid ones are settled already.
-        if let Some(last) = last_tag {
-            channels
-                .consume
-                .basic_ack(last, BasicAckOptions { multiple: true })
-                .await
-                .context("acknowledging a batch")?;
-        }
+        let queued = started.elapsed();
         self.shared.stats.record_batch(requests.len() as u64);
         // How long the batch's oldest message took from the gateway's read to this batch: the
         // gateway's bridge, the broker's inbound queue and the wait for this shard. Sends
@@ -380,11 +416,19 @@ impl ShardWorker {
             envelopes = published,
             persist_us = persisted.as_micros(),
             lookup_us = (looked_up - persisted).as_micros(),
-            publish_us = (confirmed - looked_up).as_micros(),
-            ack_us = (started.elapsed() - confirmed).as_micros(),
-            "batch done"
+            publish_us = (queued - looked_up).as_micros(),
+            "batch persisted and published"
         );
-        Ok(())
+        let shard = self.shard;
+        Ok(Some(Box::pin(async move {
+            let confirms = confirms.await;
+            tracing::debug!(
+                shard,
+                confirm_us = (started.elapsed() - queued).as_micros(),
+                "batch confirmed"
+            );
+            Settled { last_tag, confirms }
+        })))
     }
 
     /// Commits the batch in one transaction. If the database refuses it, tries it once more
@@ -542,8 +586,9 @@ impl ShardWorker {
     }
 
     /// Publishes every envelope in order, then each poisoned frame to the dead-letter
-    /// exchange, with at most `max_unconfirmed` awaiting their confirms, and returns once the
-    /// broker confirmed them all.
+    /// exchange, with at most `max_unconfirmed` of this batch awaiting their confirms, and
+    /// returns once the last of them is queued on the channel, with what resolves when the
+    /// broker has confirmed them all.
     ///
     /// lapin's `basic_publish` resolves only once its I/O loop has written the frames, so
     /// awaiting each publish in turn costs a loop turn per envelope. Instead each publish is
@@ -554,7 +599,7 @@ impl ShardWorker {
         channel: &Channel,
         envelopes: Vec<Envelope>,
         poisoned: Vec<Poisoned>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + Send + 'static> {
         let topology = &self.shared.topology;
         let (outbound, dead) = (
             topology.outbound_exchange(),
@@ -581,23 +626,29 @@ impl ShardWorker {
         let window = self.shared.config.max_unconfirmed;
         let mut writes = Vec::with_capacity(window.min(publications.len()));
         let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(writes.capacity());
-        for (exchange, key, body, properties) in &publications {
+        for (exchange, key, body, properties) in publications {
             if writes.len() + confirms.len() >= window {
                 settle(&mut writes, &mut confirms).await?;
             }
-            let mut write = Box::pin(channel.basic_publish(
-                (*exchange).into(),
-                key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties.clone(),
-            ));
+            let channel = channel.clone();
+            let exchange = exchange.to_owned();
+            let mut write: Write = Box::pin(async move {
+                channel
+                    .basic_publish(
+                        exchange.into(),
+                        key.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await
+            });
             match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
                 Poll::Ready(result) => confirms.push(result.context("publishing a delivery")?),
                 Poll::Pending => writes.push(write),
             }
         }
-        settle(&mut writes, &mut confirms).await
+        Ok(async move { settle(&mut writes, &mut confirms).await })
     }
 
     /// Waits the next backoff step; fails if shutdown comes first.
@@ -625,11 +676,25 @@ async fn reject(channel: &Channel, tag: u64) -> anyhow::Result<()> {
         .context("dead-lettering a delivery")
 }
 
+/// A publish queued on the channel, resolving once lapin's I/O loop has written it.
+type Write = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
+/// A batch on its way to being acknowledged: resolves when the broker has confirmed its
+/// deliveries.
+type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
+/// A batch whose deliveries are confirmed (or failed to be), to acknowledge up to
+/// `last_tag`.
+struct Settled {
+    last_tag: Option<u64>,
+    confirms: anyhow::Result<()>,
+}
+
 /// Waits until every pending write is written and every publish confirmed.
-async fn settle<W>(writes: &mut Vec<W>, confirms: &mut Vec<PublisherConfirm>) -> anyhow::Result<()>
-where
-    W: Future<Output = lapin::Result<PublisherConfirm>> + Unpin,
-{
+async fn settle(
+    writes: &mut Vec<Write>,
+    confirms: &mut Vec<PublisherConfirm>,
+) -> anyhow::Result<()> {
     for write in writes.drain(..) {
         confirms.push(write.await.context("publishing a delivery")?);
     }
