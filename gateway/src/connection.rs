@@ -3,6 +3,7 @@
 //! and writes the session's queue in order, then the closing handshake.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -40,6 +41,13 @@ const PENDING_KEEP_BYTES: usize = 1024;
 /// report 1006 instead of the server's code).
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// Most frames handed to the kernel in one write.
+const MAX_FRAMES_PER_WRITE: usize = 32;
+
+/// Frame bytes taken from the outbox for one write; past them, the rest waits in the outbox
+/// (where the slow-consumer bounds count it).
+const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
+
 /// A plain or TLS socket in readiness mode: no buffer is held while it waits.
 pub enum Transport {
     /// ws://
@@ -70,6 +78,24 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -184,7 +210,8 @@ async fn open(
         io,
         decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
-        writing: None,
+        writing: VecDeque::new(),
+        written: 0,
         outbox,
         origin,
         close_sent: None,
@@ -331,8 +358,11 @@ struct Session {
     decoder: ws::Decoder,
     /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
     pending: Vec<u8>,
-    /// The frame being written and how much of it went out.
-    writing: Option<(Bytes, usize, Option<Arc<Delivery>>)>,
+    /// Frames taken from the outbox for the write under way; empty (no allocation) when
+    /// nothing is being written.
+    writing: VecDeque<(Bytes, Option<Arc<Delivery>>)>,
+    /// How much of the first frame in `writing` went out.
+    written: usize,
     bucket: TokenBucket,
     outbox: Rc<Outbox>,
     origin: Origin,
@@ -396,7 +426,7 @@ impl Session {
                     self.outbox.push_final(frame, &self.core.metrics);
                     continue;
                 }
-                if self.writing.is_none() && self.outbox.is_empty() {
+                if self.writing.is_empty() && self.outbox.is_empty() {
                     return Poll::Ready(Ended::CloseWritten(code));
                 }
                 return Poll::Pending;
@@ -496,46 +526,71 @@ impl Session {
         self.pending.extend_from_slice(rest);
     }
 
-    /// Writes queued frames until the queue is empty or the socket is full.
+    /// Writes queued frames until the queue is empty or the socket is full. What is queued
+    /// goes out in one vectored write (up to [`MAX_FRAMES_PER_WRITE`] frames): a burst of
+    /// receipts costs the core one system call and the kernel one send, not one per frame.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         loop {
-            if self.writing.is_none() {
-                match self.outbox.pop(&self.core.metrics) {
-                    Some((bytes, delivery)) => self.writing = Some((bytes, 0, delivery)),
-                    None => {
-                        // Drained: an idle session keeps no queue memory.
-                        self.outbox.compact();
-                        return match Pin::new(&mut self.io).poll_flush(cx) {
-                            Poll::Ready(Err(_)) => Poll::Ready(Err(CloseCode(1006))),
-                            _ => Poll::Ready(Ok(())),
-                        };
-                    }
-                }
+            if self.writing.is_empty() && !self.take_frames() {
+                // Drained: an idle session keeps no queue memory.
+                self.writing = VecDeque::new();
+                self.outbox.compact();
+                return match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Err(_)) => Poll::Ready(Err(CloseCode(1006))),
+                    _ => Poll::Ready(Ok(())),
+                };
             }
-            let Some((bytes, offset, _)) = &mut self.writing else {
-                continue;
-            };
-            match Pin::new(&mut self.io).poll_write(cx, &bytes[*offset..]) {
+            let mut slices = [io::IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+            let mut count = 0;
+            for (slice, (bytes, _)) in slices.iter_mut().zip(&self.writing) {
+                let from = if count == 0 { self.written } else { 0 };
+                *slice = io::IoSlice::new(&bytes[from..]);
+                count += 1;
+            }
+            let sent = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) | Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(CloseCode(1006)));
                 }
-                Poll::Ready(Ok(n)) => {
-                    *offset += n;
-                    self.core
-                        .metrics
-                        .bytes_out
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    if *offset == bytes.len() {
-                        let written = self.writing.take();
-                        if let Some((_, _, Some(delivery))) = written {
-                            self.core
-                                .metrics
-                                .delivery_latency
-                                .observe(delivery.received_at.elapsed());
-                        }
-                    }
-                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            self.core
+                .metrics
+                .bytes_out
+                .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+            self.advance(sent);
+        }
+    }
+
+    /// Moves frames from the outbox into `writing`, up to a write's worth; whether any came.
+    fn take_frames(&mut self) -> bool {
+        let mut bytes = 0;
+        while self.writing.len() < MAX_FRAMES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
+            let Some(frame) = self.outbox.pop(&self.core.metrics) else {
+                break;
+            };
+            bytes += frame.0.len();
+            self.writing.push_back(frame);
+        }
+        self.written = 0;
+        !self.writing.is_empty()
+    }
+
+    /// Accounts for `sent` bytes of `writing` having gone out.
+    fn advance(&mut self, mut sent: usize) {
+        while let Some((bytes, _)) = self.writing.front() {
+            let left = bytes.len() - self.written;
+            if sent < left {
+                self.written += sent;
+                return;
+            }
+            sent -= left;
+            self.written = 0;
+            if let Some((_, Some(delivery))) = self.writing.pop_front() {
+                self.core
+                    .metrics
+                    .delivery_latency
+                    .observe(delivery.received_at.elapsed());
             }
         }
     }
