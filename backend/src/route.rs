@@ -404,6 +404,8 @@ mod tests {
                         client_msg_id: seq,
                         server_time_us: 0,
                         body: "x".repeat(1000),
+                        kind: wire::EntryKind::Message,
+                        target_seq: 0,
                     })
                     .collect(),
                 has_more: true,

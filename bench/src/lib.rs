@@ -32,6 +32,8 @@ pub fn send_frame() -> ClientFrame {
         chat_id: CHAT_ID,
         client_msg_id: CLIENT_MSG_ID,
         body: BODY.to_owned(),
+        kind: wire::EntryKind::Message,
+        target_seq: 0,
     })
 }
 
@@ -44,6 +46,8 @@ pub fn delivery_frame() -> ServerFrame {
         client_msg_id: CLIENT_MSG_ID,
         server_time_us: SERVER_TIME_US,
         body: BODY.to_owned(),
+        kind: wire::EntryKind::Message,
+        target_seq: 0,
     })
 }
 

@@ -148,6 +148,8 @@ fn message(body: String) -> server::Message {
         client_msg_id: 4,
         server_time_us: 5,
         body,
+        kind: wire::EntryKind::Message,
+        target_seq: 0,
     }
 }
 

@@ -354,7 +354,7 @@ fn every_kind_is_generated_and_named_uniquely() {
         assert_eq!(wire::ServerKind::from_u8(*kind as u8), Some(*kind));
     }
     assert_eq!(wire::ClientKind::from_u8(0), None);
-    assert_eq!(wire::ClientKind::from_u8(14), None);
+    assert_eq!(wire::ClientKind::from_u8(18), None);
     assert_eq!(wire::ServerKind::from_u8(0), None);
     assert_eq!(wire::ServerKind::from_u8(15), None);
     assert_eq!(codec::HEADER_LEN, 2);
