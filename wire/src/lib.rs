@@ -139,4 +139,3 @@ impl EntryKind {
         *self == EntryKind::Message
     }
 }
-

@@ -7,8 +7,9 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    LimitExceeded, MAX_BODY_BYTES, MAX_EMOJI_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
-    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    LimitExceeded, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_EMOJI_BYTES, MAX_FRAME_BYTES,
+    MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES,
+    MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{

@@ -6,15 +6,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use wire::client::{ArchivedAck, ArchivedSendMessage, ArchivedSyncRequest};
+use wire::client::{ArchivedAck, ArchivedSyncRequest};
 use wire::envelope::Target;
-use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
+use wire::limits::{MAX_MEMBERS_PER_CHAT, MAX_REACTIONS_PER_USER, sync_page_admits};
 use wire::server::{
     ChatCreated, ChatEvent, ChatSummary, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
-use wire::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId};
+use wire::{
+    ChatId, ChatKind, ClientFrameRef, ClientMsgId, EntryKind, ErrorCode, ReceiptKind, Seq,
+    ServerFrame, UserId,
+};
 
-use crate::router::Origin;
+use crate::router::{Origin, Skip};
 
 /// How many leaves a chat remembers, to answer their resends: as many as it has members at
 /// most, so a chat's memory stays bounded however many users come and go.
@@ -62,8 +65,8 @@ impl Refusal {
 pub(super) struct Reply {
     pub frame: ServerFrame,
     pub to: Arc<[Target]>,
-    /// A user among the targets who does not receive it (the sender of a message).
-    pub except: Option<UserId>,
+    /// Who among the targets does not receive it (the session that sent a message).
+    pub except: Option<Skip>,
 }
 
 impl Reply {
@@ -101,6 +104,65 @@ impl Outcome {
 /// A request's answer: its outcome, or the refusal its sender gets.
 pub(super) type Answer = Result<Outcome, Refusal>;
 
+/// A chat entry to append: what the request asks, read from its frame.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NewEntry<'a> {
+    pub client_msg_id: ClientMsgId,
+    pub kind: EntryKind,
+    /// 0 for a message.
+    pub target_seq: Seq,
+    /// The text, the new text, the emoji; empty for a delete.
+    pub body: &'a str,
+}
+
+impl<'a> NewEntry<'a> {
+    /// The entry a send, edit, delete, react or unreact asks for.
+    pub(super) fn of(frame: ClientFrameRef<'a>) -> Option<NewEntry<'a>> {
+        let (client_msg_id, kind, target_seq, body) = match frame {
+            ClientFrameRef::Send(f) => (f.client_msg_id, EntryKind::Message, 0, f.body.as_str()),
+            ClientFrameRef::Edit(f) => (
+                f.client_msg_id,
+                EntryKind::Edit,
+                f.target_seq.to_native(),
+                f.body.as_str(),
+            ),
+            ClientFrameRef::Delete(f) => (
+                f.client_msg_id,
+                EntryKind::Delete,
+                f.target_seq.to_native(),
+                "",
+            ),
+            ClientFrameRef::React(f) => (
+                f.client_msg_id,
+                EntryKind::React,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            ClientFrameRef::Unreact(f) => (
+                f.client_msg_id,
+                EntryKind::Unreact,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            _ => return None,
+        };
+        Some(NewEntry {
+            client_msg_id: client_msg_id.to_native(),
+            kind,
+            target_seq,
+            body,
+        })
+    }
+}
+
+/// What later entries did to one message.
+#[derive(Debug, Default)]
+struct Marks {
+    deleted: bool,
+    /// (user, emoji), at most `MAX_REACTIONS_PER_USER` per user.
+    reactions: Vec<(UserId, String)>,
+}
+
 /// A chat as the core that owns it keeps it.
 #[derive(Debug)]
 pub(super) struct Chat {
@@ -119,7 +181,11 @@ pub(super) struct Chat {
     next_seq: Seq,
     /// When the newest message was accepted, or the chat made if it has none.
     last_activity_us: u64,
+    /// The newest entries, with gap-free seqs.
     history: VecDeque<Message>,
+    /// What later entries did to the messages in `history`: only those deleted or reacted
+    /// to have one, and it goes when its message leaves `history`.
+    marks: HashMap<Seq, Marks>,
     /// Delivered and read watermarks per member.
     watermarks: HashMap<UserId, (Seq, Seq)>,
     /// The latest leave of each user who left, oldest first, to answer its resend.
@@ -151,6 +217,7 @@ impl Chat {
             next_seq: 1,
             last_activity_us: created_us,
             history: VecDeque::new(),
+            marks: HashMap::new(),
             watermarks: HashMap::new(),
             departures: VecDeque::new(),
         };
@@ -211,16 +278,19 @@ impl Chat {
         )])
     }
 
-    /// A message, or the receipt again for a resend still in history.
-    pub(super) fn send(
+    /// A new chat entry from `origin` (a message, or an event about the message at
+    /// `entry.target_seq`), or the receipt again for a resend still in history. The entry
+    /// goes to every member's sessions but the one that sent it, which gets the receipt.
+    pub(super) fn append(
         &mut self,
-        sender: UserId,
-        send: &ArchivedSendMessage,
+        origin: Origin,
+        entry: NewEntry<'_>,
         now_us: u64,
         history_limit: usize,
     ) -> Answer {
+        let sender = origin.user_id;
         self.require_member(sender)?;
-        let client_msg_id = send.client_msg_id.to_native();
+        let client_msg_id = entry.client_msg_id;
         let sent = |chat_id, seq| {
             let receipt = ServerFrame::Receipt(Receipt {
                 chat_id,
@@ -234,24 +304,32 @@ impl Chat {
         if let Some(stored) = self.find_sent(sender, client_msg_id) {
             return Ok(Outcome::replies(vec![sent(self.id, stored.seq)]));
         }
+        if entry.kind != EntryKind::Message {
+            self.check_event(sender, &entry)?;
+        }
         let message = Message {
             chat_id: self.id,
             seq: self.next_seq,
             sender,
             client_msg_id,
             server_time_us: now_us,
-            body: send.body.as_str().to_owned(),
+            body: entry.body.to_owned(),
+            kind: entry.kind,
+            target_seq: entry.target_seq,
         };
+        self.apply_event(sender, &entry);
         self.next_seq += 1;
         self.last_activity_us = now_us;
         let seq = message.seq;
         let delivery = Reply {
             frame: ServerFrame::Message(message.clone()),
             to: self.targets.clone(),
-            except: Some(sender),
+            except: Some(Skip::Connection(origin.connection_id)),
         };
-        if self.history.len() >= history_limit {
-            self.history.pop_front();
+        if self.history.len() >= history_limit
+            && let Some(gone) = self.history.pop_front()
+        {
+            self.marks.remove(&gone.seq);
         }
         if history_limit > 0 {
             self.history.push_back(message);
@@ -259,7 +337,88 @@ impl Chat {
         Ok(Outcome::replies(vec![delivery, sent(self.id, seq)]))
     }
 
-    /// The stored message a resend of `(sender, client_msg_id)` refers to, if still in history.
+    /// The message in history at `seq` that an event may target: a message, not an event,
+    /// and not deleted.
+    fn target(&self, seq: Seq) -> Result<&Message, Refusal> {
+        let first = self.history.front().map_or(0, |m| m.seq);
+        let found = seq
+            .checked_sub(first)
+            .and_then(|index| self.history.get(usize::try_from(index).ok()?))
+            .filter(|m| m.kind == EntryKind::Message);
+        match found {
+            Some(_) if self.marks.get(&seq).is_some_and(|m| m.deleted) => Err(Refusal::new(
+                ErrorCode::InvalidRequest,
+                format!("message {seq} of chat {} is deleted", self.id),
+            )),
+            Some(message) => Ok(message),
+            None => Err(Refusal::new(
+                ErrorCode::InvalidRequest,
+                format!("chat {} has no message at seq {seq}", self.id),
+            )),
+        }
+    }
+
+    /// Whether `user` may add this event: edits and deletes of one's own messages,
+    /// reactions held once each and at most `MAX_REACTIONS_PER_USER` per message.
+    fn check_event(&self, user: UserId, entry: &NewEntry<'_>) -> Result<(), Refusal> {
+        let target = self.target(entry.target_seq)?;
+        let held = |emoji: &str| {
+            self.marks.get(&entry.target_seq).map_or((false, 0), |m| {
+                let mine = m.reactions.iter().filter(|(u, _)| *u == user);
+                (mine.clone().any(|(_, e)| e == emoji), mine.count())
+            })
+        };
+        match entry.kind {
+            EntryKind::Message => Ok(()),
+            EntryKind::Edit | EntryKind::Delete if target.sender != user => Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "message {} of chat {} is not user {user}'s: only its sender changes it",
+                    entry.target_seq, self.id
+                ),
+            )),
+            EntryKind::Edit | EntryKind::Delete => Ok(()),
+            EntryKind::React => match held(entry.body) {
+                (true, _) => Err(Refusal::new(
+                    ErrorCode::InvalidRequest,
+                    format!("user {user} already reacted with {}", entry.body),
+                )),
+                (false, count) if count >= MAX_REACTIONS_PER_USER => Err(Refusal::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "user {user} holds {MAX_REACTIONS_PER_USER} reactions on message {}",
+                        entry.target_seq
+                    ),
+                )),
+                (false, _) => Ok(()),
+            },
+            EntryKind::Unreact => match held(entry.body) {
+                (true, _) => Ok(()),
+                (false, _) => Err(Refusal::new(
+                    ErrorCode::InvalidRequest,
+                    format!("user {user} holds no reaction {}", entry.body),
+                )),
+            },
+        }
+    }
+
+    /// Records what an accepted event does to its target.
+    fn apply_event(&mut self, user: UserId, entry: &NewEntry<'_>) {
+        if matches!(entry.kind, EntryKind::Message | EntryKind::Edit) {
+            return;
+        }
+        let marks = self.marks.entry(entry.target_seq).or_default();
+        match entry.kind {
+            EntryKind::Delete => marks.deleted = true,
+            EntryKind::React => marks.reactions.push((user, entry.body.to_owned())),
+            EntryKind::Unreact => marks
+                .reactions
+                .retain(|(u, e)| !(*u == user && e == entry.body)),
+            EntryKind::Message | EntryKind::Edit => {}
+        }
+    }
+
+    /// The stored entry a resend of `(sender, client_msg_id)` refers to, if still in history.
     fn find_sent(&self, sender: UserId, client_msg_id: ClientMsgId) -> Option<&Message> {
         self.history
             .iter()
@@ -267,8 +426,10 @@ impl Chat {
             .find(|m| m.sender == sender && m.client_msg_id == client_msg_id)
     }
 
-    /// Moves a member's watermark and tells the senders it passed.
-    pub(super) fn acknowledge(&mut self, user: UserId, ack: &ArchivedAck, read: bool) -> Answer {
+    /// Moves a member's watermark and tells the senders it passed; a read watermark also
+    /// reaches the member's other sessions.
+    pub(super) fn acknowledge(&mut self, origin: Origin, ack: &ArchivedAck, read: bool) -> Answer {
+        let user = origin.user_id;
         self.require_member(user)?;
         // A watermark never moves back, and never past what exists.
         let seq = ack.seq.to_native().min(self.next_seq - 1);
@@ -286,9 +447,6 @@ impl Chat {
             .collect();
         senders.sort_unstable();
         senders.dedup();
-        if senders.is_empty() {
-            return Ok(Outcome::default());
-        }
         let receipt = ServerFrame::Receipt(Receipt {
             chat_id: self.id,
             kind: if read {
@@ -300,8 +458,19 @@ impl Chat {
             user_id: user,
             client_msg_id: None,
         });
-        let targets = senders.into_iter().map(Target::User).collect();
-        Ok(Outcome::replies(vec![Reply::to(receipt, targets)]))
+        let mut replies = Vec::new();
+        if read {
+            replies.push(Reply {
+                frame: receipt.clone(),
+                to: Arc::from([Target::User(user)]),
+                except: Some(Skip::Connection(origin.connection_id)),
+            });
+        }
+        if !senders.is_empty() {
+            let targets = senders.into_iter().map(Target::User).collect();
+            replies.push(Reply::to(receipt, targets));
+        }
+        Ok(Outcome::replies(replies))
     }
 
     /// The chat as `user` sees it in a chat list, if `user` is a member.
@@ -357,7 +526,7 @@ impl Chat {
         Ok(Outcome::replies(vec![Reply {
             frame,
             to: self.targets.clone(),
-            except: Some(user),
+            except: Some(Skip::User(user)),
         }]))
     }
 
@@ -687,7 +856,8 @@ mod tests {
             else {
                 unreachable!("a send frame")
             };
-            chat.send(1, send, 0, 1000).unwrap();
+            let entry = NewEntry::of(wire::ClientFrameRef::Send(send)).unwrap();
+            chat.append(ORIGIN, entry, 0, 1000).unwrap();
         }
         let page = |after_seq| {
             let frame = wire::ClientFrame::Sync(wire::client::SyncRequest {
