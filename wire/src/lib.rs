@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod entries;
 pub mod envelope;
 mod error;
 pub mod limits;

@@ -7,8 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use wire::client::{ArchivedAck, ArchivedSyncRequest};
+use wire::entries;
 use wire::envelope::Target;
-use wire::limits::{MAX_MEMBERS_PER_CHAT, MAX_REACTIONS_PER_USER, sync_page_admits};
+use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
 use wire::server::{
     ChatCreated, ChatEvent, ChatSummary, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
@@ -304,9 +305,7 @@ impl Chat {
         if let Some(stored) = self.find_sent(sender, client_msg_id) {
             return Ok(Outcome::replies(vec![sent(self.id, stored.seq)]));
         }
-        if entry.kind != EntryKind::Message {
-            self.check_event(sender, &entry)?;
-        }
+        self.check_event(sender, &entry)?;
         let message = Message {
             chat_id: self.id,
             seq: self.next_seq,
@@ -337,69 +336,32 @@ impl Chat {
         Ok(Outcome::replies(vec![delivery, sent(self.id, seq)]))
     }
 
-    /// The message in history at `seq` that an event may target: a message, not an event,
-    /// and not deleted.
-    fn target(&self, seq: Seq) -> Result<&Message, Refusal> {
+    /// Whether `user` may add this event (the rules are `wire::entries`'), from the
+    /// target as history holds it.
+    fn check_event(&self, user: UserId, entry: &NewEntry<'_>) -> Result<(), Refusal> {
+        if entry.kind == EntryKind::Message {
+            return Ok(());
+        }
+        let seq = entry.target_seq;
         let first = self.history.front().map_or(0, |m| m.seq);
         let found = seq
             .checked_sub(first)
-            .and_then(|index| self.history.get(usize::try_from(index).ok()?))
-            .filter(|m| m.kind == EntryKind::Message);
-        match found {
-            Some(_) if self.marks.get(&seq).is_some_and(|m| m.deleted) => Err(Refusal::new(
-                ErrorCode::InvalidRequest,
-                format!("message {seq} of chat {} is deleted", self.id),
-            )),
-            Some(message) => Ok(message),
-            None => Err(Refusal::new(
-                ErrorCode::InvalidRequest,
-                format!("chat {} has no message at seq {seq}", self.id),
-            )),
-        }
-    }
-
-    /// Whether `user` may add this event: edits and deletes of one's own messages,
-    /// reactions held once each and at most `MAX_REACTIONS_PER_USER` per message.
-    fn check_event(&self, user: UserId, entry: &NewEntry<'_>) -> Result<(), Refusal> {
-        let target = self.target(entry.target_seq)?;
-        let held = |emoji: &str| {
-            self.marks.get(&entry.target_seq).map_or((false, 0), |m| {
-                let mine = m.reactions.iter().filter(|(u, _)| *u == user);
-                (mine.clone().any(|(_, e)| e == emoji), mine.count())
-            })
-        };
-        match entry.kind {
-            EntryKind::Message => Ok(()),
-            EntryKind::Edit | EntryKind::Delete if target.sender != user => Err(Refusal::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "message {} of chat {} is not user {user}'s: only its sender changes it",
-                    entry.target_seq, self.id
-                ),
-            )),
-            EntryKind::Edit | EntryKind::Delete => Ok(()),
-            EntryKind::React => match held(entry.body) {
-                (true, _) => Err(Refusal::new(
-                    ErrorCode::InvalidRequest,
-                    format!("user {user} already reacted with {}", entry.body),
-                )),
-                (false, count) if count >= MAX_REACTIONS_PER_USER => Err(Refusal::new(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "user {user} holds {MAX_REACTIONS_PER_USER} reactions on message {}",
-                        entry.target_seq
-                    ),
-                )),
-                (false, _) => Ok(()),
-            },
-            EntryKind::Unreact => match held(entry.body) {
-                (true, _) => Ok(()),
-                (false, _) => Err(Refusal::new(
-                    ErrorCode::InvalidRequest,
-                    format!("user {user} holds no reaction {}", entry.body),
-                )),
-            },
-        }
+            .and_then(|index| self.history.get(usize::try_from(index).ok()?));
+        let marks = self.marks.get(&seq);
+        let held: Vec<&str> = marks
+            .into_iter()
+            .flat_map(|m| &m.reactions)
+            .filter(|(u, _)| *u == user)
+            .map(|(_, emoji)| emoji.as_str())
+            .collect();
+        let target = found.map(|message| entries::Target {
+            sender: message.sender,
+            is_message: message.kind == EntryKind::Message,
+            deleted: marks.is_some_and(|m| m.deleted),
+            reactions_of_user: &held,
+        });
+        entries::check_event(entry.kind, user, self.id, seq, entry.body, target)
+            .map_err(|(code, reason)| Refusal::new(code, reason))
     }
 
     /// Records what an accepted event does to its target.
