@@ -32,8 +32,6 @@ pub fn send_frame() -> ClientFrame {
         chat_id: CHAT_ID,
         client_msg_id: CLIENT_MSG_ID,
         body: BODY.to_owned(),
-        kind: wire::EntryKind::Message,
-        target_seq: 0,
     })
 }
 
