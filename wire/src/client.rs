@@ -5,7 +5,7 @@ use crate::limits::{
     MAX_BODY_BYTES, MAX_EMOJI_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY,
     MAX_TITLE_BYTES,
 };
-use crate::{ChatId, ChatKind, ClientMsgId, Seq, UserId, WireError, wire_struct};
+use crate::{ChatId, ChatKind, ClientMsgId, EntryKind, Seq, UserId, WireError, wire_struct};
 
 wire_struct! {
     /// Create a chat. The creator is always a member, whether listed or not.
@@ -294,6 +294,121 @@ impl ClientFrame {
             | ClientFrame::Typing(_)
             | ClientFrame::Ping(_) => None,
         }
+    }
+}
+
+/// The chat entry a send, edit, delete, react or unreact asks for, read from either form of
+/// the frame, so that both engines see the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRequest<'a> {
+    pub chat_id: ChatId,
+    pub client_msg_id: ClientMsgId,
+    pub kind: EntryKind,
+    /// The message an event is about; 0 for a message.
+    pub target_seq: Seq,
+    /// The text, the new text, the emoji; empty for a delete.
+    pub body: &'a str,
+}
+
+impl ClientFrame {
+    /// The entry the frame asks for, if it is a send, edit, delete, react or unreact.
+    pub fn entry_request(&self) -> Option<EntryRequest<'_>> {
+        let (chat_id, client_msg_id, kind, target_seq, body) = match self {
+            ClientFrame::Send(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Message,
+                0,
+                &f.body[..],
+            ),
+            ClientFrame::Edit(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Edit,
+                f.target_seq,
+                &f.body[..],
+            ),
+            ClientFrame::Delete(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Delete,
+                f.target_seq,
+                "",
+            ),
+            ClientFrame::React(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::React,
+                f.target_seq,
+                &f.emoji[..],
+            ),
+            ClientFrame::Unreact(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Unreact,
+                f.target_seq,
+                &f.emoji[..],
+            ),
+            _ => return None,
+        };
+        Some(EntryRequest {
+            chat_id,
+            client_msg_id,
+            kind,
+            target_seq,
+            body,
+        })
+    }
+}
+
+impl<'a> ClientFrameRef<'a> {
+    /// The entry the frame asks for, read in place, as [`ClientFrame::entry_request`].
+    pub fn entry_request(&self) -> Option<EntryRequest<'a>> {
+        let (chat_id, client_msg_id, kind, target_seq, body) = match *self {
+            ClientFrameRef::Send(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Message,
+                0,
+                f.body.as_str(),
+            ),
+            ClientFrameRef::Edit(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Edit,
+                f.target_seq.to_native(),
+                f.body.as_str(),
+            ),
+            ClientFrameRef::Delete(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Delete,
+                f.target_seq.to_native(),
+                "",
+            ),
+            ClientFrameRef::React(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::React,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            ClientFrameRef::Unreact(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Unreact,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            _ => return None,
+        };
+        Some(EntryRequest {
+            chat_id: chat_id.to_native(),
+            client_msg_id: client_msg_id.to_native(),
+            kind,
+            target_seq,
+            body,
+        })
     }
 }
 

@@ -7,9 +7,10 @@
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Error, Row, Statement};
+use wire::client::EntryRequest;
 use wire::entries::{self, Target};
 use wire::server::Message;
-use wire::{ChatId, ClientFrame, ClientMsgId, EntryKind, Seq};
+use wire::{ChatId, ClientMsgId, EntryKind, Seq};
 
 use super::{Run, db, membership_refusal, refusal, sent_receipt, wire_id};
 use crate::request::Request;
@@ -64,59 +65,6 @@ impl EntryStatements {
     }
 }
 
-/// What an entry frame asks for.
-struct Ask<'r> {
-    chat_id: ChatId,
-    client_msg_id: ClientMsgId,
-    kind: EntryKind,
-    target_seq: Seq,
-    /// The new text, the emoji; empty for a delete.
-    body: &'r str,
-}
-
-impl<'r> Ask<'r> {
-    fn of(frame: &'r ClientFrame) -> Option<Ask<'r>> {
-        let (chat_id, client_msg_id, kind, target_seq, body) = match frame {
-            ClientFrame::Edit(f) => (
-                f.chat_id,
-                f.client_msg_id,
-                EntryKind::Edit,
-                f.target_seq,
-                f.body.as_str(),
-            ),
-            ClientFrame::Delete(f) => (
-                f.chat_id,
-                f.client_msg_id,
-                EntryKind::Delete,
-                f.target_seq,
-                "",
-            ),
-            ClientFrame::React(f) => (
-                f.chat_id,
-                f.client_msg_id,
-                EntryKind::React,
-                f.target_seq,
-                f.emoji.as_str(),
-            ),
-            ClientFrame::Unreact(f) => (
-                f.chat_id,
-                f.client_msg_id,
-                EntryKind::Unreact,
-                f.target_seq,
-                f.emoji.as_str(),
-            ),
-            _ => return None,
-        };
-        Some(Ask {
-            chat_id,
-            client_msg_id,
-            kind,
-            target_seq,
-            body,
-        })
-    }
-}
-
 /// The stored number of an entry kind (the migration's `kind` column).
 pub(super) fn kind_number(kind: EntryKind) -> i16 {
     match kind {
@@ -142,7 +90,7 @@ pub(super) fn kind_of(number: i16) -> EntryKind {
 impl Run<'_, '_> {
     /// Decides, stores and answers one edit, delete, react or unreact.
     pub(super) async fn entry(&mut self, request: &Request) -> Result<(), Error> {
-        let Some(ask) = Ask::of(&request.frame) else {
+        let Some(ask) = request.frame.entry_request() else {
             return Ok(());
         };
         let user = request.origin.user_id;
@@ -204,7 +152,7 @@ impl Run<'_, '_> {
 
     /// Takes the chat's next seq, stores the entry and what it does to its target, and
     /// delivers it.
-    async fn store(&mut self, request: &Request, ask: &Ask<'_>) -> Result<(), Error> {
+    async fn store(&mut self, request: &Request, ask: &EntryRequest<'_>) -> Result<(), Error> {
         let st = &self.st.entries;
         let user = request.origin.user_id;
         let chat = db(ask.chat_id);

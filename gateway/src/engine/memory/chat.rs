@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use wire::client::{ArchivedAck, ArchivedSyncRequest};
+use wire::client::{ArchivedAck, ArchivedSyncRequest, EntryRequest};
 use wire::entries;
 use wire::envelope::Target;
 use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
@@ -14,8 +14,7 @@ use wire::server::{
     ChatCreated, ChatEvent, ChatSummary, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
 use wire::{
-    ChatId, ChatKind, ClientFrameRef, ClientMsgId, EntryKind, ErrorCode, ReceiptKind, Seq,
-    ServerFrame, UserId,
+    ChatId, ChatKind, ClientMsgId, EntryKind, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
 };
 
 use crate::router::{Origin, Skip};
@@ -104,57 +103,6 @@ impl Outcome {
 
 /// A request's answer: its outcome, or the refusal its sender gets.
 pub(super) type Answer = Result<Outcome, Refusal>;
-
-/// A chat entry to append: what the request asks, read from its frame.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct NewEntry<'a> {
-    pub client_msg_id: ClientMsgId,
-    pub kind: EntryKind,
-    /// 0 for a message.
-    pub target_seq: Seq,
-    /// The text, the new text, the emoji; empty for a delete.
-    pub body: &'a str,
-}
-
-impl<'a> NewEntry<'a> {
-    /// The entry a send, edit, delete, react or unreact asks for.
-    pub(super) fn of(frame: ClientFrameRef<'a>) -> Option<NewEntry<'a>> {
-        let (client_msg_id, kind, target_seq, body) = match frame {
-            ClientFrameRef::Send(f) => (f.client_msg_id, EntryKind::Message, 0, f.body.as_str()),
-            ClientFrameRef::Edit(f) => (
-                f.client_msg_id,
-                EntryKind::Edit,
-                f.target_seq.to_native(),
-                f.body.as_str(),
-            ),
-            ClientFrameRef::Delete(f) => (
-                f.client_msg_id,
-                EntryKind::Delete,
-                f.target_seq.to_native(),
-                "",
-            ),
-            ClientFrameRef::React(f) => (
-                f.client_msg_id,
-                EntryKind::React,
-                f.target_seq.to_native(),
-                f.emoji.as_str(),
-            ),
-            ClientFrameRef::Unreact(f) => (
-                f.client_msg_id,
-                EntryKind::Unreact,
-                f.target_seq.to_native(),
-                f.emoji.as_str(),
-            ),
-            _ => return None,
-        };
-        Some(NewEntry {
-            client_msg_id: client_msg_id.to_native(),
-            kind,
-            target_seq,
-            body,
-        })
-    }
-}
 
 /// What later entries did to one message.
 #[derive(Debug, Default)]
@@ -285,7 +233,7 @@ impl Chat {
     pub(super) fn append(
         &mut self,
         origin: Origin,
-        entry: NewEntry<'_>,
+        entry: EntryRequest<'_>,
         now_us: u64,
         history_limit: usize,
     ) -> Answer {
@@ -338,7 +286,7 @@ impl Chat {
 
     /// Whether `user` may add this event (the rules are `wire::entries`'), from the
     /// target as history holds it.
-    fn check_event(&self, user: UserId, entry: &NewEntry<'_>) -> Result<(), Refusal> {
+    fn check_event(&self, user: UserId, entry: &EntryRequest<'_>) -> Result<(), Refusal> {
         if entry.kind == EntryKind::Message {
             return Ok(());
         }
@@ -365,7 +313,7 @@ impl Chat {
     }
 
     /// Records what an accepted event does to its target.
-    fn apply_event(&mut self, user: UserId, entry: &NewEntry<'_>) {
+    fn apply_event(&mut self, user: UserId, entry: &EntryRequest<'_>) {
         if matches!(entry.kind, EntryKind::Message | EntryKind::Edit) {
             return;
         }
@@ -818,7 +766,7 @@ mod tests {
             else {
                 unreachable!("a send frame")
             };
-            let entry = NewEntry::of(wire::ClientFrameRef::Send(send)).unwrap();
+            let entry = wire::ClientFrameRef::Send(send).entry_request().unwrap();
             chat.append(ORIGIN, entry, 0, 1000).unwrap();
         }
         let page = |after_seq| {

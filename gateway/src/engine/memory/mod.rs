@@ -21,7 +21,7 @@ use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
 
-use self::chat::{Chat, NewEntry, Refusal, Reply};
+use self::chat::{Chat, Refusal, Reply};
 pub use self::chat_list::Cursor;
 use self::chat_list::Gather;
 use self::contacts::Contacts;
@@ -460,7 +460,7 @@ impl MemoryEngine {
             | ClientFrameRef::Edit(_)
             | ClientFrameRef::Delete(_)
             | ClientFrameRef::React(_)
-            | ClientFrameRef::Unreact(_) => match NewEntry::of(frame) {
+            | ClientFrameRef::Unreact(_) => match frame.entry_request() {
                 Some(entry) => chat.append(origin, entry, core.now_us(), self.history_limit),
                 None => return,
             },
