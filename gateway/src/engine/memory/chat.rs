@@ -750,6 +750,54 @@ mod tests {
         );
     }
 
+    /// Appends the entry `frame` asks for, as `ORIGIN`, in a chat keeping `history` entries.
+    fn append(chat: &mut Chat, frame: wire::ClientFrame, history: usize) -> Answer {
+        let bytes = frame.encode().unwrap();
+        let view = wire::ClientFrameRef::access(&bytes).unwrap();
+        chat.append(ORIGIN, view.entry_request().unwrap(), 0, history)
+    }
+
+    #[test]
+    fn events_need_their_message_in_history_and_what_they_did_leaves_with_it() {
+        const HISTORY: usize = 3;
+        let mut chat = group(ChatKind::Group);
+        let send = |client_msg_id| {
+            wire::ClientFrame::Send(wire::client::SendMessage {
+                chat_id: 7,
+                client_msg_id,
+                body: "hi".into(),
+            })
+        };
+        let react = |client_msg_id, target_seq| {
+            wire::ClientFrame::React(wire::client::Reaction {
+                chat_id: 7,
+                client_msg_id,
+                target_seq,
+                emoji: "👍".into(),
+            })
+        };
+        for id in 1..=3 {
+            append(&mut chat, send(id), HISTORY).unwrap();
+        }
+        let outcome = append(&mut chat, react(10, 3), HISTORY).unwrap();
+        // The entry reaches every member's sessions but the one that sent it.
+        assert_eq!(
+            outcome.replies[0].except,
+            Some(Skip::Connection(ORIGIN.connection_id))
+        );
+        assert_eq!(chat.marks.len(), 1);
+        // Seq 1 left the history (four entries, three kept): it cannot be found.
+        let gone = append(&mut chat, react(11, 1), HISTORY).unwrap_err();
+        assert_eq!(gone.code, ErrorCode::InvalidRequest);
+        for id in 20..23 {
+            append(&mut chat, send(id), HISTORY).unwrap();
+        }
+        assert!(
+            chat.marks.is_empty(),
+            "seq 3 left the history, and its reaction with it"
+        );
+    }
+
     #[test]
     fn a_sync_page_stops_at_its_byte_bound_and_says_more_follow() {
         let mut chat = group(ChatKind::Group);
