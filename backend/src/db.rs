@@ -245,6 +245,8 @@ pub(crate) struct Statements {
     pub free_chat_if_empty: Statement,
     /// (user_id, user_ids[]) -> the ids among them that share a chat with the user.
     pub shared_chat_users: Statement,
+    /// Those of edits, deletes and reactions.
+    pub entries: crate::persist::EntryStatements,
 }
 
 impl Statements {
@@ -280,11 +282,11 @@ impl Statements {
             membership: p("SELECT EXISTS (SELECT 1 FROM chats WHERE id = $1),
                         EXISTS (SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2)")
             .await?,
-            sync_page: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
+            sync_page: p("SELECT seq, sender, client_msg_id, server_time_us, body, kind, target_seq FROM messages
                  WHERE chat_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .await?,
             // The primary key (chat_id, seq) read backwards: no index of its own.
-            sync_page_before: p("SELECT seq, sender, client_msg_id, server_time_us, body FROM messages
+            sync_page_before: p("SELECT seq, sender, client_msg_id, server_time_us, body, kind, target_seq FROM messages
                  WHERE chat_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3")
             .await?,
             // A chat's activity is its newest message's time (one primary key lookup), or
@@ -344,6 +346,7 @@ impl Statements {
                  JOIN chat_members other ON other.chat_id = mine.chat_id
                  WHERE mine.user_id = $1 AND other.user_id = ANY ($2::bigint[])")
             .await?,
+            entries: crate::persist::EntryStatements::prepare(client).await?,
         })
     }
 }

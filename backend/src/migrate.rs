@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "group access",
         include_str!("../migrations/0003_group_access.sql"),
     ),
+    (
+        4,
+        "chat entries",
+        include_str!("../migrations/0004_chat_entries.sql"),
+    ),
 ];
 
 /// First key of the two-key advisory lock: names the lock's purpose, so that other

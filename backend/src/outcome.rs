@@ -23,6 +23,13 @@ pub(crate) enum Recipients {
     Users(Vec<UserId>),
     /// One connection: the answer to a request made on it.
     Connection { node_id: u32, connection_id: u64 },
+    /// Every connection of each user but one: a user's own entry or read watermark goes to
+    /// the user's other sessions, not to the session that sent it.
+    UsersBut {
+        users: Vec<UserId>,
+        node_id: u32,
+        connection_id: u64,
+    },
 }
 
 /// One body for its recipients.

@@ -44,7 +44,7 @@ pub(crate) fn lookups(outputs: &[Output]) -> (Vec<UserId>, Vec<UserId>) {
     let mut nodes = BTreeSet::new();
     let mut seen = BTreeSet::new();
     for output in outputs {
-        if let Recipients::Users(users) = &output.to {
+        if let Recipients::Users(users) | Recipients::UsersBut { users, .. } = &output.to {
             nodes.extend(users.iter().copied());
         }
         if let Body::Presence { users, .. } = &output.body {
@@ -89,6 +89,8 @@ pub(crate) fn route(
         let index = frames.len();
         frames.push(bytes);
         let mut targets: BTreeMap<u32, Vec<Target>> = BTreeMap::new();
+        // A connection the node's user targets skip, named in every envelope of that node.
+        let mut skip = None;
         match output.to {
             Recipients::Users(users) => {
                 for user in users {
@@ -104,11 +106,25 @@ pub(crate) fn route(
                 .entry(node_id)
                 .or_default()
                 .push(Target::Connection(connection_id)),
+            Recipients::UsersBut {
+                users,
+                node_id,
+                connection_id,
+            } => {
+                for user in users {
+                    for &node in directory.nodes_of(user) {
+                        targets.entry(node).or_default().push(Target::User(user));
+                    }
+                }
+                skip = Some((node_id, Target::NotConnection(connection_id)));
+            }
         }
         for (node_id, targets) in targets {
             let items = per_node.entry(node_id).or_default();
             for chunk in targets.chunks(MAX_TARGETS_PER_ENVELOPE) {
-                items.push((index, chunk.to_vec(), output.republish));
+                let mut chunk = chunk.to_vec();
+                chunk.extend(skip.filter(|(on, _)| *on == node_id).map(|(_, t)| t));
+                items.push((index, chunk, output.republish));
             }
         }
     }
@@ -404,6 +420,8 @@ mod tests {
                         client_msg_id: seq,
                         server_time_us: 0,
                         body: "x".repeat(1000),
+                        kind: wire::EntryKind::Message,
+                        target_seq: 0,
                     })
                     .collect(),
                 has_more: true,

@@ -361,6 +361,111 @@ const CASES: &[Case] = &[
             A< {"type":"chat_created","client_msg_id":4,"chat_id":$four,"title":"four"}
         "#,
     },
+    Case {
+        name: "a user's own entries reach its other sessions (the sending one gets its receipt), and so does its read watermark",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A2< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"from my phone"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1,"user_id":$A,"client_msg_id":2}
+            A2< {"type":"message","chat_id":$g,"seq":1,"sender":$A,"client_msg_id":2,"body":"from my phone"}
+            A2< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1,"user_id":$A,"client_msg_id":2}
+            B< {"type":"message","chat_id":$g,"seq":1,"sender":$A}
+            B> {"type":"send","chat_id":$g,"client_msg_id":3,"body":"hi, both of you"}
+            B< {"type":"receipt","chat_id":$g,"kind":"sent","seq":2}
+            A< {"type":"message","chat_id":$g,"seq":2,"sender":$B}
+            A2< {"type":"message","chat_id":$g,"seq":2,"sender":$B}
+            A2> {"type":"ack_read","chat_id":$g,"seq":2}
+            A< {"type":"receipt","chat_id":$g,"kind":"read","seq":2,"user_id":$A,"client_msg_id":null}
+            B< {"type":"receipt","chat_id":$g,"kind":"read","seq":2,"user_id":$A,"client_msg_id":null}
+            A> {"type":"list_chats","client_msg_id":4,"limit":5}
+            A< {"type":"chat_list","client_msg_id":4,"chats":[{"chat_id":$g,"last_seq":2,"read_seq":2,"unread":0}],"has_more":false}
+        "#,
+    },
+    Case {
+        name: "edits, deletes and reactions are chat entries with their own seq; only the sender edits or deletes; sync returns them in order",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"group","title":"g","members":[$B,$C]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            B< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            C< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"see you at 10"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1}
+            B< {"type":"message","chat_id":$g,"seq":1}
+            C< {"type":"message","chat_id":$g,"seq":1}
+            B> {"type":"edit","chat_id":$g,"client_msg_id":3,"target_seq":1,"body":"hijacked"}
+            B< {"type":"error","code":4031,"client_msg_id":3}
+            A> {"type":"edit","chat_id":$g,"client_msg_id":4,"target_seq":1,"body":"see you at 11"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":2,"client_msg_id":4}
+            B< {"type":"message","chat_id":$g,"seq":2,"sender":$A,"client_msg_id":4,"body":"see you at 11","kind":"edit","target_seq":1}
+            C< {"type":"message","chat_id":$g,"seq":2,"kind":"edit","target_seq":1}
+            B> {"type":"react","chat_id":$g,"client_msg_id":5,"target_seq":1,"emoji":"👍"}
+            B< {"type":"receipt","chat_id":$g,"kind":"sent","seq":3,"client_msg_id":5}
+            A< {"type":"message","chat_id":$g,"seq":3,"sender":$B,"body":"👍","kind":"react","target_seq":1}
+            C< {"type":"message","chat_id":$g,"seq":3,"kind":"react"}
+            B> {"type":"react","chat_id":$g,"client_msg_id":6,"target_seq":1,"emoji":"👍"}
+            B< {"type":"error","code":4090,"client_msg_id":6}
+            B> {"type":"react","chat_id":$g,"client_msg_id":5,"target_seq":1,"emoji":"👍"}
+            B< {"type":"receipt","chat_id":$g,"kind":"sent","seq":3,"client_msg_id":5}
+            C> {"type":"react","chat_id":$g,"client_msg_id":7,"target_seq":2,"emoji":"👍"}
+            C< {"type":"error","code":4090,"client_msg_id":7}
+            C> {"type":"unreact","chat_id":$g,"client_msg_id":8,"target_seq":1,"emoji":"👍"}
+            C< {"type":"error","code":4090,"client_msg_id":8}
+            B> {"type":"unreact","chat_id":$g,"client_msg_id":9,"target_seq":1,"emoji":"👍"}
+            B< {"type":"receipt","chat_id":$g,"kind":"sent","seq":4,"client_msg_id":9}
+            A< {"type":"message","chat_id":$g,"seq":4,"kind":"unreact","target_seq":1}
+            C< {"type":"message","chat_id":$g,"seq":4,"kind":"unreact"}
+            A> {"type":"delete","chat_id":$g,"client_msg_id":10,"target_seq":1}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":5,"client_msg_id":10}
+            B< {"type":"message","chat_id":$g,"seq":5,"body":"","kind":"delete","target_seq":1}
+            C< {"type":"message","chat_id":$g,"seq":5,"kind":"delete"}
+            A> {"type":"edit","chat_id":$g,"client_msg_id":11,"target_seq":1,"body":"back?"}
+            A< {"type":"error","code":4090,"client_msg_id":11}
+            B> {"type":"react","chat_id":$g,"client_msg_id":12,"target_seq":1,"emoji":"👍"}
+            B< {"type":"error","code":4090,"client_msg_id":12}
+            A> {"type":"delete","chat_id":$g,"client_msg_id":13,"target_seq":9}
+            A< {"type":"error","code":4090,"client_msg_id":13}
+            D> {"type":"react","chat_id":$g,"client_msg_id":14,"target_seq":2,"emoji":"👍"}
+            D< {"type":"error","code":4030,"client_msg_id":14}
+            C> {"type":"sync","client_msg_id":15,"chat_id":$g,"after_seq":0,"limit":10}
+            C< {"type":"sync_batch","client_msg_id":15,"chat_id":$g,"messages":[{"seq":1,"body":"see you at 10"},{"seq":2,"kind":"edit","target_seq":1,"body":"see you at 11"},{"seq":3,"kind":"react","sender":$B},{"seq":4,"kind":"unreact"},{"seq":5,"kind":"delete","target_seq":1}],"has_more":false}
+            C> {"type":"sync","client_msg_id":16,"chat_id":$g,"after_seq":0,"before_seq":18446744073709551615,"limit":2}
+            C< {"type":"sync_batch","client_msg_id":16,"chat_id":$g,"messages":[{"seq":5,"kind":"delete"},{"seq":4,"kind":"unreact"}],"has_more":true}
+        "#,
+    },
+    Case {
+        name: "a user holds at most MAX_REACTIONS_PER_USER reactions on one message (4004 for one more)",
+        script: r#"
+            A> {"type":"create_chat","client_msg_id":1,"kind":"public_group","title":"g","members":[]}
+            A< {"type":"chat_created","client_msg_id":1,"chat_id":$g}
+            A> {"type":"send","chat_id":$g,"client_msg_id":2,"body":"vote"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":1}
+            A> {"type":"react","chat_id":$g,"client_msg_id":3,"target_seq":1,"emoji":"a"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":2}
+            A> {"type":"react","chat_id":$g,"client_msg_id":4,"target_seq":1,"emoji":"b"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":3}
+            A> {"type":"react","chat_id":$g,"client_msg_id":5,"target_seq":1,"emoji":"c"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":4}
+            A> {"type":"react","chat_id":$g,"client_msg_id":6,"target_seq":1,"emoji":"d"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":5}
+            A> {"type":"react","chat_id":$g,"client_msg_id":7,"target_seq":1,"emoji":"e"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":6}
+            A> {"type":"react","chat_id":$g,"client_msg_id":8,"target_seq":1,"emoji":"f"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":7}
+            A> {"type":"react","chat_id":$g,"client_msg_id":9,"target_seq":1,"emoji":"g"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":8}
+            A> {"type":"react","chat_id":$g,"client_msg_id":10,"target_seq":1,"emoji":"h"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":9}
+            A> {"type":"react","chat_id":$g,"client_msg_id":11,"target_seq":1,"emoji":"i"}
+            A< {"type":"error","code":4004,"client_msg_id":11}
+            A> {"type":"unreact","chat_id":$g,"client_msg_id":12,"target_seq":1,"emoji":"a"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":10}
+            A> {"type":"react","chat_id":$g,"client_msg_id":13,"target_seq":1,"emoji":"i"}
+            A< {"type":"receipt","chat_id":$g,"kind":"sent","seq":11}
+        "#,
+    },
 ];
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -83,7 +83,16 @@ async fn a_send_reaches_the_other_member_with_seq_1_and_a_sent_receipt() {
     env.send(ALICE, 7, send(created.chat_id, 100, "hello"))
         .await;
     let delivered = node.find(|r| message(r).is_some()).await;
-    assert_eq!(delivered.targets, [Target::User(BOB)]);
+    // Every member's sessions but the one that sent it (Alice's connection 7): her other
+    // devices get her message too.
+    assert_eq!(
+        delivered.targets,
+        [
+            Target::User(ALICE),
+            Target::User(BOB),
+            Target::NotConnection(7)
+        ]
+    );
     let m = message(&delivered).expect("a message");
     assert_eq!(
         (m.chat_id, m.seq, m.sender, m.client_msg_id, m.body.as_str()),
@@ -291,6 +300,13 @@ async fn delivered_and_read_watermarks_send_receipts_to_the_senders() {
     let after_bob = receipt(&next).map(|r| (r.kind, r.user_id));
     // Bob's read of (0, 3] covers Alice's two messages: Alice hears of it.
     assert_eq!(after_bob, Some((ReceiptKind::Read, BOB)));
+    // And Bob's other sessions hear of his read watermark, not the one that acked.
+    let own = node.next().await;
+    assert_eq!(
+        receipt(&own).map(|r| (r.kind, r.user_id, r.seq)),
+        Some((ReceiptKind::Read, BOB, 3))
+    );
+    assert_eq!(own.targets, [Target::User(BOB), Target::NotConnection(2)]);
     let next = node.next().await;
     assert!(
         matches!(next.frame, ServerFrame::Typing(_)),

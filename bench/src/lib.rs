@@ -44,6 +44,8 @@ pub fn delivery_frame() -> ServerFrame {
         client_msg_id: CLIENT_MSG_ID,
         server_time_us: SERVER_TIME_US,
         body: BODY.to_owned(),
+        kind: wire::EntryKind::Message,
+        target_seq: 0,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
-use crate::router::{CoreMsg, Delivery, connection_id, core_holds_any};
+use crate::router::{CoreMsg, Delivery, Skip, connection_id, core_holds_any};
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
 /// parses what one read brought, so an idle session holds no buffer at all.
@@ -225,12 +225,12 @@ impl Core {
     }
 
     /// Encodes a server frame once and delivers it to `targets` on whichever cores hold
-    /// them, skipping the user `except` (the sender of a message, say).
+    /// them, skipping `except` (the typist, or the session that sent a message).
     pub fn deliver_frame(
         &self,
         frame: &ServerFrame,
         targets: Arc<[Target]>,
-        except: Option<UserId>,
+        except: Option<Skip>,
         received_at: Instant,
     ) {
         let delivery = frame
@@ -246,7 +246,7 @@ impl Core {
 
     /// Routes a delivery: connection targets go to their core; user targets to every core,
     /// since a user's sessions may be on any of them.
-    pub fn deliver(&self, targets: Arc<[Target]>, except: Option<UserId>, delivery: Arc<Delivery>) {
+    pub fn deliver(&self, targets: Arc<[Target]>, except: Option<Skip>, delivery: Arc<Delivery>) {
         for core in 0..self.cores() {
             let wanted = core_holds_any(&targets, core);
             if !wanted {
@@ -269,7 +269,7 @@ impl Core {
     pub fn deliver_local(
         &self,
         targets: &[Target],
-        except: Option<UserId>,
+        except: Option<Skip>,
         delivery: &Arc<Delivery>,
     ) {
         let sessions = self.sessions.borrow();
@@ -282,10 +282,13 @@ impl Core {
         };
         for target in targets {
             match *target {
-                Target::User(user) if Some(user) != except => {
-                    users.get(&user).into_iter().flatten().for_each(&mut push)
-                }
-                Target::User(_) => {}
+                Target::User(user) if except != Some(Skip::User(user)) => users
+                    .get(&user)
+                    .into_iter()
+                    .flatten()
+                    .filter(|&&id| except != Some(Skip::Connection(id)))
+                    .for_each(&mut push),
+                Target::User(_) | Target::NotConnection(_) => {}
                 Target::Connection(id) => push(&id),
             }
         }

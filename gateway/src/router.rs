@@ -95,8 +95,8 @@ pub enum CoreMsg {
     Deliver {
         /// Users or connections.
         targets: Arc<[Target]>,
-        /// A user among the targets who does not receive it (the sender of a message).
-        except: Option<UserId>,
+        /// Who among the targets does not receive it.
+        except: Option<Skip>,
         /// The frame.
         delivery: Arc<Delivery>,
     },
@@ -147,6 +147,16 @@ impl Mailbox {
 /// JavaScript clients, which read JSON numbers as doubles, see it exactly.
 const CONNECTION_SEQ_BITS: u32 = 45;
 
+/// Who among a delivery's targets does not receive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The user (the typist of a typing event).
+    User(UserId),
+    /// One connection of the targeted users (the session that sent a message, which has
+    /// its sent receipt, while the sender's other sessions get the message).
+    Connection(u64),
+}
+
 /// Connection ids carry their core above the low 45 bits, so any core can route to one.
 pub fn connection_core(connection_id: u64) -> usize {
     (connection_id >> CONNECTION_SEQ_BITS) as usize
@@ -158,6 +168,7 @@ pub fn core_holds_any(targets: &[Target], core: usize) -> bool {
     targets.iter().any(|t| match *t {
         Target::User(_) => true,
         Target::Connection(id) => connection_core(id) == core,
+        Target::NotConnection(_) => false,
     })
 }
 

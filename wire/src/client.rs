@@ -2,9 +2,10 @@
 
 use crate::codec::{frame_set, limits};
 use crate::limits::{
-    MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_TITLE_BYTES,
+    MAX_BODY_BYTES, MAX_EMOJI_BYTES, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY,
+    MAX_TITLE_BYTES,
 };
-use crate::{ChatId, ChatKind, ClientMsgId, Seq, UserId, WireError, wire_struct};
+use crate::{ChatId, ChatKind, ClientMsgId, EntryKind, Seq, UserId, WireError, wire_struct};
 
 wire_struct! {
     /// Create a chat. The creator is always a member, whether listed or not.
@@ -41,6 +42,38 @@ wire_struct! {
         pub chat_id: ChatId,
         pub client_msg_id: ClientMsgId,
         pub body: String,
+    }
+}
+
+wire_struct! {
+    /// Replace the body of one's own message at `target_seq`. An edit is a chat entry of its
+    /// own (the chat's next seq), idempotent by `(sender, client_msg_id)` like a send.
+    pub struct EditMessage {
+        pub chat_id: ChatId,
+        pub client_msg_id: ClientMsgId,
+        pub target_seq: Seq,
+        pub body: String,
+    }
+}
+
+wire_struct! {
+    /// Delete one's own message at `target_seq` (a chat entry of its own, like an edit).
+    pub struct DeleteMessage {
+        pub chat_id: ChatId,
+        pub client_msg_id: ClientMsgId,
+        pub target_seq: Seq,
+    }
+}
+
+wire_struct! {
+    /// React to any message at `target_seq` with `emoji`, or take the reaction back (a chat
+    /// entry of its own, like an edit).
+    pub struct Reaction {
+        pub chat_id: ChatId,
+        pub client_msg_id: ClientMsgId,
+        pub target_seq: Seq,
+        #[cfg_attr(any(test, feature = "arbitrary"), proptest(regex = "\\PC{1,8}"))]
+        pub emoji: String,
     }
 }
 
@@ -121,6 +154,15 @@ limits!(
     users <= MAX_MEMBERS_PER_CHAT
 );
 limits!(SendMessage, ArchivedSendMessage, body <= MAX_BODY_BYTES; text body);
+limits!(EditMessage, ArchivedEditMessage, body <= MAX_BODY_BYTES; text body);
+limits!(DeleteMessage, ArchivedDeleteMessage);
+limits!(
+    Reaction,
+    ArchivedReaction,
+    emoji <= MAX_EMOJI_BYTES;
+    not_empty emoji <= MAX_EMOJI_BYTES;
+    text emoji
+);
 limits!(Ack, ArchivedAck);
 limits!(SyncRequest, ArchivedSyncRequest; sync_page limit; one_direction after_seq before_seq);
 limits!(ListChats, ArchivedListChats; chat_list_page limit);
@@ -161,6 +203,14 @@ frame_set! {
     RemoveMembers(MemberChange) = 12, "remove_members";
     /// The sender's chats.
     ListChats(ListChats) = 13, "list_chats";
+    /// Edit one's own message.
+    Edit(EditMessage) = 14, "edit";
+    /// Delete one's own message.
+    Delete(DeleteMessage) = 15, "delete";
+    /// React to a message.
+    React(Reaction) = 16, "react";
+    /// Take a reaction back.
+    Unreact(Reaction) = 17, "unreact";
 }
 
 /// A client frame that cannot be accepted, and the id of the request it carried when that
@@ -194,6 +244,10 @@ impl ClientKind {
             | ClientKind::AddMembers
             | ClientKind::RemoveMembers
             | ClientKind::Send
+            | ClientKind::Edit
+            | ClientKind::Delete
+            | ClientKind::React
+            | ClientKind::Unreact
             | ClientKind::Sync
             | ClientKind::ListChats
             | ClientKind::PresenceQuery => true,
@@ -229,6 +283,9 @@ impl ClientFrame {
             ClientFrame::Join(f) | ClientFrame::Leave(f) => Some(f.client_msg_id),
             ClientFrame::AddMembers(f) | ClientFrame::RemoveMembers(f) => Some(f.client_msg_id),
             ClientFrame::Send(f) => Some(f.client_msg_id),
+            ClientFrame::Edit(f) => Some(f.client_msg_id),
+            ClientFrame::Delete(f) => Some(f.client_msg_id),
+            ClientFrame::React(f) | ClientFrame::Unreact(f) => Some(f.client_msg_id),
             ClientFrame::Sync(f) => Some(f.client_msg_id),
             ClientFrame::ListChats(f) => Some(f.client_msg_id),
             ClientFrame::PresenceQuery(f) => Some(f.client_msg_id),
@@ -237,6 +294,121 @@ impl ClientFrame {
             | ClientFrame::Typing(_)
             | ClientFrame::Ping(_) => None,
         }
+    }
+}
+
+/// The chat entry a send, edit, delete, react or unreact asks for, read from either form of
+/// the frame, so that both engines see the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRequest<'a> {
+    pub chat_id: ChatId,
+    pub client_msg_id: ClientMsgId,
+    pub kind: EntryKind,
+    /// The message an event is about; 0 for a message.
+    pub target_seq: Seq,
+    /// The text, the new text, the emoji; empty for a delete.
+    pub body: &'a str,
+}
+
+impl ClientFrame {
+    /// The entry the frame asks for, if it is a send, edit, delete, react or unreact.
+    pub fn entry_request(&self) -> Option<EntryRequest<'_>> {
+        let (chat_id, client_msg_id, kind, target_seq, body) = match self {
+            ClientFrame::Send(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Message,
+                0,
+                &f.body[..],
+            ),
+            ClientFrame::Edit(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Edit,
+                f.target_seq,
+                &f.body[..],
+            ),
+            ClientFrame::Delete(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Delete,
+                f.target_seq,
+                "",
+            ),
+            ClientFrame::React(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::React,
+                f.target_seq,
+                &f.emoji[..],
+            ),
+            ClientFrame::Unreact(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Unreact,
+                f.target_seq,
+                &f.emoji[..],
+            ),
+            _ => return None,
+        };
+        Some(EntryRequest {
+            chat_id,
+            client_msg_id,
+            kind,
+            target_seq,
+            body,
+        })
+    }
+}
+
+impl<'a> ClientFrameRef<'a> {
+    /// The entry the frame asks for, read in place, as [`ClientFrame::entry_request`].
+    pub fn entry_request(&self) -> Option<EntryRequest<'a>> {
+        let (chat_id, client_msg_id, kind, target_seq, body) = match *self {
+            ClientFrameRef::Send(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Message,
+                0,
+                f.body.as_str(),
+            ),
+            ClientFrameRef::Edit(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Edit,
+                f.target_seq.to_native(),
+                f.body.as_str(),
+            ),
+            ClientFrameRef::Delete(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Delete,
+                f.target_seq.to_native(),
+                "",
+            ),
+            ClientFrameRef::React(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::React,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            ClientFrameRef::Unreact(f) => (
+                f.chat_id,
+                f.client_msg_id,
+                EntryKind::Unreact,
+                f.target_seq.to_native(),
+                f.emoji.as_str(),
+            ),
+            _ => return None,
+        };
+        Some(EntryRequest {
+            chat_id: chat_id.to_native(),
+            client_msg_id: client_msg_id.to_native(),
+            kind,
+            target_seq,
+            body,
+        })
     }
 }
 
@@ -277,6 +449,11 @@ impl ClientFrameRef<'_> {
                 Some(f.client_msg_id.to_native())
             }
             ClientFrameRef::Send(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::Edit(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::Delete(f) => Some(f.client_msg_id.to_native()),
+            ClientFrameRef::React(f) | ClientFrameRef::Unreact(f) => {
+                Some(f.client_msg_id.to_native())
+            }
             ClientFrameRef::Sync(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::ListChats(f) => Some(f.client_msg_id.to_native()),
             ClientFrameRef::PresenceQuery(f) => Some(f.client_msg_id.to_native()),
@@ -295,6 +472,9 @@ impl ClientFrameRef<'_> {
                 Some(f.chat_id.to_native())
             }
             ClientFrameRef::Send(f) => Some(f.chat_id.to_native()),
+            ClientFrameRef::Edit(f) => Some(f.chat_id.to_native()),
+            ClientFrameRef::Delete(f) => Some(f.chat_id.to_native()),
+            ClientFrameRef::React(f) | ClientFrameRef::Unreact(f) => Some(f.chat_id.to_native()),
             ClientFrameRef::AckDelivered(f) | ClientFrameRef::AckRead(f) => {
                 Some(f.chat_id.to_native())
             }

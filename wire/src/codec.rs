@@ -239,13 +239,14 @@ pub(crate) use frame_set;
 /// each `text` field must not contain U+0000, which PostgreSQL's `text` cannot store
 /// (refusing it here answers the client at once instead of failing the backend's batch).
 macro_rules! limits {
-    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)* $(; chat_list_page $list_page:ident)? $(; one_direction $after:ident $before:ident)? $(; text $($text:ident),+)?) => {
+    ($Body:ident, $Archived:ident $(, $field:ident <= $max:expr)* $(; sync_page $page:ident)* $(; chat_list_page $list_page:ident)? $(; one_direction $after:ident $before:ident)? $(; not_empty $ne:ident <= $ne_max:expr)? $(; text $($text:ident),+)?) => {
         impl $crate::codec::CheckLimits for $Body {
             fn check_limits(&self) -> Result<(), $crate::WireError> {
                 $( $crate::limits::at_most(stringify!($field), self.$field.len(), $max)?; )*
                 $( $crate::limits::sync_page(self.$page)?; )*
                 $( $crate::limits::chat_list_page(self.$list_page)?; )?
                 $( $crate::limits::one_direction(self.$after, self.$before.is_some())?; )?
+                $( $crate::limits::not_empty(stringify!($ne), self.$ne.len(), $ne_max)?; )?
                 $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }
@@ -256,6 +257,7 @@ macro_rules! limits {
                 $( $crate::limits::sync_page(self.$page.to_native())?; )*
                 $( $crate::limits::chat_list_page(self.$list_page.to_native())?; )?
                 $( $crate::limits::one_direction(self.$after.to_native(), self.$before.is_some())?; )?
+                $( $crate::limits::not_empty(stringify!($ne), self.$ne.len(), $ne_max)?; )?
                 $( $( $crate::limits::no_nul(stringify!($text), self.$text.as_bytes())?; )+ )?
                 Ok(())
             }

@@ -58,6 +58,9 @@ pub enum Target {
     User(UserId),
     /// One connection (the answer to a request made on it).
     Connection(u64),
+    /// None of the list's user targets reaches this connection: a message goes to its
+    /// sender's other sessions, not to the one that sent it.
+    NotConnection(u64),
 }
 
 impl ArchivedTarget {
@@ -66,6 +69,7 @@ impl ArchivedTarget {
         match self {
             ArchivedTarget::User(user) => Target::User(user.to_native()),
             ArchivedTarget::Connection(id) => Target::Connection(id.to_native()),
+            ArchivedTarget::NotConnection(id) => Target::NotConnection(id.to_native()),
         }
     }
 }

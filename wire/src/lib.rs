@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod entries;
 pub mod envelope;
 mod error;
 pub mod limits;
@@ -97,4 +98,45 @@ pub enum ReceiptKind {
     Delivered,
     /// The member read everything up to `seq`.
     Read,
+}
+
+/// What a chat entry (a `message` frame) is: a message, or an event about the earlier
+/// message at its `target_seq`. Every entry takes the chat's next seq, so a client detects
+/// a missed edit the way it detects a missed message.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(proptest_derive::Arbitrary))]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A message; `target_seq` is 0.
+    #[default]
+    Message,
+    /// The sender replaced the target's body with `body`.
+    Edit,
+    /// The sender deleted the target; `body` is empty.
+    Delete,
+    /// The sender reacted to the target with the emoji in `body`.
+    React,
+    /// The sender took back its reaction `body` to the target.
+    Unreact,
+}
+
+impl EntryKind {
+    /// Whether this is a plain message (JSON leaves `kind` out then).
+    pub fn is_message(&self) -> bool {
+        *self == EntryKind::Message
+    }
 }

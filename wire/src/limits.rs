@@ -8,6 +8,14 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// Largest message body, in UTF-8 bytes.
 pub const MAX_BODY_BYTES: usize = 4096;
 
+/// Longest reaction (`emoji` of `react` and `unreact`), in UTF-8 bytes: room for one emoji
+/// sequence (a family with skin tones is 25 bytes) or a short name such as `:thumbsup:`.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// Most different reactions one user keeps on one message; one more `react` gets
+/// `limit_exceeded`. It bounds what a member can make the server hold per message.
+pub const MAX_REACTIONS_PER_USER: usize = 8;
+
 /// Largest chat title, in UTF-8 bytes.
 pub const MAX_TITLE_BYTES: usize = 256;
 
@@ -81,6 +89,19 @@ pub(crate) fn no_nul(field: &'static str, text: &[u8]) -> Result<(), crate::Wire
     match text.iter().position(|&b| b == 0) {
         None => Ok(()),
         Some(offset) => Err(crate::WireError::NulInText { field, offset }),
+    }
+}
+
+/// Checks a text field that must not be empty: an empty one is as wrong as a long one.
+pub(crate) fn not_empty(field: &'static str, len: usize, max: usize) -> Result<(), LimitExceeded> {
+    if len == 0 {
+        Err(LimitExceeded {
+            field,
+            actual: 0,
+            limit: max,
+        })
+    } else {
+        Ok(())
     }
 }
 

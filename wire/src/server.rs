@@ -5,7 +5,9 @@ use crate::limits::{
     MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES,
     MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
-use crate::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, UserId, wire_struct};
+use crate::{
+    ChatId, ChatKind, ClientMsgId, EntryKind, ErrorCode, ReceiptKind, Seq, UserId, wire_struct,
+};
 
 wire_struct! {
     /// The first frame of every session.
@@ -26,16 +28,25 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// A chat message, live or in a sync batch.
+    /// A chat entry, live or in a sync batch: a message, or an edit, delete or reaction of
+    /// the earlier message at `target_seq` (see [`EntryKind`]).
     pub struct Message {
         pub chat_id: ChatId,
         /// Gap-free per chat, starting at 1.
         pub seq: Seq,
         pub sender: UserId,
         pub client_msg_id: ClientMsgId,
-        /// When the server accepted the message, microseconds since the Unix epoch.
+        /// When the server accepted the entry, microseconds since the Unix epoch.
         pub server_time_us: u64,
+        /// The message's text; an edit's new text; a reaction's emoji; empty for a delete.
         pub body: String,
+        /// JSON leaves it out for a plain message, so a message reads as it did before
+        /// entries had kinds.
+        #[serde(default, skip_serializing_if = "EntryKind::is_message")]
+        pub kind: EntryKind,
+        /// The message an event is about; 0 for a plain message (left out of JSON then).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pub target_seq: Seq,
     }
 }
 
@@ -171,6 +182,10 @@ wire_struct! {
         pub nonce: u64,
         pub server_time_us: u64,
     }
+}
+
+fn is_zero(seq: &Seq) -> bool {
+    *seq == 0
 }
 
 impl ErrorFrame {

@@ -71,6 +71,9 @@ fn client_root_size(kind: ClientKind) -> usize {
         ClientKind::PresenceQuery => size_of::<Archived<client::PresenceQuery>>(),
         ClientKind::Ping => size_of::<Archived<client::Ping>>(),
         ClientKind::ListChats => size_of::<Archived<client::ListChats>>(),
+        ClientKind::Edit => size_of::<Archived<client::EditMessage>>(),
+        ClientKind::Delete => size_of::<Archived<client::DeleteMessage>>(),
+        ClientKind::React | ClientKind::Unreact => size_of::<Archived<client::Reaction>>(),
     }
 }
 
@@ -100,6 +103,9 @@ fn client_fixed_size(kind: ClientKind) -> bool {
         kind,
         ClientKind::CreateChat
             | ClientKind::Send
+            | ClientKind::Edit
+            | ClientKind::React
+            | ClientKind::Unreact
             | ClientKind::PresenceQuery
             | ClientKind::AddMembers
             | ClientKind::RemoveMembers
@@ -380,8 +386,8 @@ fn short_frames_are_truncated() {
         WireError::UnknownKind(0)
     );
     assert_eq!(
-        ClientFrameRef::access(&[PROTOCOL_VERSION, 14, 1, 2, 3]).unwrap_err(),
-        WireError::UnknownKind(14)
+        ClientFrameRef::access(&[PROTOCOL_VERSION, 18, 1, 2, 3]).unwrap_err(),
+        WireError::UnknownKind(18)
     );
     assert_eq!(
         ServerFrameRef::access(&[PROTOCOL_VERSION, 15]).unwrap_err(),

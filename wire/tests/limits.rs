@@ -7,8 +7,9 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    LimitExceeded, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT,
-    MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    LimitExceeded, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_EMOJI_BYTES, MAX_FRAME_BYTES,
+    MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES,
+    MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
@@ -56,6 +57,8 @@ fn client_limit(ok: ClientFrame, broken: ClientFrame, expected: WireError) {
         ClientFrame::PresenceQuery(b) => raw(ClientKind::PresenceQuery as u8, b),
         ClientFrame::AddMembers(b) => raw(ClientKind::AddMembers as u8, b),
         ClientFrame::RemoveMembers(b) => raw(ClientKind::RemoveMembers as u8, b),
+        ClientFrame::Edit(b) => raw(ClientKind::Edit as u8, b),
+        ClientFrame::React(b) => raw(ClientKind::React as u8, b),
         other => panic!("{:?} has no limit", other.kind()),
     };
     assert_eq!(
@@ -148,6 +151,8 @@ fn message(body: String) -> server::Message {
         client_msg_id: 4,
         server_time_us: 5,
         body,
+        kind: wire::EntryKind::Message,
+        target_seq: 0,
     }
 }
 
@@ -191,6 +196,42 @@ fn body_limit() {
         ServerFrame::Message(message("a".repeat(MAX_BODY_BYTES + 1))),
         limit("body", MAX_BODY_BYTES + 1, MAX_BODY_BYTES),
     );
+}
+
+fn react(emoji: &str) -> ClientFrame {
+    ClientFrame::React(client::Reaction {
+        chat_id: 1,
+        client_msg_id: 2,
+        target_seq: 3,
+        emoji: emoji.to_owned(),
+    })
+}
+
+#[test]
+fn an_edit_body_has_the_send_limit() {
+    let edit = |body: String| {
+        ClientFrame::Edit(client::EditMessage {
+            chat_id: 1,
+            client_msg_id: 2,
+            target_seq: 3,
+            body,
+        })
+    };
+    client_limit(
+        edit("a".repeat(MAX_BODY_BYTES)),
+        edit("a".repeat(MAX_BODY_BYTES + 1)),
+        limit("body", MAX_BODY_BYTES + 1, MAX_BODY_BYTES),
+    );
+}
+
+#[test]
+fn a_reaction_is_one_to_max_emoji_bytes() {
+    client_limit(
+        react(&"a".repeat(MAX_EMOJI_BYTES)),
+        react(&"a".repeat(MAX_EMOJI_BYTES + 1)),
+        limit("emoji", MAX_EMOJI_BYTES + 1, MAX_EMOJI_BYTES),
+    );
+    client_limit(react("👍"), react(""), limit("emoji", 0, MAX_EMOJI_BYTES));
 }
 
 #[test]

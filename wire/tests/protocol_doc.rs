@@ -4,13 +4,14 @@
 
 use wire::client::{self, ClientFrameRef};
 use wire::limits::{
-    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_FRAME_BYTES,
-    MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES,
-    MAX_SYNC_PAGE, MAX_TITLE_BYTES,
+    DEFAULT_MAX_CHATS_PER_USER, MAX_BODY_BYTES, MAX_CHAT_LIST_PAGE, MAX_EMOJI_BYTES,
+    MAX_FRAME_BYTES, MAX_MEMBERS_PER_CHAT, MAX_PRESENCE_QUERY, MAX_REACTIONS_PER_USER,
+    MAX_REASON_BYTES, MAX_SERVER_FRAME_BYTES, MAX_SYNC_PAGE, MAX_TITLE_BYTES,
 };
 use wire::server::{self, ServerFrameRef};
 use wire::{
-    ChatKind, ClientFrame, ClientKind, CloseCode, ErrorCode, ReceiptKind, ServerFrame, ServerKind,
+    ChatKind, ClientFrame, ClientKind, CloseCode, EntryKind, ErrorCode, ReceiptKind, ServerFrame,
+    ServerKind,
 };
 
 const DOC: &str = include_str!("../PROTOCOL.md");
@@ -134,6 +135,41 @@ fn client_examples() -> Vec<(ClientFrame, &'static str)> {
             }),
             r#"{"type":"list_chats","client_msg_id":10,"limit":20,"before_activity_us":1767225600123456,"before_chat_id":7}"#,
         ),
+        (
+            ClientFrame::Edit(client::EditMessage {
+                chat_id: 7,
+                client_msg_id: 11,
+                target_seq: 18,
+                body: "See you at 11?".into(),
+            }),
+            r#"{"type":"edit","chat_id":7,"client_msg_id":11,"target_seq":18,"body":"See you at 11?"}"#,
+        ),
+        (
+            ClientFrame::Delete(client::DeleteMessage {
+                chat_id: 7,
+                client_msg_id: 12,
+                target_seq: 18,
+            }),
+            r#"{"type":"delete","chat_id":7,"client_msg_id":12,"target_seq":18}"#,
+        ),
+        (
+            ClientFrame::React(client::Reaction {
+                chat_id: 7,
+                client_msg_id: 13,
+                target_seq: 18,
+                emoji: "👍".into(),
+            }),
+            r#"{"type":"react","chat_id":7,"client_msg_id":13,"target_seq":18,"emoji":"👍"}"#,
+        ),
+        (
+            ClientFrame::Unreact(client::Reaction {
+                chat_id: 7,
+                client_msg_id: 14,
+                target_seq: 18,
+                emoji: "👍".into(),
+            }),
+            r#"{"type":"unreact","chat_id":7,"client_msg_id":14,"target_seq":18,"emoji":"👍"}"#,
+        ),
     ]
 }
 
@@ -145,6 +181,8 @@ fn message() -> server::Message {
         client_msg_id: 4,
         server_time_us: T,
         body: "See you at 10?".into(),
+        kind: EntryKind::Message,
+        target_seq: 0,
     }
 }
 
@@ -164,6 +202,17 @@ fn server_examples() -> Vec<(ServerFrame, &'static str)> {
         (
             ServerFrame::Message(message()),
             r#"{"type":"message","chat_id":7,"seq":18,"sender":42,"client_msg_id":4,"server_time_us":1767225600123456,"body":"See you at 10?"}"#,
+        ),
+        (
+            ServerFrame::Message(server::Message {
+                seq: 21,
+                client_msg_id: 11,
+                body: "See you at 11?".into(),
+                kind: EntryKind::Edit,
+                target_seq: 18,
+                ..message()
+            }),
+            r#"{"type":"message","chat_id":7,"seq":21,"sender":42,"client_msg_id":11,"server_time_us":1767225600123456,"body":"See you at 11?","kind":"edit","target_seq":18}"#,
         ),
         (
             ServerFrame::Receipt(server::Receipt {
@@ -346,7 +395,7 @@ fn binary_examples_are_exact_and_in_the_document() {
         hex(&send),
         "01 04 53 65 65 20 79 6f 75 20 61 74 20 31 30 3f 07 00 00 00 00 00 00 00 04 00 00 00 00 00 00 00 8e 00 00 00 e2 ff ff ff"
     );
-    let receipt = server_examples()[3].0.encode().unwrap();
+    let receipt = server_examples()[4].0.encode().unwrap();
     assert_eq!(
         hex(&receipt),
         "01 03 07 00 00 00 00 00 00 00 02 12 00 00 00 00 00 00 00 2b 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
@@ -407,6 +456,8 @@ fn tables_quote_the_code() {
         ("MAX_FRAME_BYTES", MAX_FRAME_BYTES),
         ("MAX_BODY_BYTES", MAX_BODY_BYTES),
         ("MAX_TITLE_BYTES", MAX_TITLE_BYTES),
+        ("MAX_EMOJI_BYTES", MAX_EMOJI_BYTES),
+        ("MAX_REACTIONS_PER_USER", MAX_REACTIONS_PER_USER),
         ("MAX_MEMBERS_PER_CHAT", MAX_MEMBERS_PER_CHAT),
         ("MAX_SYNC_PAGE", MAX_SYNC_PAGE as usize),
         ("MAX_CHAT_LIST_PAGE", MAX_CHAT_LIST_PAGE as usize),

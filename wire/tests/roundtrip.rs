@@ -8,7 +8,8 @@ use rkyv::option::ArchivedOption;
 use wire::client::ClientFrameRef;
 use wire::server::{self, ServerFrameRef};
 use wire::{
-    ArchivedChatKind, ArchivedReceiptKind, ChatKind, ClientFrame, ReceiptKind, ServerFrame, codec,
+    ArchivedChatKind, ArchivedEntryKind, ArchivedReceiptKind, ChatKind, ClientFrame, EntryKind,
+    ReceiptKind, ServerFrame, codec,
 };
 
 fn natives(ids: &[Archived<u64>]) -> Vec<u64> {
@@ -72,6 +73,30 @@ fn assert_client_view(view: ClientFrameRef<'_>, frame: &ClientFrame) {
             assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
             assert_eq!(view.chat_id(), Some(b.chat_id));
         }
+        (ClientFrameRef::Edit(a), ClientFrame::Edit(b)) => {
+            assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.target_seq.to_native(), b.target_seq);
+            assert_eq!(a.body.as_str(), b.body);
+            assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
+            assert_eq!(view.chat_id(), Some(b.chat_id));
+        }
+        (ClientFrameRef::Delete(a), ClientFrame::Delete(b)) => {
+            assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.target_seq.to_native(), b.target_seq);
+            assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
+            assert_eq!(view.chat_id(), Some(b.chat_id));
+        }
+        (ClientFrameRef::React(a), ClientFrame::React(b))
+        | (ClientFrameRef::Unreact(a), ClientFrame::Unreact(b)) => {
+            assert_eq!(a.chat_id.to_native(), b.chat_id);
+            assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
+            assert_eq!(a.target_seq.to_native(), b.target_seq);
+            assert_eq!(a.emoji.as_str(), b.emoji);
+            assert_eq!(view.client_msg_id(), Some(b.client_msg_id));
+            assert_eq!(view.chat_id(), Some(b.chat_id));
+        }
         (ClientFrameRef::AckDelivered(a), ClientFrame::AckDelivered(b))
         | (ClientFrameRef::AckRead(a), ClientFrame::AckRead(b)) => {
             assert_eq!(a.chat_id.to_native(), b.chat_id);
@@ -123,6 +148,15 @@ fn assert_message(a: &Archived<server::Message>, b: &server::Message) {
     assert_eq!(a.client_msg_id.to_native(), b.client_msg_id);
     assert_eq!(a.server_time_us.to_native(), b.server_time_us);
     assert_eq!(a.body.as_str(), b.body);
+    let kind = match a.kind {
+        ArchivedEntryKind::Message => EntryKind::Message,
+        ArchivedEntryKind::Edit => EntryKind::Edit,
+        ArchivedEntryKind::Delete => EntryKind::Delete,
+        ArchivedEntryKind::React => EntryKind::React,
+        ArchivedEntryKind::Unreact => EntryKind::Unreact,
+    };
+    assert_eq!(kind, b.kind);
+    assert_eq!(a.target_seq.to_native(), b.target_seq);
 }
 
 /// Reads every field through the archive and compares it with the owned frame.
@@ -323,7 +357,11 @@ fn every_kind_is_generated_and_named_uniquely() {
             "ping",
             "add_members",
             "remove_members",
-            "list_chats"
+            "list_chats",
+            "edit",
+            "delete",
+            "react",
+            "unreact"
         ]
     );
     assert_eq!(
@@ -354,7 +392,7 @@ fn every_kind_is_generated_and_named_uniquely() {
         assert_eq!(wire::ServerKind::from_u8(*kind as u8), Some(*kind));
     }
     assert_eq!(wire::ClientKind::from_u8(0), None);
-    assert_eq!(wire::ClientKind::from_u8(14), None);
+    assert_eq!(wire::ClientKind::from_u8(18), None);
     assert_eq!(wire::ServerKind::from_u8(0), None);
     assert_eq!(wire::ServerKind::from_u8(15), None);
     assert_eq!(codec::HEADER_LEN, 2);

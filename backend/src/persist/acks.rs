@@ -115,6 +115,9 @@ impl Run<'_, '_> {
                     outputs.push(receipt(chat_id, kind, wire_id(new), reader, senders));
                 }
             }
+            if new_read > old_read {
+                outputs.push(own_read(chat_id, wire_id(new_read), reader, marks.last));
+            }
         }
         Ok((outputs, refused))
     }
@@ -135,6 +138,23 @@ fn receipt(
         client_msg_id: None,
     });
     Output::new(frame, Recipients::Users(senders))
+}
+
+/// The reader's read watermark to the reader's other sessions (multi-device unread counts).
+fn own_read(chat_id: ChatId, seq: Seq, reader: UserId, last: &Request) -> Output {
+    let frame = ServerFrame::Receipt(Receipt {
+        chat_id,
+        kind: ReceiptKind::Read,
+        seq,
+        user_id: reader,
+        client_msg_id: None,
+    });
+    let to = Recipients::UsersBut {
+        users: vec![reader],
+        node_id: last.origin.node_id,
+        connection_id: last.origin.connection_id,
+    };
+    Output::new(frame, to)
 }
 
 /// `(chat_ids[], user_ids[], delivered[], read[])`, one row per (chat, member) -> per row:

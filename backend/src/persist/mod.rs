@@ -11,6 +11,7 @@
 //! segment runs last, so every frame sees the memberships in queue order.
 
 mod acks;
+mod entries;
 mod membership;
 mod sends;
 
@@ -31,6 +32,7 @@ use crate::outcome::{Body, Outcome, Output, Recipients};
 use crate::request::{Origin, Request};
 
 pub(crate) use acks::APPLY_ACKS;
+pub(crate) use entries::EntryStatements;
 
 /// Runs `requests` (in queue order) in `tx`, where one user may have created at most
 /// `max_chats_per_user` chats that exist.
@@ -64,6 +66,13 @@ pub(crate) async fn apply(
             | ClientFrame::RemoveMembers(_) => {
                 run.segment(std::mem::take(&mut segment)).await?;
                 run.membership_change(request).await?;
+            }
+            ClientFrame::Edit(_)
+            | ClientFrame::Delete(_)
+            | ClientFrame::React(_)
+            | ClientFrame::Unreact(_) => {
+                run.segment(std::mem::take(&mut segment)).await?;
+                run.entry(request).await?;
             }
             ClientFrame::Sync(_)
             | ClientFrame::ListChats(_)
@@ -121,9 +130,9 @@ impl Run<'_, '_> {
         Ok(())
     }
 
-    /// The message to every member but its sender, and the sent receipt to the sender;
-    /// records it as handled.
-    fn deliver(&mut self, message: Message, members: &[UserId], republish: bool) {
+    /// The entry to every member's sessions but the one that sent it (`origin`), and the
+    /// sent receipt to the sender; records it as handled.
+    fn deliver(&mut self, message: Message, members: &[UserId], republish: bool, origin: &Origin) {
         let (chat_id, seq, sender, client_msg_id) = (
             message.chat_id,
             message.seq,
@@ -131,11 +140,14 @@ impl Run<'_, '_> {
             message.client_msg_id,
         );
         self.handled.insert((sender, client_msg_id), (chat_id, seq));
-        let others: Vec<UserId> = members.iter().copied().filter(|&u| u != sender).collect();
-        if !others.is_empty() {
+        if !members.is_empty() {
             self.outcome.outputs.push(Output {
                 body: Body::Frame(ServerFrame::Message(message)),
-                to: Recipients::Users(others),
+                to: Recipients::UsersBut {
+                    users: members.to_vec(),
+                    node_id: origin.node_id,
+                    connection_id: origin.connection_id,
+                },
                 republish,
             });
         }
@@ -207,6 +219,8 @@ async fn history(
             client_msg_id: wire_id(row.try_get(2)?),
             server_time_us: wire_id(row.try_get(3)?),
             body,
+            kind: entries::kind_of(row.try_get(5)?),
+            target_seq: wire_id(row.try_get(6)?),
         });
     }
     let has_more = rows.len() > messages.len();

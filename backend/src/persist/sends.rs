@@ -15,7 +15,7 @@ use tokio_postgres::Error;
 use tokio_postgres::types::ToSql;
 use wire::client::SendMessage;
 use wire::server::Message;
-use wire::{ChatId, ClientMsgId, ErrorCode, Seq, UserId};
+use wire::{ChatId, ClientMsgId, EntryKind, ErrorCode, Seq, UserId};
 
 use super::{Run, db, refusal, sent_receipt, wire_id};
 use crate::request::Request;
@@ -283,8 +283,10 @@ impl Run<'_, '_> {
                         client_msg_id: send.client_msg_id,
                         server_time_us: self.now_us,
                         body: send.body.clone(),
+                        kind: EntryKind::Message,
+                        target_seq: 0,
                     };
-                    self.deliver(message, members_of(chat_id), false);
+                    self.deliver(message, members_of(chat_id), false, &request.origin);
                     self.outcome.stored += 1;
                 }
                 Plan::Republish(m) => {
@@ -295,8 +297,10 @@ impl Run<'_, '_> {
                         client_msg_id: send.client_msg_id,
                         server_time_us: m.server_time_us,
                         body: m.body,
+                        kind: EntryKind::Message,
+                        target_seq: 0,
                     };
-                    self.deliver(message, members_of(m.chat_id), true);
+                    self.deliver(message, members_of(m.chat_id), true, &request.origin);
                     self.outcome.republished += 1;
                 }
                 Plan::Receipt { .. } | Plan::SameAs(_) => {

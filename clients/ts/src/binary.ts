@@ -88,6 +88,7 @@ function writeField(out: Writer, type: FieldType, value: unknown, dataAt: number
     case "u32":
       return out.u32(value as number);
     case "u64":
+    case "defaulted_u64":
       return out.u64(value as bigint);
     case "bool":
       return out.bytes([value ? 1 : 0]);
@@ -216,6 +217,7 @@ class Reader {
       case "u32":
         return view.getUint32(at, true);
       case "u64":
+      case "defaulted_u64":
         return view.getBigUint64(at, true);
       case "bool": {
         const byte = view.getUint8(at);

@@ -47,6 +47,7 @@ function checkField(type: FieldType, value: unknown, path: string): void {
       return;
     }
     case "u64":
+    case "defaulted_u64":
       checkU64(value, malformed);
       return;
     case "option_u64":

@@ -11,6 +11,7 @@ import type {
   ChatCreated,
   ChatKind,
   ClientFrame,
+  EntryKind,
   ErrorFrame,
   Joined,
   Left,
@@ -81,8 +82,11 @@ export interface EdgeEvents {
    * `live` is false for messages fetched by sync. */
   message: [message: MessageBody, info: { live: boolean; own: boolean }];
   /** Every receipt: `sent` for this user's messages, `delivered` and `read` watermarks of
-   * the other members. */
+   * the other members, and this user's own `read` watermark from its other sessions. */
   receipt: [receipt: Receipt];
+  /** This user read `chatId` up to `seq` on another of its sessions (another device): a
+   * chat list sets its unread count from this, so that every device agrees. */
+  ownRead: [info: { chatId: bigint; seq: bigint }];
   /** A chat this user is a member of: created, or this user was added to it (then
    * `members` is the membership after the addition). The client follows the chat, fetching
    * the history an added member has not seen. */
@@ -266,12 +270,42 @@ export class EdgeClient {
    * after a timeout or a reconnect until the server answers; it resolves once stored.
    */
   send(chatId: bigint, body: string): Promise<Sent> {
+    return this.append(chatId, "message", 0n, body);
+  }
+
+  /** Replaces the body of this user's message at `targetSeq`: a chat entry of its own (the
+   * chat's next seq), written again until answered like a send. */
+  edit(chatId: bigint, targetSeq: bigint, body: string): Promise<Sent> {
+    return this.append(chatId, "edit", targetSeq, body);
+  }
+
+  /** Deletes this user's message at `targetSeq` (a chat entry of its own, like an edit). */
+  delete(chatId: bigint, targetSeq: bigint): Promise<Sent> {
+    return this.append(chatId, "delete", targetSeq, "");
+  }
+
+  /** Reacts to any message of the chat with `emoji` (a chat entry of its own). */
+  react(chatId: bigint, targetSeq: bigint, emoji: string): Promise<Sent> {
+    return this.append(chatId, "react", targetSeq, emoji);
+  }
+
+  /** Takes back this user's reaction `emoji` to the message at `targetSeq`. */
+  unreact(chatId: bigint, targetSeq: bigint, emoji: string): Promise<Sent> {
+    return this.append(chatId, "unreact", targetSeq, emoji);
+  }
+
+  private append(chatId: bigint, kind: EntryKind, targetSeq: bigint, body: string): Promise<Sent> {
     if (this.stateNow === "closed") return Promise.reject(new NoAnswerError("the client is closed"));
     const clientMsgId = newClientMsgId();
-    // Encoding checks the limits now, so a message the server would refuse never waits.
+    // Encoding checks the limits now, so an entry the server would refuse never waits.
     try {
-      this.encode({ type: "send", chat_id: chatId, client_msg_id: clientMsgId, body });
-      this.outbox.add(chatId, clientMsgId, body);
+      const entry = this.outbox.add(chatId, clientMsgId, body, kind, targetSeq);
+      try {
+        this.encode(entryFrame(entry));
+      } catch (error) {
+        this.outbox.settle(clientMsgId);
+        throw error;
+      }
     } catch (error) {
       return Promise.reject(error);
     }
@@ -521,10 +555,18 @@ export class EdgeClient {
         this.ownMessageStored(entry, receipt.seq);
         this.pumpOutbox();
       } else {
-        // Sent from another session of this user: the message itself comes by sync.
+        // Sent from another session of this user: the entry itself came just before (the
+        // server sends it to this user's other sessions), or a sync fetches it.
         const verdict = this.seqs.seen(receipt.chat_id, receipt.seq);
         if (verdict.syncAfter !== undefined) this.requestSync(receipt.chat_id, verdict.syncAfter);
       }
+    }
+    if (receipt.kind === "read" && receipt.user_id === this.userId) {
+      // This user read the chat on another device: no need to ack up to there again.
+      const marks = this.ackMarks(receipt.chat_id);
+      if (receipt.seq > marks.read) marks.read = receipt.seq;
+      if (receipt.seq > marks.readWritten) marks.readWritten = receipt.seq;
+      this.events.emit("ownRead", { chatId: receipt.chat_id, seq: receipt.seq });
     }
     this.events.emit("receipt", receipt);
   }
@@ -543,6 +585,8 @@ export class EdgeClient {
           client_msg_id: entry.clientMsgId,
           server_time_us: BigInt(Date.now()) * 1000n,
           body: entry.body,
+          kind: entry.kind,
+          target_seq: entry.targetSeq,
         },
         true,
       );
@@ -711,7 +755,7 @@ export class EdgeClient {
     if (this.stateNow !== "open") return;
     const now = Date.now();
     for (const entry of this.outbox.due(now)) {
-      this.write({ type: "send", chat_id: entry.chatId, client_msg_id: entry.clientMsgId, body: entry.body });
+      this.write(entryFrame(entry));
     }
     const next = this.outbox.nextDueAt();
     if (next !== undefined) this.outboxTimer = setTimeout(() => this.pumpOutbox(), Math.max(0, next - now));
@@ -761,6 +805,23 @@ export class EdgeClient {
     this.stateNow = "waiting";
     this.events.emit("disconnected", { code, reason, reconnectInMs: decision.delayMs });
     this.reconnectTimer = setTimeout(() => void this.open(), decision.delayMs);
+  }
+}
+
+/** The frame that writes an outbox entry: a send, or the edit, delete or reaction it is. */
+function entryFrame(entry: OutboxEntry): ClientFrame {
+  const ids = { chat_id: entry.chatId, client_msg_id: entry.clientMsgId };
+  const target = { ...ids, target_seq: entry.targetSeq };
+  switch (entry.kind) {
+    case "message":
+      return { type: "send", ...ids, body: entry.body };
+    case "edit":
+      return { type: "edit", ...target, body: entry.body };
+    case "delete":
+      return { type: "delete", ...target };
+    case "react":
+    case "unreact":
+      return { type: entry.kind, ...target, emoji: entry.body };
   }
 }
 

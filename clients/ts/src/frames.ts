@@ -4,6 +4,9 @@
 /** `group` is invite-only (members add members); anyone may also join a `public_group`. */
 export type ChatKind = "direct" | "group" | "public_group";
 export type ReceiptKind = "sent" | "delivered" | "read";
+/** What a chat entry is: a message, or an event about the earlier message at `target_seq`
+ * (wire/PROTOCOL.md, "Chat entries"). */
+export type EntryKind = "message" | "edit" | "delete" | "react" | "unreact";
 
 // Client to server.
 
@@ -41,6 +44,34 @@ export interface Send {
   chat_id: bigint;
   client_msg_id: bigint;
   body: string;
+}
+/** Replaces the body of one's own message at `target_seq`. */
+export interface Edit {
+  type: "edit";
+  chat_id: bigint;
+  client_msg_id: bigint;
+  target_seq: bigint;
+  body: string;
+}
+/** Deletes one's own message at `target_seq`. */
+export interface Delete {
+  type: "delete";
+  chat_id: bigint;
+  client_msg_id: bigint;
+  target_seq: bigint;
+}
+/** Puts (`react`) or takes back (`unreact`) a reaction on any message. */
+export interface Reaction {
+  chat_id: bigint;
+  client_msg_id: bigint;
+  target_seq: bigint;
+  emoji: string;
+}
+export interface React extends Reaction {
+  type: "react";
+}
+export interface Unreact extends Reaction {
+  type: "unreact";
 }
 export interface AckDelivered {
   type: "ack_delivered";
@@ -96,7 +127,11 @@ export type ClientFrame =
   | Ping
   | AddMembers
   | RemoveMembers
-  | ListChats;
+  | ListChats
+  | Edit
+  | Delete
+  | React
+  | Unreact;
 
 // Server to client.
 
@@ -109,14 +144,19 @@ export interface Welcome {
   heartbeat_ms: number;
   max_frame_bytes: number;
 }
-/** A chat message; also the element of a sync batch, where it carries no `type`. */
+/** A chat entry (a message, or an edit, delete or reaction of the message at
+ * `target_seq`); also the element of a sync batch, where it carries no `type`. */
 export interface MessageBody {
   chat_id: bigint;
   seq: bigint;
   sender: bigint;
   client_msg_id: bigint;
   server_time_us: bigint;
+  /** The text; an edit's new text; a reaction's emoji; empty for a delete. */
   body: string;
+  kind: EntryKind;
+  /** 0 for a message. */
+  target_seq: bigint;
 }
 export interface Message extends MessageBody {
   type: "message";

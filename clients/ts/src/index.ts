@@ -10,6 +10,8 @@ export { clientFrameFromJson, clientFrameToJson, serverFrameFromJson, serverFram
 export { WireError } from "./check.js";
 export { CloseCode, ErrorCode, LIMITS, PROTOCOL_VERSION, isRetryable } from "./protocol.js";
 export { SeqTracker } from "./chats.js";
+export { ChatEntries } from "./entries.js";
+export type { MessageView } from "./entries.js";
 export { Outbox, OutboxFullError } from "./outbox.js";
 export { afterClose } from "./reconnect.js";
 export type { BackoffOptions, CloseDecision } from "./reconnect.js";

@@ -34,7 +34,7 @@ function toJson(set: FrameSet, frame: { type: string }): string {
   const layout = checkedLayout(set, frame);
   const value = frame as unknown as Fields;
   const fields = layout.fields
-    .filter(([name, type]) => type !== "omittable_u64" || (value[name] !== undefined && value[name] !== null))
+    .filter(([name, type]) => !leftOut(type, value[name]))
     .map(([name, type]) => `"${name}":${jsonValue(type, value[name])}`);
   const text = `{"type":${JSON.stringify(frame.type)},${fields.join(",")}}`;
   const size = utf8.encode(text).length;
@@ -45,7 +45,15 @@ function toJson(set: FrameSet, frame: { type: string }): string {
 }
 
 function jsonStruct(layout: StructLayout, value: Fields): string {
-  return `{${layout.fields.map(([name, type]) => `"${name}":${jsonValue(type, value[name])}`).join(",")}}`;
+  const fields = layout.fields.filter(([name, type]) => !leftOut(type, value[name]));
+  return `{${fields.map(([name, type]) => `"${name}":${jsonValue(type, value[name])}`).join(",")}}`;
+}
+
+/** Whether JSON leaves this field out: an unset optional, or a field at its default. */
+function leftOut(type: FieldType, value: unknown): boolean {
+  if (type === "omittable_u64") return value === undefined || value === null;
+  if (type === "defaulted_u64") return value === 0n;
+  return typeof type === "object" && "enum" in type && type.omitted !== undefined && value === type.omitted;
 }
 
 function jsonValue(type: FieldType, value: unknown): string {
@@ -106,11 +114,14 @@ function readValue(type: FieldType, value: unknown, path: string): unknown {
       return value === null || value === undefined ? null : exactU64(value, path);
     case "omittable_u64":
       return value === null || value === undefined ? undefined : exactU64(value, path);
+    case "defaulted_u64":
+      return value === undefined ? 0n : exactU64(value, path);
     case "bool":
       if (typeof value !== "boolean") throw malformed(path, "is not a boolean");
       return value;
   }
   if ("enum" in type) {
+    if (value === undefined && type.omitted !== undefined) return type.omitted;
     if (!type.enum.includes(value as string)) throw malformed(path, `is not one of ${type.enum.join(", ")}`);
     return value;
   }

@@ -15,8 +15,11 @@ export type FieldType =
   /** An optional u64 that JSON leaves out when none (binary: as option_u64); absent from
    * the frame object when none. */
   | "omittable_u64"
+  /** A u64 that JSON leaves out when 0 (binary: as u64); 0 when JSON leaves it out. */
+  | "defaulted_u64"
   | { string: number; noNul?: true }
-  | { enum: readonly string[] }
+  /** `omitted`: the label JSON leaves out, and the value of a missing field. */
+  | { enum: readonly string[]; omitted?: string }
   | { list: "u64" | StructLayout; max: number };
 
 export interface StructLayout {
@@ -40,6 +43,7 @@ export interface FrameSet {
 
 const chatKind = { enum: ["direct", "group", "public_group"] } as const;
 const receiptKind = { enum: ["sent", "delivered", "read"] } as const;
+const entryKind = { enum: ["message", "edit", "delete", "react", "unreact"], omitted: "message" } as const;
 
 const message: StructLayout = {
   fields: [
@@ -49,6 +53,8 @@ const message: StructLayout = {
     ["client_msg_id", "u64"],
     ["server_time_us", "u64"],
     ["body", { string: LIMITS.MAX_BODY_BYTES }],
+    ["kind", entryKind],
+    ["target_seq", "defaulted_u64"],
   ],
 };
 
@@ -98,6 +104,17 @@ const chatEvent: FrameLayout["fields"] = [
   ["chat_id", "u64"],
   ["user_id", "u64"],
 ];
+
+const reaction: FrameLayout = {
+  kind: 16,
+  fields: [
+    ["chat_id", "u64"],
+    ["client_msg_id", "u64"],
+    ["target_seq", "u64"],
+    ["emoji", { string: LIMITS.MAX_EMOJI_BYTES, noNul: true }],
+  ],
+  check: (frame) => ((frame["emoji"] as string) === "" ? "emoji is empty" : undefined),
+};
 
 const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
   create_chat: {
@@ -163,6 +180,25 @@ const clientLayouts: Record<ClientFrame["type"], FrameLayout> = {
         : `limit is ${limit}, it must be 1 to ${LIMITS.MAX_CHAT_LIST_PAGE}`;
     },
   },
+  edit: {
+    kind: 14,
+    fields: [
+      ["chat_id", "u64"],
+      ["client_msg_id", "u64"],
+      ["target_seq", "u64"],
+      ["body", { string: LIMITS.MAX_BODY_BYTES, noNul: true }],
+    ],
+  },
+  delete: {
+    kind: 15,
+    fields: [
+      ["chat_id", "u64"],
+      ["client_msg_id", "u64"],
+      ["target_seq", "u64"],
+    ],
+  },
+  react: reaction,
+  unreact: { ...reaction, kind: 17 },
 };
 
 const serverLayouts: Record<ServerFrame["type"], FrameLayout> = {
@@ -271,6 +307,7 @@ export function fieldSize(type: FieldType): number {
     case "u32":
       return 4;
     case "u64":
+    case "defaulted_u64":
       return 8;
     case "bool":
       return 1;

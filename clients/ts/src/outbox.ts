@@ -1,4 +1,7 @@
-// The outbox, without I/O: messages the application sent that the server has not answered
+import type { EntryKind } from "./frames.js";
+
+// The outbox, without I/O: chat entries the application sent (messages, and edits, deletes
+// and reactions) that the server has not answered
 // yet. Each keeps its client_msg_id for life, so writing it again (after a timeout or a
 // reconnect) is safe: the server stores a (sender, client_msg_id) once and answers a resend
 // with the stored seq. Bounded in entries, and in entries written but unanswered at once,
@@ -7,7 +10,11 @@
 export interface OutboxEntry {
   readonly chatId: bigint;
   readonly clientMsgId: bigint;
+  /** The text, an edit's new text, a reaction's emoji; empty for a delete. */
   readonly body: string;
+  readonly kind: EntryKind;
+  /** The message an event is about; 0 for a message. */
+  readonly targetSeq: bigint;
   /** Times written to a socket. */
   attempts: number;
   /** When it was last written (ms), or undefined while it waits to be. */
@@ -41,9 +48,9 @@ export class Outbox {
     return this.entries.size;
   }
 
-  add(chatId: bigint, clientMsgId: bigint, body: string): OutboxEntry {
+  add(chatId: bigint, clientMsgId: bigint, body: string, kind: EntryKind = "message", targetSeq = 0n): OutboxEntry {
     if (this.entries.size >= this.options.capacity) throw new OutboxFullError(this.options.capacity);
-    const entry: OutboxEntry = { chatId, clientMsgId, body, attempts: 0, writtenAt: undefined, notBefore: 0 };
+    const entry: OutboxEntry = { chatId, clientMsgId, body, kind, targetSeq, attempts: 0, writtenAt: undefined, notBefore: 0 };
     this.entries.set(clientMsgId, entry);
     return entry;
   }

@@ -10,6 +10,11 @@ export const LIMITS = {
   MAX_FRAME_BYTES: 16384,
   /** `body` of `send` and `message`, in UTF-8 bytes. */
   MAX_BODY_BYTES: 4096,
+  /** `emoji` of `react` and `unreact`, 1 to this many UTF-8 bytes. */
+  MAX_EMOJI_BYTES: 32,
+  /** Different reactions one user keeps on one message: a bound of the server's (one more
+   * `react` gets `limit_exceeded`). */
+  MAX_REACTIONS_PER_USER: 8,
   /** `title` of `create_chat`, in UTF-8 bytes. */
   MAX_TITLE_BYTES: 256,
   /** Ids in `members` of `create_chat` and `chat_created`, in `users` of `add_members`,

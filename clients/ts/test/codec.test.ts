@@ -101,7 +101,11 @@ test("the enums' bytes, the limits, the error codes and the close codes are PROT
   const enumOf = (set: FrameSet, type: string) =>
     (set.byType.get(type)!.fields.find(([name]) => name === "kind")![1] as { enum: readonly string[] }).enum;
   const written = (labels: readonly string[]) => labels.map((label, byte) => [label, byte]);
-  assert.deepEqual(documented, [...written(enumOf(CLIENT_FRAMES, "create_chat")), ...written(enumOf(SERVER_FRAMES, "receipt"))]);
+  assert.deepEqual(documented, [
+    ...written(enumOf(CLIENT_FRAMES, "create_chat")),
+    ...written(enumOf(SERVER_FRAMES, "receipt")),
+    ...written(enumOf(SERVER_FRAMES, "message")),
+  ]);
   assert.deepEqual(enumOf(SERVER_FRAMES, "chat_created"), enumOf(CLIENT_FRAMES, "create_chat"));
 
   const limits = [...section("Limits").matchAll(/^\| `(\w+)` \| (\d+) \|/gm)].map((m) => [m[1], Number(m[2])]);
@@ -161,7 +165,16 @@ const rec = <T,>(model: { [K in keyof T]: fc.Arbitrary<T[K]> }) => fc.record(mod
 const chatKind = fc.constantFrom("direct" as const, "group" as const, "public_group" as const);
 
 function message(id: fc.Arbitrary<bigint>): fc.Arbitrary<MessageBody> {
-  return rec({ chat_id: id, seq: id, sender: id, client_msg_id: id, server_time_us: id, body: text(LIMITS.MAX_BODY_BYTES) });
+  return rec({
+    chat_id: id,
+    seq: id,
+    sender: id,
+    client_msg_id: id,
+    server_time_us: id,
+    body: text(LIMITS.MAX_BODY_BYTES),
+    kind: fc.constantFrom("message" as const, "edit" as const, "delete" as const, "react" as const, "unreact" as const),
+    target_seq: id,
+  });
 }
 
 function clientFrame(id: fc.Arbitrary<bigint>): fc.Arbitrary<ClientFrame> {
@@ -181,6 +194,9 @@ function clientFrame(id: fc.Arbitrary<bigint>): fc.Arbitrary<ClientFrame> {
     rec({ type: fc.constant("remove_members" as const), client_msg_id: id, chat_id: id, users: fc.array(id, { maxLength: 20 }) }),
     rec({ type: fc.constant("list_chats" as const), client_msg_id: id, limit: fc.integer({ min: 1, max: 100 }) }),
     rec({ type: fc.constant("list_chats" as const), client_msg_id: id, limit: fc.integer({ min: 1, max: 100 }), before_activity_us: id, before_chat_id: id }),
+    rec({ type: fc.constant("edit" as const), chat_id: id, client_msg_id: id, target_seq: id, body: text(4096) }),
+    rec({ type: fc.constant("delete" as const), chat_id: id, client_msg_id: id, target_seq: id }),
+    rec({ type: fc.constantFrom("react" as const, "unreact" as const), chat_id: id, client_msg_id: id, target_seq: id, emoji: text(LIMITS.MAX_EMOJI_BYTES).filter((e) => e !== "") }),
   );
 }
 
@@ -233,7 +249,17 @@ test("every server frame survives both encodings, u64 ids exactly in binary", ()
 });
 
 test("a frame read at an odd offset of a larger buffer reads the same", () => {
-  const frame: ServerFrame = { type: "message", chat_id: 7n, seq: 1n, sender: 2n ** 63n + 1n, client_msg_id: 3n, server_time_us: 4n, body: "at an odd address" };
+  const frame: ServerFrame = {
+    type: "message",
+    chat_id: 7n,
+    seq: 1n,
+    sender: 2n ** 63n + 1n,
+    client_msg_id: 3n,
+    server_time_us: 4n,
+    body: "at an odd address",
+    kind: "react",
+    target_seq: 2n ** 64n - 1n,
+  };
   const bytes = encodeServerFrame(frame);
   const larger = new Uint8Array(bytes.length + 3);
   larger.set(bytes, 1);
@@ -243,6 +269,7 @@ test("a frame read at an odd offset of a larger buffer reads the same", () => {
 test("frames larger than the writer's first buffer are written whole", () => {
   const messages = Array.from({ length: 20 }, (_, i) => ({
     chat_id: 1n, seq: BigInt(i + 1), sender: 2n, client_msg_id: 3n, server_time_us: 4n, body: `message number ${i} of twenty`,
+    kind: "message" as const, target_seq: 0n,
   }));
   const frame: ServerFrame = { type: "sync_batch", client_msg_id: 5n, chat_id: 1n, messages, has_more: true };
   assert.deepEqual(decodeServerFrame(encodeServerFrame(frame)), frame);

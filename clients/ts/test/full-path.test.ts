@@ -6,7 +6,7 @@ import { after, before, test } from "node:test";
 import { startStack } from "../src/devstack.js";
 import type { Stack } from "../src/devstack.js";
 import { CloseCode, EdgeClient, ErrorCode } from "../src/node.js";
-import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
+import { clientOf, connected, next, record, sleep, tappedWebSocket, twoDevicesAndEntries } from "./helpers.js";
 
 let stack: Stack;
 const clients: EdgeClient[] = [];
@@ -21,6 +21,10 @@ before(async () => {
 after(async () => {
   for (const client of clients) client.close();
   await stack?.stop();
+});
+
+test("two devices of one user through the broker and the database: own messages and read state follow; edits, reactions, deletes", async () => {
+  await twoDevicesAndEntries(stack, base + 50n, "json", track);
 });
 
 test("a conversation through the broker and the database", async () => {

@@ -6,7 +6,7 @@ import { startStack } from "../src/devstack.js";
 import type { Stack } from "../src/devstack.js";
 import { CloseCode, EdgeClient, ErrorCode, decodeClientFrame, decodeServerFrame } from "../src/node.js";
 import type { Encoding, MessageBody, TokenCarrier } from "../src/node.js";
-import { clientOf, connected, next, record, sleep, tappedWebSocket } from "./helpers.js";
+import { clientOf, connected, next, record, sleep, tappedWebSocket, twoDevicesAndEntries } from "./helpers.js";
 
 let stack: Stack;
 const clients: EdgeClient[] = [];
@@ -68,6 +68,10 @@ for (const [index, encoding] of (["binary", "json"] as Encoding[]).entries()) {
     assert.deepEqual(older.messages.map((m) => m.seq), [1n]);
     assert.equal(older.hasMore, false);
     await assert.rejects(alice.history(987_654_321n), (error: Error & { code?: number }) => error.code === 4040);
+  });
+
+  test(`two devices of one user in ${encoding} frames: own messages and read state follow; edits, reactions, deletes`, async () => {
+    await twoDevicesAndEntries(stack, 240n + BigInt(index * 10), encoding, track);
   });
 
   test(`a conversation in ${encoding} frames: chat, typing, message, receipts, presence`, async () => {

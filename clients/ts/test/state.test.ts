@@ -2,10 +2,19 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { CloseCode, Outbox, OutboxFullError, SeqTracker, afterClose } from "../src/index.js";
+import { ChatEntries, CloseCode, Outbox, OutboxFullError, SeqTracker, afterClose } from "../src/index.js";
 import type { MessageBody } from "../src/index.js";
 
-const message = (seq: bigint): MessageBody => ({ chat_id: 1n, seq, sender: 2n, client_msg_id: seq, server_time_us: 0n, body: "" });
+const message = (seq: bigint): MessageBody => ({
+  chat_id: 1n,
+  seq,
+  sender: 2n,
+  client_msg_id: seq,
+  server_time_us: 0n,
+  body: "",
+  kind: "message",
+  target_seq: 0n,
+});
 
 test("live messages are accepted in seq order once; a gap starts one sync", () => {
   const seqs = new SeqTracker();
@@ -93,4 +102,30 @@ test("close codes decide whether and when to reconnect", () => {
   assert.ok(capped.reconnect && capped.delayMs <= 30_000);
   const policy = afterClose(CloseCode.POLICY_VIOLATION, 0, true, options, () => 0);
   assert.ok(policy.reconnect && policy.delayMs >= 15_000, "a rate-limit offender comes back slowly");
+});
+
+test("a message's view folds its edits, delete and reactions in seq order, whatever order they came in", () => {
+  const entry = (seq: bigint, kind: MessageBody["kind"], body: string, sender = 2n): MessageBody => ({
+    ...message(seq),
+    sender,
+    kind,
+    body,
+    target_seq: kind === "message" ? 0n : 1n,
+  });
+  const log = new ChatEntries();
+  // A page back from the newest brings the events first, newest first.
+  assert.equal(log.add(entry(5n, "unreact", "👍", 3n)), undefined, "its message is not held yet");
+  assert.equal(log.add(entry(4n, "react", "🎉", 2n)), undefined);
+  assert.equal(log.add(entry(3n, "react", "👍", 3n)), undefined);
+  assert.equal(log.add(entry(2n, "edit", "see you at 11")), undefined);
+  assert.equal(log.add(entry(1n, "message", "see you at 10")), 1n);
+  const view = log.view(1n)!;
+  assert.equal(view.body, "see you at 11");
+  assert.equal(view.edited, true);
+  assert.deepEqual([...view.reactions], [["🎉", [2n]]]);
+  assert.equal(log.add(entry(3n, "react", "👍", 3n)), undefined, "a repeat changes nothing");
+  assert.equal(log.add(entry(6n, "delete", "")), 1n);
+  assert.equal(log.view(1n)!.deleted, true);
+  assert.equal(log.view(1n)!.body, "");
+  assert.deepEqual(log.all().map((m) => m.seq), [1n]);
 });

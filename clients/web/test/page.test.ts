@@ -167,8 +167,65 @@ test("a reload brings back the chats and their history from the server", async (
   await carol.click("#sign-in button");
   await chatItem(carol).click();
   await carol.waitForSelector('#messages li[data-seq="2"]');
-  assert.deepEqual(await carol.locator("#messages li").evaluateAll((items) => items.map((li) => li.firstChild?.textContent)), [
+  assert.deepEqual(await carol.locator("#messages li[data-seq]").evaluateAll((items) => items.map((li) => li.firstChild?.textContent)), [
     "first",
     "second",
   ]);
+});
+
+test("edits, deletes and reactions show in both users' chat views", async () => {
+  const hana = await signIn("11");
+  const ivan = await signIn("12");
+  await newChat(hana, "direct", "12");
+  await say(hana, "Meet at 10?");
+  await hana.waitForSelector('#messages li[data-seq="1"]:not([data-pending])');
+  await chatItem(ivan).click();
+  await ivan.waitForSelector('#messages li[data-seq="1"]:has-text("Meet at 10?")');
+  assert.equal(await ivan.locator('#messages li[data-seq="1"] .edit').count(), 0, "only the sender edits");
+
+  await hana.click('#messages li[data-seq="1"] .edit');
+  await hana.fill("#composer input", "Meet at 11?");
+  await hana.click("#composer button");
+  await ivan.waitForSelector('#messages li[data-seq="1"]:has-text("Meet at 11?") .edited');
+  assert.equal(await ivan.locator("#messages li[data-seq]").count(), 1, "an edit is not a message of its own");
+
+  await ivan.click('#messages li[data-seq="1"] .react');
+  await hana.waitForSelector('#messages li[data-seq="1"] .reaction[data-emoji="👍"][data-count="1"][data-mine="false"]');
+  await ivan.waitForSelector('#messages li[data-seq="1"] .reaction[data-mine="true"]');
+  await hana.click('#messages li[data-seq="1"] .reaction[data-emoji="👍"]');
+  await ivan.waitForSelector('#messages li[data-seq="1"] .reaction[data-count="2"]');
+
+  await hana.click('#messages li[data-seq="1"] .delete');
+  await ivan.waitForSelector('#messages li[data-seq="1"][data-deleted="true"]:has-text("message deleted")');
+  assert.equal(await ivan.locator('#messages li[data-seq="1"] .reaction').count(), 0);
+});
+
+test("the chat list and its unread counts come from the server; history loads back as the user scrolls up; a second device's reads count", async () => {
+  const jo = await signIn("13");
+  await newChat(jo, "group", "14", "Long story");
+  const total = 25;
+  for (let i = 1; i <= total; i++) await say(jo, `part ${i}`);
+  await jo.waitForSelector(`#messages li[data-seq="${total}"]:not([data-pending])`);
+
+  // Kim's page has never seen the chat: list_chats brings it, with its unread count.
+  const kim = await signIn("14");
+  await kim.waitForSelector(`#chats li .unread[data-count="${total}"]`);
+  assert.equal(await chatItem(kim).locator(".name").textContent(), "Long story");
+  const laptop = await signIn("14");
+  await laptop.waitForSelector(`#chats li .unread[data-count="${total}"]`);
+
+  // Opening the chat shows the newest page; scrolling up brings the older one.
+  await chatItem(kim).click();
+  await kim.waitForSelector(`#messages li[data-seq="${total}"]`);
+  await kim.waitForSelector('#messages li[data-seq="6"]');
+  assert.equal(await kim.locator('#messages li[data-seq="5"]').count(), 0, "one page of 20 so far");
+  await kim.locator("#messages").evaluate((list) => {
+    list.scrollTop = 0;
+  });
+  await kim.waitForSelector('#messages li[data-seq="1"]:has-text("part 1")');
+  await kim.waitForSelector("#messages li.history-start");
+
+  // Kim read it on this device: the other device's count follows.
+  // (A count of 0 is hidden, so the badge is waited for in the DOM, not on screen.)
+  await laptop.waitForSelector('#chats li .unread[data-count="0"]', { state: "attached" });
 });

@@ -12,19 +12,39 @@ const message = (seq: bigint, sender: bigint): MessageBody => ({
   client_msg_id: seq,
   server_time_us: seq,
   body: `message ${seq}`,
+  kind: "message",
+  target_seq: 0n,
 });
 
-test("unread counts the other members' messages above the read mark", () => {
+test("unread is the server's count: entries above the read mark, which list_chats and other devices move", () => {
   const store = new ChatStore(1n, undefined);
-  store.created({ type: "chat_created", client_msg_id: 1n, chat_id: 7n, kind: "group", title: "Team", creator: 1n, members: [1n, 2n, 3n] });
+  store.summary({ chat_id: 7n, kind: "group", title: "Team", member_count: 3, last_seq: 4n, last_activity_us: 9n, delivered_seq: 4n, read_seq: 1n, unread: 3n });
   const chat = store.chat(7n);
-  store.message(message(1n, 2n));
-  store.message(message(2n, 1n));
-  store.message(message(3n, 3n));
-  assert.equal(store.unread(chat), 2);
-  assert.equal(store.markRead(chat), 3n);
+  assert.equal(store.unread(chat), 3);
+  store.message(message(5n, 2n));
+  assert.equal(store.unread(chat), 4);
+  store.readElsewhere(7n, 4n);
+  assert.equal(store.unread(chat), 1, "read up to 4 on another device");
+  assert.equal(store.markRead(chat), 5n);
   assert.equal(store.unread(chat), 0);
   assert.equal(store.markRead(chat), undefined, "nothing new to acknowledge");
+});
+
+test("a message shows its edits, its delete and its reactions, whichever came first", () => {
+  const store = new ChatStore(1n, undefined);
+  const event = (seq: bigint, kind: MessageBody["kind"], body: string, sender: bigint): MessageBody => ({
+    ...message(seq, sender),
+    kind,
+    body,
+    target_seq: 1n,
+  });
+  store.historyPage(7n, [event(3n, "react", "👍", 2n), event(2n, "edit", "lunch at one", 1n)], true);
+  const chat = store.chat(7n);
+  assert.deepEqual(store.messages(chat), [], "the message itself is older than the page");
+  store.historyPage(7n, [message(1n, 1n)], false);
+  const [shown] = store.messages(chat);
+  assert.deepEqual([shown!.body, shown!.edited, [...shown!.reactions]], ["lunch at one", true, [["👍", [2n]]]]);
+  assert.deepEqual([chat.history.oldest, chat.history.more, chat.lastSeq], [1n, false, 3n]);
 });
 
 test("ticks turn to delivered and read once every other member has come that far", () => {
@@ -55,7 +75,7 @@ test("chats and read marks survive a reload; messages come again from the server
   assert.equal(after.name(chat), "User 2");
   assert.equal(chat.readMark, 1n);
   assert.equal(chat.creator, 2n);
-  assert.deepEqual(chat.messages, []);
+  assert.deepEqual(after.messages(chat), []);
   assert.equal(new ChatStore(2n, storage).chats.size, 0, "each user has their own");
 });
 

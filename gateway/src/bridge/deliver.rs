@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use wire::envelope::{Target, outbound_items};
 
 use super::registry::Sessions;
-use crate::router::{CoreMsg, Delivery, Mailbox, connection_core};
+use crate::router::{CoreMsg, Delivery, Mailbox, Skip, connection_core};
 
 /// How often parked deliveries try their mailbox again.
 pub(super) const RETRY: Duration = Duration::from_millis(1);
@@ -59,6 +59,7 @@ impl Router {
         };
         let now = Instant::now();
         let mut per_core: Vec<Vec<Target>> = vec![Vec::new(); mailboxes.len()];
+        let mut skip_on: Vec<Option<Skip>> = vec![None; mailboxes.len()];
         for item in items {
             let delivery = match Delivery::new(item.frame_bytes(), now) {
                 Ok(delivery) => delivery,
@@ -89,16 +90,22 @@ impl Router {
                                 list.push(target);
                             }
                         }
+                        Target::NotConnection(id) => {
+                            if let Some(skip) = skip_on.get_mut(connection_core(id)) {
+                                *skip = Some(Skip::Connection(id));
+                            }
+                        }
                     }
                 }
             }
             for (core, targets) in per_core.iter_mut().enumerate() {
+                let except = skip_on[core].take();
                 if targets.is_empty() {
                     continue;
                 }
                 let msg = CoreMsg::Deliver {
                     targets: std::mem::take(targets).into(),
-                    except: None,
+                    except,
                     delivery: delivery.clone(),
                 };
                 self.push(mailboxes, core, msg);

@@ -274,6 +274,8 @@ impl Server {
                     client_msg_id: send.client_msg_id,
                     server_time_us: 0,
                     body: send.body,
+                    kind: wire::EntryKind::Message,
+                    target_seq: 0,
                 }));
                 for member in members.into_iter().filter(|&m| m != user) {
                     state.deliver(faults, member, out.clone());

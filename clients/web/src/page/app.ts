@@ -1,9 +1,10 @@
 // The browser chat page: sign in as a user id, then chats (direct, private and public
-// groups), members, messages, typing, presence and receipts through the SDK. Rendering is
-// plain DOM, redrawn from the store on each change.
+// groups) listed by the server with their unread counts, members, messages loaded back as
+// the user scrolls up, edits, deletes and reactions, typing, presence and receipts through
+// the SDK. Rendering is plain DOM, redrawn from the store on each change.
 
 import { EdgeClient, ErrorCode, ServerError } from "edge-client";
-import type { ChatKind, PresenceEntry } from "edge-client";
+import type { ChatKind, ChatSummary, MessageView, PresenceEntry } from "edge-client";
 import { ChatStore, TYPING_SHOWS_MS } from "./store.js";
 import type { Ticks } from "./store.js";
 
@@ -11,6 +12,14 @@ import type { Ticks } from "./store.js";
 const TYPING_EVERY_MS = 2000;
 /** Presence has no push: the page asks again this often. */
 const PRESENCE_EVERY_MS = 10_000;
+/** Entries per page of backward history, when a chat opens and when the user scrolls up. */
+const HISTORY_PAGE = 20;
+/** Scrolled this close (px) to the top of the messages, the page loads older ones. */
+const LOAD_OLDER_WITHIN_PX = 40;
+/** The one reaction the page offers (any member toggles it on any message). */
+const REACTION = "👍";
+/** Most chat list pages the page asks for at each connect. */
+const MAX_CHAT_LIST_PAGES = 10;
 
 const byId = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -59,6 +68,8 @@ async function start(me: bigint): Promise<void> {
   });
   const presence = new Map<bigint, PresenceEntry>();
   let openChat: bigint | undefined;
+  /** The message of the open chat whose body the composer is editing. */
+  let editing: bigint | undefined;
   let lastTypingSent = 0;
   let localKey = 0;
 
@@ -73,14 +84,14 @@ async function start(me: bigint): Promise<void> {
     const list = byId("chats");
     list.replaceChildren(
       ...store.ordered().map((chat) => {
-        const last = chat.messages.at(-1);
+        const last = store.messages(chat).at(-1);
         const unread = store.unread(chat);
         const item = element(
           "li",
           { "data-chat-id": String(chat.id), "aria-current": String(chat.id === openChat) },
           element("span", { class: "name" }, store.name(chat)),
           element("span", { class: "unread", "data-count": String(unread) }, String(unread)),
-          element("span", { class: "preview" }, last ? last.body : "no messages yet"),
+          element("span", { class: "preview" }, last ? (last.deleted ? "message deleted" : last.body) : "no messages yet"),
         );
         item.addEventListener("click", () => open(chat.id));
         return item;
@@ -125,18 +136,21 @@ async function start(me: bigint): Promise<void> {
       const message = entry.message;
       const own = message.sender === me;
       const meta = element("span", { class: "meta" }, time(message.server_time_us));
+      if (message.edited && !message.deleted) meta.prepend(element("span", { class: "edited" }, "edited "));
       if (own) {
         const ticks = store.ticks(chat, message);
         meta.append(element("span", { class: "ticks", "data-state": ticks }, TICKS[ticks]));
       }
       return element(
         "li",
-        { "data-seq": String(message.seq), "data-own": String(own) },
+        { "data-seq": String(message.seq), "data-own": String(own), "data-deleted": String(message.deleted) },
         ...(own || chat.kind === "direct" ? [] : [element("span", { class: "sender" }, `User ${message.sender}`)]),
-        message.body,
+        message.deleted ? element("em", { class: "deleted" }, "message deleted") : message.body,
         meta,
+        ...(message.deleted ? [] : [reactions(chat.id, message), actions(chat.id, message, own)]),
       );
     });
+    if (!chat.history.more) entries.unshift(element("li", { class: "notice history-start" }, "the start of the chat"));
     const pending = [...chat.pending.values()].map(({ body, error }) =>
       element(
         "li",
@@ -149,6 +163,104 @@ async function start(me: bigint): Promise<void> {
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     list.replaceChildren(...entries, ...pending);
     if (atBottom) list.scrollTop = list.scrollHeight;
+  };
+
+  /** The message's reactions, each a button that toggles this user's own. */
+  const reactions = (chatId: bigint, message: MessageView) =>
+    element(
+      "span",
+      { class: "reactions" },
+      ...[...message.reactions].map(([emoji, users]) => {
+        const mine = users.includes(me);
+        const button = element(
+          "button",
+          { class: "reaction", type: "button", "data-emoji": emoji, "data-count": String(users.length), "data-mine": String(mine) },
+          `${emoji} ${users.length}`,
+        );
+        button.addEventListener("click", () => toggleReaction(chatId, message, emoji));
+        return button;
+      }),
+    );
+
+  /** React to any message; edit or delete one's own. */
+  const actions = (chatId: bigint, message: MessageView, own: boolean) => {
+    const react = element("button", { class: "react", type: "button", title: `React with ${REACTION}` }, `+${REACTION}`);
+    react.addEventListener("click", () => toggleReaction(chatId, message, REACTION));
+    const buttons = [react];
+    if (own) {
+      const edit = element("button", { class: "edit", type: "button" }, "edit");
+      edit.addEventListener("click", () => {
+        editing = message.seq;
+        const composer = byId<HTMLFormElement>("composer");
+        (composer.elements.namedItem("body") as HTMLInputElement).value = message.body;
+        composer.dataset["editing"] = String(message.seq);
+        byId("send").textContent = "Save";
+      });
+      const remove = element("button", { class: "delete", type: "button" }, "delete");
+      remove.addEventListener("click", () => {
+        client.delete(chatId, message.seq).then(() => status(""), (error: Error) => status(error.message));
+      });
+      buttons.push(edit, remove);
+    }
+    return element("span", { class: "actions" }, ...buttons);
+  };
+
+  const toggleReaction = (chatId: bigint, message: MessageView, emoji: string) => {
+    const held = message.reactions.get(emoji)?.includes(me) ?? false;
+    const request = held ? client.unreact(chatId, message.seq, emoji) : client.react(chatId, message.seq, emoji);
+    request.then(() => status(""), (error: Error) => status(error.message));
+  };
+
+  const stopEditing = () => {
+    editing = undefined;
+    delete byId<HTMLFormElement>("composer").dataset["editing"];
+    byId("send").textContent = "Send";
+  };
+
+  /** The next page of history back from the oldest entry the open chat holds, keeping the
+   * messages on screen where they were. */
+  const loadOlder = async (chatId: bigint) => {
+    const chat = store.chats.get(chatId);
+    if (chat === undefined || chat.history.loading || !chat.history.more) return;
+    chat.history.loading = true;
+    try {
+      const page = await client.history(chatId, chat.history.oldest, HISTORY_PAGE);
+      const list = byId("messages");
+      const fromBottom = list.scrollHeight - list.scrollTop;
+      store.historyPage(chatId, page.messages, page.hasMore);
+      render();
+      if (chatId === openChat) list.scrollTop = list.scrollHeight - fromBottom;
+      readOpenChat();
+    } catch (error) {
+      status((error as Error).message);
+    } finally {
+      chat.history.loading = false;
+    }
+  };
+
+  /** The user's chats as the server lists them, most recent activity first; chats the
+   * page remembers that the server does not list are asked about, so the page learns
+   * why they are gone. */
+  const loadChatList = async () => {
+    const listed = new Set<bigint>();
+    let after: ChatSummary | undefined;
+    try {
+      for (let page = 0; page < MAX_CHAT_LIST_PAGES; page++) {
+        const list = await client.listChats(undefined, after);
+        for (const summary of list.chats) {
+          store.summary(summary);
+          listed.add(summary.chat_id);
+          client.follow(summary.chat_id, summary.last_seq);
+        }
+        after = list.chats.at(-1);
+        if (!list.has_more || after === undefined) break;
+      }
+    } catch (error) {
+      return status((error as Error).message);
+    }
+    for (const chat of store.chats.values()) if (!listed.has(chat.id)) client.follow(chat.id, 0n);
+    render();
+    if (openChat !== undefined) void loadOlder(openChat);
   };
 
   const renderTyping = () => {
@@ -183,9 +295,12 @@ async function start(me: bigint): Promise<void> {
   };
 
   const open = (chatId: bigint) => {
+    if (chatId !== openChat) stopEditing();
     openChat = chatId;
     readOpenChat();
     render();
+    byId("messages").scrollTop = byId("messages").scrollHeight;
+    if (store.chats.get(chatId)?.history.oldest === undefined) void loadOlder(chatId);
     void refreshPresence();
   };
 
@@ -193,6 +308,7 @@ async function start(me: bigint): Promise<void> {
     const badge = byId("connection");
     badge.dataset["state"] = "open";
     badge.textContent = "online";
+    void loadChatList();
     void refreshPresence();
   });
   client.on("disconnected", ({ reconnectInMs }) => {
@@ -239,6 +355,13 @@ async function start(me: bigint): Promise<void> {
     if (message.chat_id === openChat) readOpenChat();
     render();
   });
+  client.on("ownRead", ({ chatId, seq }) => {
+    store.readElsewhere(chatId, seq);
+    renderChats();
+  });
+  byId("messages").addEventListener("scroll", () => {
+    if (openChat !== undefined && byId("messages").scrollTop < LOAD_OLDER_WITHIN_PX) void loadOlder(openChat);
+  });
   client.on("receipt", (receipt) => {
     store.receipt(receipt);
     renderChat();
@@ -262,6 +385,12 @@ async function start(me: bigint): Promise<void> {
     if (chat === undefined || input.value.trim() === "") return;
     const body = input.value;
     input.value = "";
+    if (editing !== undefined) {
+      const seq = editing;
+      stopEditing();
+      client.edit(chat.id, seq, body).then(() => status(""), (error: Error) => status(error.message));
+      return;
+    }
     // The message ends this bout of typing; the next keystroke starts another.
     lastTypingSent = 0;
     const key = ++localKey;
@@ -331,8 +460,6 @@ async function start(me: bigint): Promise<void> {
     );
   });
 
-  // Chats of earlier visits: the protocol cannot list them, so the page remembers them.
-  for (const chat of store.chats.values()) client.follow(chat.id, 0n);
   client.connect();
   setInterval(() => void refreshPresence(), PRESENCE_EVERY_MS);
   render();

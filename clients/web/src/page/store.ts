@@ -1,9 +1,12 @@
 // What the page knows of the user's chats, without the DOM: titles, members and admin,
-// messages in seq order, membership notices, receipts as ticks, unread counts, typing, and
-// what survives a reload (the chats and the read marks, in localStorage, since the protocol
-// cannot list a user's chats yet).
+// messages in seq order with their edits, deletes and reactions folded in, membership
+// notices, receipts as ticks, unread counts (the server's, from list_chats, moved on by what
+// arrives and by this user's reads on any device), typing, how far history was loaded back,
+// and what survives a reload (members and creators, which list_chats does not carry, in
+// localStorage).
 
-import type { ChatCreated, ChatKind, MembersChanged, MessageBody, Receipt } from "edge-client";
+import { ChatEntries } from "edge-client";
+import type { ChatCreated, ChatKind, ChatSummary, MembersChanged, MessageBody, MessageView, Receipt } from "edge-client";
 
 export type Ticks = "pending" | "sent" | "delivered" | "read";
 
@@ -15,7 +18,7 @@ export interface Notice {
 }
 
 /** A message, or a notice placed after the message `at`. */
-export type TimelineEntry = { at: bigint; message: MessageBody } | { at: bigint; notice: Notice };
+export type TimelineEntry = { at: bigint; message: MessageView } | { at: bigint; notice: Notice };
 
 export interface Chat {
   readonly id: bigint;
@@ -26,7 +29,13 @@ export interface Chat {
   /** Members as far as this page has heard (chat_created, joined, left, members_added,
    * members_removed, senders). */
   members: bigint[];
-  messages: MessageBody[];
+  /** Messages and the events about them, by seq. */
+  entries: ChatEntries;
+  /** The chat's newest entry as far as the page knows (list_chats, or what arrived). */
+  lastSeq: bigint;
+  lastActivityUs: bigint;
+  /** Backward history: the oldest seq a page brought, and whether older ones remain. */
+  history: { oldest: bigint | undefined; more: boolean; loading: boolean };
   /** Changes of the members heard while the page was open, oldest first. */
   notices: Notice[];
   /** This user's messages not yet stored, by a page-local key. */
@@ -40,8 +49,6 @@ export interface Chat {
   typing: Map<bigint, number>;
 }
 
-/** Most messages kept per chat; older ones leave the page (the server keeps them). */
-const MAX_MESSAGES_PER_CHAT = 2000;
 /** Most notices kept per chat. */
 const MAX_NOTICES_PER_CHAT = 100;
 /** A typing indicator shows this long after the last typing event. */
@@ -79,7 +86,10 @@ export class ChatStore {
         title: "",
         creator: undefined,
         members: [],
-        messages: [],
+        entries: new ChatEntries(),
+        lastSeq: 0n,
+        lastActivityUs: 0n,
+        history: { oldest: undefined, more: true, loading: false },
         notices: [],
         pending: new Map(),
         delivered: new Map(),
@@ -90,6 +100,29 @@ export class ChatStore {
       this.chats.set(id, chat);
     }
     return chat;
+  }
+
+  /** A chat as list_chats gives it: its title, last seq, activity and this user's read mark. */
+  summary(summary: ChatSummary): void {
+    const chat = this.chat(summary.chat_id);
+    chat.kind = summary.kind;
+    chat.title = summary.title;
+    if (summary.last_seq > chat.lastSeq) chat.lastSeq = summary.last_seq;
+    if (summary.last_activity_us > chat.lastActivityUs) chat.lastActivityUs = summary.last_activity_us;
+    if (summary.read_seq > chat.readMark) chat.readMark = summary.read_seq;
+    this.save();
+  }
+
+  /** This user read the chat up to `seq` on another device. */
+  readElsewhere(chatId: bigint, seq: bigint): void {
+    const chat = this.chat(chatId);
+    if (seq > chat.readMark) chat.readMark = seq;
+    this.save();
+  }
+
+  /** The chat's messages as they show now, oldest first. */
+  messages(chat: Chat): MessageView[] {
+    return chat.entries.all();
   }
 
   created(event: ChatCreated): void {
@@ -142,7 +175,7 @@ export class ChatStore {
    * was heard after. */
   timeline(chat: Chat): TimelineEntry[] {
     const entries: TimelineEntry[] = [
-      ...chat.messages.map((message) => ({ at: message.seq, message })),
+      ...this.messages(chat).map((message) => ({ at: message.seq, message })),
       ...chat.notices.map((notice) => ({ at: notice.afterSeq, notice })),
     ];
     // The sort is stable, so notices of one place keep the order they were heard in.
@@ -160,13 +193,25 @@ export class ChatStore {
     return chat.kind !== "direct" && chat.creator === this.me && chat.members.includes(this.me);
   }
 
-  /** A message from the SDK: each (chat, seq) once, in seq order. */
-  message(message: MessageBody): void {
-    const chat = this.chat(message.chat_id);
-    chat.messages.push(message);
-    if (chat.messages.length > MAX_MESSAGES_PER_CHAT) chat.messages.shift();
-    if (!chat.members.includes(message.sender)) chat.members.push(message.sender);
-    chat.typing.delete(message.sender);
+  /** An entry, live from the SDK or from a history page (in any order, each seq once). */
+  message(entry: MessageBody): void {
+    const chat = this.chat(entry.chat_id);
+    chat.entries.add(entry);
+    if (entry.seq > chat.lastSeq) chat.lastSeq = entry.seq;
+    if (entry.server_time_us > chat.lastActivityUs) chat.lastActivityUs = entry.server_time_us;
+    if (!chat.members.includes(entry.sender)) chat.members.push(entry.sender);
+    chat.typing.delete(entry.sender);
+  }
+
+  /** A page of backward history: its entries, and how far back the chat is loaded. */
+  historyPage(chatId: bigint, page: readonly MessageBody[], hasMore: boolean): void {
+    const chat = this.chat(chatId);
+    for (const entry of page) {
+      chat.entries.add(entry);
+      if (chat.history.oldest === undefined || entry.seq < chat.history.oldest) chat.history.oldest = entry.seq;
+      if (entry.seq > chat.lastSeq) chat.lastSeq = entry.seq;
+    }
+    chat.history.more = hasMore;
   }
 
   receipt(receipt: Receipt): void {
@@ -183,13 +228,14 @@ export class ChatStore {
     return [...chat.typing].filter(([, until]) => until > now).map(([user]) => user);
   }
 
+  /** The server's count: the chat's entries above this user's read mark. */
   unread(chat: Chat): number {
-    return chat.messages.filter((m) => m.sender !== this.me && m.seq > chat.readMark).length;
+    return Number(chat.lastSeq > chat.readMark ? chat.lastSeq - chat.readMark : 0n);
   }
 
-  /** Marks the chat read up to its last message; the seq to acknowledge, if that moved. */
+  /** Marks the chat read up to its last entry; the seq to acknowledge, if that moved. */
   markRead(chat: Chat): bigint | undefined {
-    const last = chat.messages.at(-1)?.seq ?? 0n;
+    const last = chat.lastSeq;
     if (last <= chat.readMark) return undefined;
     chat.readMark = last;
     this.save();
@@ -198,7 +244,7 @@ export class ChatStore {
 
   /** The ticks of one of this user's stored messages: read or delivered once every other
    * member (as far as the page knows them) has come that far. */
-  ticks(chat: Chat, message: MessageBody): Ticks {
+  ticks(chat: Chat, message: { seq: bigint }): Ticks {
     const others = this.others(chat);
     const reached = (marks: Map<bigint, bigint>) =>
       others.length > 0 && others.every((user) => (marks.get(user) ?? 0n) >= message.seq);
@@ -226,9 +272,9 @@ export class ChatStore {
     return `Chat ${chat.id}`;
   }
 
-  /** Chats by their latest message, newest first. */
+  /** Chats by their latest activity, newest first. */
   ordered(): Chat[] {
-    const latest = (chat: Chat) => chat.messages.at(-1)?.server_time_us ?? 0n;
+    const latest = (chat: Chat) => chat.lastActivityUs;
     return [...this.chats.values()].sort((a, b) => (latest(b) > latest(a) ? 1 : latest(b) < latest(a) ? -1 : Number(b.id - a.id)));
   }
 
@@ -237,7 +283,7 @@ export class ChatStore {
   }
 
   private notice(chat: Chat, text: string): void {
-    chat.notices.push({ afterSeq: chat.messages.at(-1)?.seq ?? 0n, text });
+    chat.notices.push({ afterSeq: chat.lastSeq, text });
     if (chat.notices.length > MAX_NOTICES_PER_CHAT) chat.notices.shift();
   }
 

@@ -6,15 +6,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use wire::client::{ArchivedAck, ArchivedSendMessage, ArchivedSyncRequest};
+use wire::client::{ArchivedAck, ArchivedSyncRequest, EntryRequest};
+use wire::entries;
 use wire::envelope::Target;
 use wire::limits::{MAX_MEMBERS_PER_CHAT, sync_page_admits};
 use wire::server::{
     ChatCreated, ChatEvent, ChatSummary, MembersChanged, Message, Receipt, SyncBatch, TypingEvent,
 };
-use wire::{ChatId, ChatKind, ClientMsgId, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId};
+use wire::{
+    ChatId, ChatKind, ClientMsgId, EntryKind, ErrorCode, ReceiptKind, Seq, ServerFrame, UserId,
+};
 
-use crate::router::Origin;
+use crate::router::{Origin, Skip};
 
 /// How many leaves a chat remembers, to answer their resends: as many as it has members at
 /// most, so a chat's memory stays bounded however many users come and go.
@@ -62,8 +65,8 @@ impl Refusal {
 pub(super) struct Reply {
     pub frame: ServerFrame,
     pub to: Arc<[Target]>,
-    /// A user among the targets who does not receive it (the sender of a message).
-    pub except: Option<UserId>,
+    /// Who among the targets does not receive it (the session that sent a message).
+    pub except: Option<Skip>,
 }
 
 impl Reply {
@@ -101,6 +104,14 @@ impl Outcome {
 /// A request's answer: its outcome, or the refusal its sender gets.
 pub(super) type Answer = Result<Outcome, Refusal>;
 
+/// What later entries did to one message.
+#[derive(Debug, Default)]
+struct Marks {
+    deleted: bool,
+    /// (user, emoji), at most `MAX_REACTIONS_PER_USER` per user.
+    reactions: Vec<(UserId, String)>,
+}
+
 /// A chat as the core that owns it keeps it.
 #[derive(Debug)]
 pub(super) struct Chat {
@@ -119,7 +130,11 @@ pub(super) struct Chat {
     next_seq: Seq,
     /// When the newest message was accepted, or the chat made if it has none.
     last_activity_us: u64,
+    /// The newest entries, with gap-free seqs.
     history: VecDeque<Message>,
+    /// What later entries did to the messages in `history`: only those deleted or reacted
+    /// to have one, and it goes when its message leaves `history`.
+    marks: HashMap<Seq, Marks>,
     /// Delivered and read watermarks per member.
     watermarks: HashMap<UserId, (Seq, Seq)>,
     /// The latest leave of each user who left, oldest first, to answer its resend.
@@ -151,6 +166,7 @@ impl Chat {
             next_seq: 1,
             last_activity_us: created_us,
             history: VecDeque::new(),
+            marks: HashMap::new(),
             watermarks: HashMap::new(),
             departures: VecDeque::new(),
         };
@@ -211,16 +227,19 @@ impl Chat {
         )])
     }
 
-    /// A message, or the receipt again for a resend still in history.
-    pub(super) fn send(
+    /// A new chat entry from `origin` (a message, or an event about the message at
+    /// `entry.target_seq`), or the receipt again for a resend still in history. The entry
+    /// goes to every member's sessions but the one that sent it, which gets the receipt.
+    pub(super) fn append(
         &mut self,
-        sender: UserId,
-        send: &ArchivedSendMessage,
+        origin: Origin,
+        entry: EntryRequest<'_>,
         now_us: u64,
         history_limit: usize,
     ) -> Answer {
+        let sender = origin.user_id;
         self.require_member(sender)?;
-        let client_msg_id = send.client_msg_id.to_native();
+        let client_msg_id = entry.client_msg_id;
         let sent = |chat_id, seq| {
             let receipt = ServerFrame::Receipt(Receipt {
                 chat_id,
@@ -234,24 +253,30 @@ impl Chat {
         if let Some(stored) = self.find_sent(sender, client_msg_id) {
             return Ok(Outcome::replies(vec![sent(self.id, stored.seq)]));
         }
+        self.check_event(sender, &entry)?;
         let message = Message {
             chat_id: self.id,
             seq: self.next_seq,
             sender,
             client_msg_id,
             server_time_us: now_us,
-            body: send.body.as_str().to_owned(),
+            body: entry.body.to_owned(),
+            kind: entry.kind,
+            target_seq: entry.target_seq,
         };
+        self.apply_event(sender, &entry);
         self.next_seq += 1;
         self.last_activity_us = now_us;
         let seq = message.seq;
         let delivery = Reply {
             frame: ServerFrame::Message(message.clone()),
             to: self.targets.clone(),
-            except: Some(sender),
+            except: Some(Skip::Connection(origin.connection_id)),
         };
-        if self.history.len() >= history_limit {
-            self.history.pop_front();
+        if self.history.len() >= history_limit
+            && let Some(gone) = self.history.pop_front()
+        {
+            self.marks.remove(&gone.seq);
         }
         if history_limit > 0 {
             self.history.push_back(message);
@@ -259,7 +284,51 @@ impl Chat {
         Ok(Outcome::replies(vec![delivery, sent(self.id, seq)]))
     }
 
-    /// The stored message a resend of `(sender, client_msg_id)` refers to, if still in history.
+    /// Whether `user` may add this event (the rules are `wire::entries`'), from the
+    /// target as history holds it.
+    fn check_event(&self, user: UserId, entry: &EntryRequest<'_>) -> Result<(), Refusal> {
+        if entry.kind == EntryKind::Message {
+            return Ok(());
+        }
+        let seq = entry.target_seq;
+        let first = self.history.front().map_or(0, |m| m.seq);
+        let found = seq
+            .checked_sub(first)
+            .and_then(|index| self.history.get(usize::try_from(index).ok()?));
+        let marks = self.marks.get(&seq);
+        let held: Vec<&str> = marks
+            .into_iter()
+            .flat_map(|m| &m.reactions)
+            .filter(|(u, _)| *u == user)
+            .map(|(_, emoji)| emoji.as_str())
+            .collect();
+        let target = found.map(|message| entries::Target {
+            sender: message.sender,
+            is_message: message.kind == EntryKind::Message,
+            deleted: marks.is_some_and(|m| m.deleted),
+            reactions_of_user: &held,
+        });
+        entries::check_event(entry.kind, user, self.id, seq, entry.body, target)
+            .map_err(|(code, reason)| Refusal::new(code, reason))
+    }
+
+    /// Records what an accepted event does to its target.
+    fn apply_event(&mut self, user: UserId, entry: &EntryRequest<'_>) {
+        if matches!(entry.kind, EntryKind::Message | EntryKind::Edit) {
+            return;
+        }
+        let marks = self.marks.entry(entry.target_seq).or_default();
+        match entry.kind {
+            EntryKind::Delete => marks.deleted = true,
+            EntryKind::React => marks.reactions.push((user, entry.body.to_owned())),
+            EntryKind::Unreact => marks
+                .reactions
+                .retain(|(u, e)| !(*u == user && e == entry.body)),
+            EntryKind::Message | EntryKind::Edit => {}
+        }
+    }
+
+    /// The stored entry a resend of `(sender, client_msg_id)` refers to, if still in history.
     fn find_sent(&self, sender: UserId, client_msg_id: ClientMsgId) -> Option<&Message> {
         self.history
             .iter()
@@ -267,8 +336,10 @@ impl Chat {
             .find(|m| m.sender == sender && m.client_msg_id == client_msg_id)
     }
 
-    /// Moves a member's watermark and tells the senders it passed.
-    pub(super) fn acknowledge(&mut self, user: UserId, ack: &ArchivedAck, read: bool) -> Answer {
+    /// Moves a member's watermark and tells the senders it passed; a read watermark also
+    /// reaches the member's other sessions.
+    pub(super) fn acknowledge(&mut self, origin: Origin, ack: &ArchivedAck, read: bool) -> Answer {
+        let user = origin.user_id;
         self.require_member(user)?;
         // A watermark never moves back, and never past what exists.
         let seq = ack.seq.to_native().min(self.next_seq - 1);
@@ -286,9 +357,6 @@ impl Chat {
             .collect();
         senders.sort_unstable();
         senders.dedup();
-        if senders.is_empty() {
-            return Ok(Outcome::default());
-        }
         let receipt = ServerFrame::Receipt(Receipt {
             chat_id: self.id,
             kind: if read {
@@ -300,8 +368,19 @@ impl Chat {
             user_id: user,
             client_msg_id: None,
         });
-        let targets = senders.into_iter().map(Target::User).collect();
-        Ok(Outcome::replies(vec![Reply::to(receipt, targets)]))
+        let mut replies = Vec::new();
+        if read {
+            replies.push(Reply {
+                frame: receipt.clone(),
+                to: Arc::from([Target::User(user)]),
+                except: Some(Skip::Connection(origin.connection_id)),
+            });
+        }
+        if !senders.is_empty() {
+            let targets = senders.into_iter().map(Target::User).collect();
+            replies.push(Reply::to(receipt, targets));
+        }
+        Ok(Outcome::replies(replies))
     }
 
     /// The chat as `user` sees it in a chat list, if `user` is a member.
@@ -357,7 +436,7 @@ impl Chat {
         Ok(Outcome::replies(vec![Reply {
             frame,
             to: self.targets.clone(),
-            except: Some(user),
+            except: Some(Skip::User(user)),
         }]))
     }
 
@@ -671,6 +750,54 @@ mod tests {
         );
     }
 
+    /// Appends the entry `frame` asks for, as `ORIGIN`, in a chat keeping `history` entries.
+    fn append(chat: &mut Chat, frame: wire::ClientFrame, history: usize) -> Answer {
+        let bytes = frame.encode().unwrap();
+        let view = wire::ClientFrameRef::access(&bytes).unwrap();
+        chat.append(ORIGIN, view.entry_request().unwrap(), 0, history)
+    }
+
+    #[test]
+    fn events_need_their_message_in_history_and_what_they_did_leaves_with_it() {
+        const HISTORY: usize = 3;
+        let mut chat = group(ChatKind::Group);
+        let send = |client_msg_id| {
+            wire::ClientFrame::Send(wire::client::SendMessage {
+                chat_id: 7,
+                client_msg_id,
+                body: "hi".into(),
+            })
+        };
+        let react = |client_msg_id, target_seq| {
+            wire::ClientFrame::React(wire::client::Reaction {
+                chat_id: 7,
+                client_msg_id,
+                target_seq,
+                emoji: "👍".into(),
+            })
+        };
+        for id in 1..=3 {
+            append(&mut chat, send(id), HISTORY).unwrap();
+        }
+        let outcome = append(&mut chat, react(10, 3), HISTORY).unwrap();
+        // The entry reaches every member's sessions but the one that sent it.
+        assert_eq!(
+            outcome.replies[0].except,
+            Some(Skip::Connection(ORIGIN.connection_id))
+        );
+        assert_eq!(chat.marks.len(), 1);
+        // Seq 1 left the history (four entries, three kept): it cannot be found.
+        let gone = append(&mut chat, react(11, 1), HISTORY).unwrap_err();
+        assert_eq!(gone.code, ErrorCode::InvalidRequest);
+        for id in 20..23 {
+            append(&mut chat, send(id), HISTORY).unwrap();
+        }
+        assert!(
+            chat.marks.is_empty(),
+            "seq 3 left the history, and its reaction with it"
+        );
+    }
+
     #[test]
     fn a_sync_page_stops_at_its_byte_bound_and_says_more_follow() {
         let mut chat = group(ChatKind::Group);
@@ -687,7 +814,8 @@ mod tests {
             else {
                 unreachable!("a send frame")
             };
-            chat.send(1, send, 0, 1000).unwrap();
+            let entry = wire::ClientFrameRef::Send(send).entry_request().unwrap();
+            chat.append(ORIGIN, entry, 0, 1000).unwrap();
         }
         let page = |after_seq| {
             let frame = wire::ClientFrame::Sync(wire::client::SyncRequest {

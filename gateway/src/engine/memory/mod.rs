@@ -456,9 +456,16 @@ impl MemoryEngine {
         };
         let user = origin.user_id;
         let answer = match frame {
-            ClientFrameRef::Send(send) => chat.send(user, send, core.now_us(), self.history_limit),
-            ClientFrameRef::AckDelivered(ack) => chat.acknowledge(user, ack, false),
-            ClientFrameRef::AckRead(ack) => chat.acknowledge(user, ack, true),
+            ClientFrameRef::Send(_)
+            | ClientFrameRef::Edit(_)
+            | ClientFrameRef::Delete(_)
+            | ClientFrameRef::React(_)
+            | ClientFrameRef::Unreact(_) => match frame.entry_request() {
+                Some(entry) => chat.append(origin, entry, core.now_us(), self.history_limit),
+                None => return,
+            },
+            ClientFrameRef::AckDelivered(ack) => chat.acknowledge(origin, ack, false),
+            ClientFrameRef::AckRead(ack) => chat.acknowledge(origin, ack, true),
             ClientFrameRef::Sync(sync) => chat.sync_page(origin, sync),
             ClientFrameRef::Typing(_) => chat.typing(user),
             ClientFrameRef::Join(req) => chat.join(user, req.client_msg_id.to_native()),
