@@ -26,7 +26,6 @@ use crate::handshake::{self, UpgradeRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
-use crate::ws;
 
 /// Reads one session may do per poll before it yields to the core's other sessions.
 const READS_PER_POLL: usize = 16;
@@ -182,7 +181,7 @@ async fn open(
         bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
         core,
         io,
-        decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
+        decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
         writing: None,
         outbox,
@@ -209,7 +208,9 @@ fn shutting_down(core: &Core) -> bool {
 pub async fn refuse(stream: TcpStream, status: u16, reason: &'static str) {
     use monoio::io::AsyncWriteRentExt;
     let mut stream = stream;
-    let (_, _) = stream.write_all(handshake::refusal(status, reason)).await;
+    let (_, _) = stream
+        .write_all(wsproto::handshake::refusal(status, reason))
+        .await;
 }
 
 /// Reads and answers the HTTP upgrade. `None` when the client was refused or went away.
@@ -235,7 +236,7 @@ async fn upgrade(
         },
         None => Transport::Plain(poll),
     };
-    let limits = handshake::HandshakeLimits {
+    let limits = wsproto::handshake::HandshakeLimits {
         max_header_bytes: core.node.config.max_header_bytes,
         ..Default::default()
     };
@@ -261,7 +262,7 @@ async fn upgrade(
     };
     let refuse = |status: u16, label: &'static str, reason: String| {
         core.metrics.refuse(label);
-        handshake::refusal(status, &reason)
+        wsproto::handshake::refusal(status, &reason)
     };
     if shutting_down(core) {
         let refusal = refuse(
@@ -328,7 +329,7 @@ fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {
 struct Session {
     core: Rc<Core>,
     io: Transport,
-    decoder: ws::Decoder,
+    decoder: wsproto::Decoder,
     /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
     pending: Vec<u8>,
     /// The frame being written and how much of it went out.
@@ -392,7 +393,7 @@ impl Session {
                 }
                 if self.close_sent.is_none() {
                     self.close_sent = Some(code);
-                    let frame = Bytes::from(ws::close_frame(code.0, ""));
+                    let frame = Bytes::from(wsproto::close_frame(code.0, ""));
                     self.outbox.push_final(frame, &self.core.metrics);
                     continue;
                 }
@@ -478,7 +479,7 @@ impl Session {
             };
             start += decoded.consumed;
             match decoded.message {
-                Some(ws::Message::Close { .. }) => return true,
+                Some(wsproto::Message::Close { .. }) => return true,
                 Some(_) => {}
                 None => break,
             }
@@ -583,7 +584,7 @@ impl Session {
             let Some(message) = decoded.message else {
                 break Ok(());
             };
-            if let ws::Message::Close { code, .. } = message {
+            if let wsproto::Message::Close { code, .. } = message {
                 self.closing = Closing::PeerClosed;
                 break Err(code.map_or(CloseCode::NORMAL, CloseCode));
             }
@@ -627,20 +628,20 @@ fn on_message(
     outbox: &Outbox,
     bucket: &mut TokenBucket,
     origin: Origin,
-    message: ws::Message<'_>,
+    message: wsproto::Message<'_>,
     now: Instant,
 ) -> Result<(), Closed> {
     match message {
-        ws::Message::Ping(payload) => {
+        wsproto::Message::Ping(payload) => {
             outbox.push(
-                Outgoing::Own(Bytes::from(ws::pong_frame(payload))),
+                Outgoing::Own(Bytes::from(wsproto::pong_frame(payload))),
                 &core.metrics,
             );
             return Ok(());
         }
-        ws::Message::Pong(_) | ws::Message::Close { .. } => return Ok(()),
-        ws::Message::Text(_) => outbox.set_text(true),
-        ws::Message::Binary(_) => {}
+        wsproto::Message::Pong(_) | wsproto::Message::Close { .. } => return Ok(()),
+        wsproto::Message::Text(_) => outbox.set_text(true),
+        wsproto::Message::Binary(_) => {}
     }
     let config = &core.node.config;
     match bucket.take(now, config.frames_per_second, config.frame_burst) {

@@ -208,14 +208,14 @@ pub async fn raw_upgrade(gateway: &Gateway, user_id: u64) -> TcpStream {
 pub async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
     let mut bytes = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
-    let mut decoder = gateway::ws::Decoder::new(gateway::ws::Role::Client, 1 << 20);
+    let mut decoder = wsproto::Decoder::new(wsproto::Role::Client, 1 << 20);
     let mut start = 0;
     let mut code = None;
     loop {
         let decoded = decoder.decode(&mut bytes[start..]).ok()?;
         start += decoded.consumed;
         match decoded.message {
-            Some(gateway::ws::Message::Close { code: c, .. }) => code = c,
+            Some(wsproto::Message::Close { code: c, .. }) => code = c,
             Some(_) => continue,
             None => return code,
         }
