@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod descriptors;
 pub mod engine;
 pub mod handshake;
 pub mod health;
