@@ -92,7 +92,7 @@ mod tests {
     fn the_reserve_is_free_while_the_work_runs_and_held_again_after() {
         let mut reserve = DescriptorReserve::new();
         assert!(reserve.is_held());
-        let held_during = reserve.with_released(|| can_open_one());
+        let held_during = reserve.with_released(can_open_one);
         assert_eq!(held_during, Some(true));
         assert!(reserve.is_held());
     }
