@@ -3,7 +3,9 @@
 //! backlog), report not-ready with the reason, log the condition once per interval rather
 //! than at every failed accept, count it, and serve again once sessions close.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+mod common;
+
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-const SECRET: &str = "a test secret of at least thirty-two bytes";
+use common::{SECRET, free_port, http_get};
 
 /// Descriptors the gateway may hold: its own (runtime, listeners, reserves, admin port, ...)
 /// plus about a hundred sessions.
@@ -23,13 +25,6 @@ const PROMPT: Duration = Duration::from_millis(500);
 
 /// The line the gateway logs while out of descriptors.
 const LOG_LINE: &str = "out of file descriptors";
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
 
 struct Spawned {
     _child: Child,
@@ -84,28 +79,9 @@ impl Spawned {
 
     /// GET `path` on the admin port: status and body.
     async fn admin(&self, path: &str) -> (u16, String) {
-        let response = tokio::time::timeout(PROMPT * 4, async {
-            let mut stream = TcpStream::connect(self.admin).await?;
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await?;
-            std::io::Result::Ok(response)
-        })
-        .await
-        .expect("the admin port answers promptly")
-        .unwrap_or_default();
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|status| status.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        let answer = http_get(self.admin, path).await;
+        assert_ne!(answer.0, 0, "the admin port answers {path} promptly");
+        answer
     }
 
     /// Polls `path` until it answers `status`, for at most `within`.

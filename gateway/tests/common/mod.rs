@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -133,16 +134,31 @@ pub fn is_code(code: Option<u16>, expected: u16) -> bool {
 
 /// The admin port's answer to GET `path`.
 pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(gateway.admin_addr())
-        .await
-        .expect("admin port");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
+    http_get(gateway.admin_addr(), path).await
+}
+
+/// A port nobody listens on at the moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// GETs `path` from `addr`: the status (0 when nothing answered) and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), exchange).await else {
+        return (0, String::new());
+    };
     let status = response
         .split(' ')
         .nth(1)
@@ -150,7 +166,7 @@ pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
 }
