@@ -77,11 +77,10 @@ impl Spawned {
         }
     }
 
-    /// GET `path` on the admin port: status and body.
+    /// GET `path` on the admin port: status and body (status 0 when nothing answered
+    /// within 2 s).
     async fn admin(&self, path: &str) -> (u16, String) {
-        let answer = http_get(self.admin, path).await;
-        assert_ne!(answer.0, 0, "the admin port answers {path} promptly");
-        answer
+        http_get(self.admin, path).await
     }
 
     /// Polls `path` until it answers `status`, for at most `within`.
