@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use telemetry::flags::parse_duration;
 use telemetry::logs::LogFormat;
 
 /// How one backend worker connects and works.
@@ -181,25 +182,6 @@ pub fn parse_shard_list(text: &str) -> Result<ShardList, String> {
     Ok(ShardList(shards))
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 2ms, 5s or 1m"))?;
-    match unit {
-        "us" => Ok(Duration::from_micros(value)),
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        _ => Err(format!("'{text}': the unit must be us, ms, s or m")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -216,15 +198,6 @@ mod tests {
         assert!(parse_shard_list("3-1").is_err());
         assert!(parse_shard_list("x").is_err());
         assert!(parse_shard_list(",").is_err());
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("2ms"), Ok(Duration::from_millis(2)));
-        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("ms").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use telemetry::flags::parse_duration;
 use telemetry::logs::LogFormat;
 use wire::UserId;
 
@@ -314,46 +315,9 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m`, `24h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 250ms, 5s, 2m or 24h"))?;
-    let seconds = |factor: u64| {
-        value
-            .checked_mul(factor)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("'{text}' is too long"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        _ => Err(format!("'{text}': the unit must be ms, s, m or h")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("5d").is_err());
-        assert!(parse_duration(&format!("{}h", u64::MAX)).is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 
     #[test]
     fn defaults_pin_hs256_and_every_core() {

@@ -27,7 +27,6 @@ use crate::handshake::{self, UpgradeRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
-use crate::ws;
 
 /// Reads one session may do per poll before it yields to the core's other sessions.
 const READS_PER_POLL: usize = 16;
@@ -208,7 +207,7 @@ async fn open(
         bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
         core,
         io,
-        decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
+        decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
         writing: VecDeque::new(),
         written: 0,
@@ -236,7 +235,9 @@ fn shutting_down(core: &Core) -> bool {
 pub async fn refuse(stream: TcpStream, status: u16, reason: &'static str) {
     use monoio::io::AsyncWriteRentExt;
     let mut stream = stream;
-    let (_, _) = stream.write_all(handshake::refusal(status, reason)).await;
+    let (_, _) = stream
+        .write_all(wsproto::handshake::refusal(status, reason))
+        .await;
 }
 
 /// Reads and answers the HTTP upgrade. `None` when the client was refused or went away.
@@ -262,7 +263,7 @@ async fn upgrade(
         },
         None => Transport::Plain(poll),
     };
-    let limits = handshake::HandshakeLimits {
+    let limits = wsproto::handshake::HandshakeLimits {
         max_header_bytes: core.node.config.max_header_bytes,
         ..Default::default()
     };
@@ -288,7 +289,7 @@ async fn upgrade(
     };
     let refuse = |status: u16, label: &'static str, reason: String| {
         core.metrics.refuse(label);
-        handshake::refusal(status, &reason)
+        wsproto::handshake::refusal(status, &reason)
     };
     if shutting_down(core) {
         let refusal = refuse(
@@ -355,7 +356,7 @@ fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {
 struct Session {
     core: Rc<Core>,
     io: Transport,
-    decoder: ws::Decoder,
+    decoder: wsproto::Decoder,
     /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
     pending: Vec<u8>,
     /// Frames taken from the outbox for the write under way; empty (no allocation) when
@@ -422,7 +423,7 @@ impl Session {
                 }
                 if self.close_sent.is_none() {
                     self.close_sent = Some(code);
-                    let frame = Bytes::from(ws::close_frame(code.0, ""));
+                    let frame = Bytes::from(wsproto::close_frame(code.0, ""));
                     self.outbox.push_final(frame, &self.core.metrics);
                     continue;
                 }
@@ -508,7 +509,7 @@ impl Session {
             };
             start += decoded.consumed;
             match decoded.message {
-                Some(ws::Message::Close { .. }) => return true,
+                Some(wsproto::Message::Close { .. }) => return true,
                 Some(_) => {}
                 None => break,
             }
@@ -638,7 +639,7 @@ impl Session {
             let Some(message) = decoded.message else {
                 break Ok(());
             };
-            if let ws::Message::Close { code, .. } = message {
+            if let wsproto::Message::Close { code, .. } = message {
                 self.closing = Closing::PeerClosed;
                 break Err(code.map_or(CloseCode::NORMAL, CloseCode));
             }
@@ -682,20 +683,20 @@ fn on_message(
     outbox: &Outbox,
     bucket: &mut TokenBucket,
     origin: Origin,
-    message: ws::Message<'_>,
+    message: wsproto::Message<'_>,
     now: Instant,
 ) -> Result<(), Closed> {
     match message {
-        ws::Message::Ping(payload) => {
+        wsproto::Message::Ping(payload) => {
             outbox.push(
-                Outgoing::Own(Bytes::from(ws::pong_frame(payload))),
+                Outgoing::Own(Bytes::from(wsproto::pong_frame(payload))),
                 &core.metrics,
             );
             return Ok(());
         }
-        ws::Message::Pong(_) | ws::Message::Close { .. } => return Ok(()),
-        ws::Message::Text(_) => outbox.set_text(true),
-        ws::Message::Binary(_) => {}
+        wsproto::Message::Pong(_) | wsproto::Message::Close { .. } => return Ok(()),
+        wsproto::Message::Text(_) => outbox.set_text(true),
+        wsproto::Message::Binary(_) => {}
     }
     let config = &core.node.config;
     match bucket.take(now, config.frames_per_second, config.frame_burst) {

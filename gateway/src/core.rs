@@ -528,7 +528,7 @@ impl Core {
     /// Pings silent sessions and closes the ones silent past the idle timeout. One sweep
     /// per core instead of one timer per session keeps idle sessions small.
     pub async fn sweep_idle(self: Rc<Self>) {
-        let ping = crate::router::ws_frame(crate::ws::OpCode::Ping, b"");
+        let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
         loop {
             monoio::time::sleep(SWEEP_INTERVAL).await;
             let now = Instant::now();

@@ -9,6 +9,8 @@
 //! - Broker: the bridge sets `broker_connected` as its connection comes and goes.
 //! - Redis: probed with PING every [`REDIS_PROBE_INTERVAL`] on the bridge's runtime, each
 //!   probe bounded by [`REDIS_PROBE_TIMEOUT`], so a lost Redis shows within 2 s.
+//! - File descriptors: the cores report accepts that failed for lack of one, and the
+//!   monitor thread opens and closes one at every sample ([`crate::descriptors`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,8 +35,8 @@ pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a probe (connecting included) may take before Redis counts as lost.
 pub const REDIS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Starts the thread that marks cores stalled and answering again; it ends once the node
-/// begins to stop.
+/// Starts the thread that marks cores stalled and answering again, and probes for a free
+/// file descriptor ([`crate::descriptors`]); it ends once the node begins to stop.
 pub fn spawn_core_monitor(node: Arc<Node>) -> Result<()> {
     std::thread::Builder::new()
         .name("core-monitor".into())
@@ -46,6 +48,10 @@ pub fn spawn_core_monitor(node: Arc<Node>) -> Result<()> {
                 .collect();
             while !node.stopping.load(Ordering::Acquire) {
                 std::thread::sleep(SAMPLE_EVERY);
+                // Readiness at the descriptor limit must not wait for a client to fail.
+                if !telemetry::descriptors::can_open_one() {
+                    node.descriptors.probe_failed();
+                }
                 let now = Instant::now();
                 for (core, (last, moved_at)) in beats.iter_mut().enumerate() {
                     let beat = node.core_beats[core].load(Ordering::Relaxed);

@@ -1,8 +1,8 @@
 //! The edge gateway: a thread-per-core WebSocket server on io_uring.
 //!
 //! Each core runs a pinned monoio runtime with its own SO_REUSEPORT listener
-//! ([`node`], [`core`]); a connection is upgraded ([`handshake`], [`auth`]), framed by a
-//! sans-IO codec ([`ws`]) and served by a readiness-driven task ([`connection`], [`session`])
+//! ([`node`], [`core`]); a connection is upgraded ([`handshake`] on top of [`wsproto::handshake`], [`auth`]), framed by a
+//! sans-IO codec ([`wsproto`]) and served by a readiness-driven task ([`connection`], [`session`])
 //! that holds no buffer while idle. Frames go to an [`engine`] shard; deliveries reach
 //! sessions through per-session queues ([`outbox`]) and, across cores, through mailboxes
 //! ([`router`]).
@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod core;
+pub mod descriptors;
 pub mod engine;
 pub mod handshake;
 pub mod health;
@@ -25,7 +26,6 @@ pub mod outbox;
 pub mod router;
 pub mod session;
 pub mod tls;
-pub mod ws;
 
 pub use config::Config;
 pub use node::Gateway;

@@ -103,12 +103,20 @@ pub struct CoreMetrics {
 impl CoreMetrics {
     /// Counts a refused upgrade.
     pub fn refuse(&self, reason: &'static str) {
+        self.refuse_many(reason, 1);
+    }
+
+    /// Counts `n` upgrades refused for one reason.
+    pub fn refuse_many(&self, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
         // The lock is per core and only a scrape contends for it; a poisoned map still counts.
         let mut refused = self
             .refused
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *refused.entry(reason).or_insert(0) += 1;
+        *refused.entry(reason).or_insert(0) += n;
     }
 
     /// Counts a closed session.
@@ -244,6 +252,18 @@ impl Collector for NodeMetrics {
             refused
                 .into_iter()
                 .map(|(reason, n)| ([("reason", reason)], n)),
+        )?;
+        counter(
+            e,
+            "gateway_accept_descriptor_exhausted",
+            "Accepts that failed because the process or the system had no file descriptor left.",
+            node.descriptors.accept_failures(),
+        )?;
+        gauge(
+            e,
+            "gateway_at_descriptor_limit",
+            "1 while the node is out of file descriptors (answering new clients 503).",
+            u64::from(node.descriptors.at_limit()),
         )?;
         let close_labels = CLOSE_CODES
             .iter()

@@ -14,11 +14,13 @@ use broker::Topology;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
+use telemetry::descriptors::DescriptorReserve;
 
 use crate::auth::Verifier;
 use crate::bridge::{Bridge, BridgeInbox, BridgeSettings};
 use crate::config::{Config, EngineKind, IoDriver, JwtAlgorithm};
 use crate::core::Core;
+use crate::descriptors::{self, DescriptorPressure};
 use crate::engine::Engine;
 use crate::engine::amqp::AmqpEngine;
 use crate::engine::memory::MemoryEngine;
@@ -75,6 +77,8 @@ pub struct Node {
     pub core_beats: Vec<AtomicU64>,
     /// Per core: whether its beat moved within [`health::STALL_AFTER`].
     pub core_alive: Vec<AtomicBool>,
+    /// Whether and how often the process ran out of file descriptors.
+    pub descriptors: DescriptorPressure,
     /// When the graceful stop must be over; set when it begins.
     stop_deadline: OnceLock<Instant>,
 }
@@ -141,6 +145,9 @@ impl Node {
         }
         if !self.redis_connected.load(Ordering::Acquire) {
             reasons.push("Redis unreachable".to_owned());
+        }
+        if self.descriptors.at_limit() {
+            reasons.push("out of file descriptors".to_owned());
         }
         reasons
     }
@@ -242,6 +249,7 @@ impl Gateway {
             redis_connected: AtomicBool::new(true),
             core_beats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
             core_alive: (0..cores).map(|_| AtomicBool::new(true)).collect(),
+            descriptors: DescriptorPressure::new(),
             stop_deadline: OnceLock::new(),
         });
         let bridge = match node.config.engine {
@@ -516,7 +524,15 @@ async fn serve_core(
 ) -> Result<()> {
     let listeners = listeners
         .into_iter()
-        .map(|listener| TcpListener::from_std(listener).context("registering a listener"))
+        .map(|listener| {
+            // A duplicate shares the backlog: refusals at the descriptor limit accept from
+            // it without the runtime.
+            let spare = listener
+                .try_clone()
+                .context("duplicating a listener for refusals")?;
+            let listener = TcpListener::from_std(listener).context("registering a listener")?;
+            Ok((listener, spare))
+        })
         .collect::<Result<Vec<_>>>()?;
     let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
         (EngineKind::Amqp, Some(bridge)) => {
@@ -544,7 +560,7 @@ async fn serve_core(
     futures_util::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| accept_loop(&core, listener)),
+            .map(|(listener, spare)| accept_loop(&core, listener, spare)),
     )
     .await;
     tracing::info!(core = index, "stopped accepting");
@@ -555,8 +571,9 @@ async fn serve_core(
     Ok(())
 }
 
-/// Accepts on one listener until the core stops.
-async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
+/// Accepts on one listener until the core stops. `spare` is a non-blocking duplicate of
+/// the listener, for answering clients at the descriptor limit.
+async fn accept_loop(core: &Rc<Core>, listener: TcpListener, spare: StdListener) {
     // Stopping must not drop an accept the kernel already completed: that connection would
     // be reset. A cancelled accept still returns a connection it had completed, and that
     // one is served (and closed with 1001 like the rest).
@@ -567,6 +584,9 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
         watcher.shutdown_started().await;
         drop(canceller.cancel());
     });
+    let mut reserve = DescriptorReserve::new();
+    let out_of_descriptors =
+        wsproto::handshake::refusal(503, "the server is at its connection limit");
     loop {
         let accepted = listener.cancelable_accept(handle.clone()).await;
         if accepted.is_err() && core.is_shutting_down() {
@@ -574,6 +594,21 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener) {
         }
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
+            Err(error) if telemetry::descriptors::is_exhaustion(&error) => {
+                // The client stays in the backlog: answer it (and those behind it) now
+                // rather than let it wait for a descriptor that may never free.
+                let refused = descriptors::refuse_waiting(
+                    &mut reserve,
+                    &spare,
+                    &out_of_descriptors,
+                    descriptors::MAX_REFUSALS_PER_EVENT,
+                )
+                .unwrap_or(0);
+                core.metrics.refuse_many("descriptors", refused as u64);
+                core.node.descriptors.accept_failed(refused);
+                monoio::time::sleep(descriptors::ACCEPT_BACKOFF).await;
+                continue;
+            }
             Err(error) => {
                 // Out of descriptors or memory: back off instead of spinning.
                 tracing::warn!(%error, "accept failed");

@@ -13,7 +13,6 @@ use wire::envelope::Target;
 use wire::{ServerFrameRef, UserId, WireError};
 
 use crate::engine::EngineMsg;
-use crate::ws;
 
 /// One server frame on its way to many sessions: the complete WebSocket frame is built once
 /// and every recipient writes the same refcounted bytes. The JSON text form is built on the
@@ -33,7 +32,7 @@ impl Delivery {
     /// Wraps a binary server frame after validating it.
     pub fn new(frame: &[u8], received_at: Instant) -> Result<Arc<Delivery>, WireError> {
         let kind = ServerFrameRef::access(frame)?.kind() as u8;
-        let binary = ws_frame(ws::OpCode::Binary, frame);
+        let binary = ws_frame(wsproto::OpCode::Binary, frame);
         let payload_offset = binary.len() - frame.len();
         Ok(Arc::new(Delivery {
             binary,
@@ -66,16 +65,16 @@ impl Delivery {
                 // session alive should it ever.
                 let json =
                     wire::server::binary_to_json(payload).unwrap_or_else(|_| "{}".to_owned());
-                ws_frame(ws::OpCode::Text, json.as_bytes())
+                ws_frame(wsproto::OpCode::Text, json.as_bytes())
             })
             .clone()
     }
 }
 
 /// Builds one complete server-role WebSocket frame in a single buffer.
-pub fn ws_frame(opcode: ws::OpCode, payload: &[u8]) -> Bytes {
+pub fn ws_frame(opcode: wsproto::OpCode, payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(payload.len() + 10);
-    ws::encode_frame(ws::Role::Server, opcode, true, payload, &mut out);
+    wsproto::encode_frame(wsproto::Role::Server, opcode, true, payload, &mut out);
     Bytes::from(out)
 }
 

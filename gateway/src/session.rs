@@ -9,7 +9,6 @@ use wire::server::ErrorFrame;
 use wire::{ClientFrame, ClientFrameRef, ClientMsgId, ErrorCode, Refusal, ServerFrame, WireError};
 
 use crate::router::ws_frame;
-use crate::ws;
 
 /// How long refused frames count against a connection: they are forgiven at a burst's worth
 /// per window, so a connection is closed once more than a burst of its frames were refused
@@ -73,17 +72,17 @@ impl TokenBucket {
 
 /// The binary frame of a data message: binary messages as they are, text messages parsed
 /// from JSON and encoded once here at the edge, so everything behind sees one form.
-pub fn binary_form<'a>(message: &ws::Message<'a>) -> Result<Cow<'a, [u8]>, Refusal> {
+pub fn binary_form<'a>(message: &wsproto::Message<'a>) -> Result<Cow<'a, [u8]>, Refusal> {
     match *message {
-        ws::Message::Binary(bytes) => Ok(Cow::Borrowed(bytes)),
-        ws::Message::Text(text) => ClientFrame::binary_from_json(text).map(Cow::Owned),
+        wsproto::Message::Binary(bytes) => Ok(Cow::Borrowed(bytes)),
+        wsproto::Message::Text(text) => ClientFrame::binary_from_json(text).map(Cow::Owned),
         _ => Ok(Cow::Borrowed(&[])),
     }
 }
 
 /// The client message id a data message carries, if it can be read: a frame refused before
 /// it was decoded (by the rate limit) is decoded only to name it in the error.
-pub fn client_msg_id_of(message: &ws::Message<'_>) -> Option<ClientMsgId> {
+pub fn client_msg_id_of(message: &wsproto::Message<'_>) -> Option<ClientMsgId> {
     match binary_form(message) {
         Ok(raw) => match ClientFrameRef::check(&raw) {
             Ok(frame) => frame.client_msg_id(),
@@ -96,9 +95,9 @@ pub fn client_msg_id_of(message: &ws::Message<'_>) -> Option<ClientMsgId> {
 /// A server frame as a complete WebSocket frame in the session's encoding.
 pub fn own_frame(frame: &ServerFrame, text: bool) -> Result<Bytes, WireError> {
     Ok(if text {
-        ws_frame(ws::OpCode::Text, frame.to_json().as_bytes())
+        ws_frame(wsproto::OpCode::Text, frame.to_json().as_bytes())
     } else {
-        ws_frame(ws::OpCode::Binary, &frame.encode()?)
+        ws_frame(wsproto::OpCode::Binary, &frame.encode()?)
     })
 }
 
@@ -160,19 +159,19 @@ mod tests {
         let binary = frame.encode().expect("encodes");
         let json = frame.to_json();
         assert_eq!(
-            binary_form(&ws::Message::Binary(&binary))
+            binary_form(&wsproto::Message::Binary(&binary))
                 .expect("binary")
                 .as_ref(),
             &binary[..]
         );
         assert_eq!(
-            binary_form(&ws::Message::Text(&json))
+            binary_form(&wsproto::Message::Text(&json))
                 .expect("text")
                 .as_ref(),
             &binary[..]
         );
         assert!(matches!(
-            binary_form(&ws::Message::Text("{\"type\":\"nope\"}")),
+            binary_form(&wsproto::Message::Text("{\"type\":\"nope\"}")),
             Err(Refusal {
                 error: WireError::Json(_),
                 client_msg_id: None
@@ -187,17 +186,23 @@ mod tests {
             users: vec![1],
         });
         let binary = query.encode().expect("encodes");
-        assert_eq!(client_msg_id_of(&ws::Message::Binary(&binary)), Some(12));
         assert_eq!(
-            client_msg_id_of(&ws::Message::Text(&query.to_json())),
+            client_msg_id_of(&wsproto::Message::Binary(&binary)),
+            Some(12)
+        );
+        assert_eq!(
+            client_msg_id_of(&wsproto::Message::Text(&query.to_json())),
             Some(12)
         );
         let broken = r#"{"type":"sync","client_msg_id":13,"limit":"all"}"#;
-        assert_eq!(client_msg_id_of(&ws::Message::Text(broken)), Some(13));
-        assert_eq!(client_msg_id_of(&ws::Message::Binary(&binary[1..])), None);
+        assert_eq!(client_msg_id_of(&wsproto::Message::Text(broken)), Some(13));
+        assert_eq!(
+            client_msg_id_of(&wsproto::Message::Binary(&binary[1..])),
+            None
+        );
         let ping = ClientFrame::Ping(wire::client::Ping { nonce: 1 });
         assert_eq!(
-            client_msg_id_of(&ws::Message::Binary(&ping.encode().expect("encodes"))),
+            client_msg_id_of(&wsproto::Message::Binary(&ping.encode().expect("encodes"))),
             None
         );
     }

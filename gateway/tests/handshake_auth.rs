@@ -6,12 +6,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gateway::auth::{self, AuthError, Claims, Verifier};
 use gateway::handshake::{
-    self, HandshakeError, HandshakeLimits, TokenSource, UpgradeRequest, accept_key, origin_allowed,
-    parse_upgrade, refusal, switching_protocols,
+    self, TokenSource, UpgradeError, UpgradeRequest, origin_allowed, parse_upgrade,
+    switching_protocols,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use wsproto::handshake::{HandshakeError, HandshakeLimits, refusal};
 
 // Key pairs made for these tests alone (openssl, P-256 and P-384); never deploy them.
 const ES256_PRIVATE: &[u8] = include_bytes!("keys/es256.private.pem");
@@ -38,7 +39,7 @@ fn request(target: &str, extra: &str) -> String {
     )
 }
 
-fn parse(head: &str) -> Result<Option<(UpgradeRequest, usize)>, HandshakeError> {
+fn parse(head: &str) -> Result<Option<(UpgradeRequest, usize)>, UpgradeError> {
     parse_upgrade(head.as_bytes(), &HandshakeLimits::default())
 }
 
@@ -409,7 +410,10 @@ fn oversize_head_is_refused_once_past_the_limit() {
     let head = request("/ws", &filler);
     assert_eq!(parse_upgrade(&head.as_bytes()[..256], &limits), Ok(None));
     let error = parse_upgrade(&head.as_bytes()[..257], &limits).unwrap_err();
-    assert_eq!(error, HandshakeError::TooLarge { limit: 256 });
+    assert_eq!(
+        error,
+        UpgradeError::Protocol(HandshakeError::TooLarge { limit: 256 })
+    );
     assert_eq!((error.label(), error.status()), ("too_large", 431));
     assert_eq!(parse_upgrade(head.as_bytes(), &limits), Err(error));
 }
@@ -430,14 +434,6 @@ fn head_of_exactly_the_limit_with_trailing_bytes_is_accepted() {
 // ---- handshake: responses ----
 
 #[test]
-fn accept_key_matches_rfc_6455_example() {
-    assert_eq!(
-        accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-    );
-}
-
-#[test]
 fn switching_protocols_response() {
     let upgrade = parse_complete(&request("/ws", ""));
     let response = response_text(&switching_protocols(&upgrade));
@@ -446,93 +442,6 @@ fn switching_protocols_response() {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     );
-}
-
-/// Splits a response into status line, headers and body, checking the framing.
-fn split_response(bytes: &[u8]) -> (String, Vec<String>, String) {
-    let text = response_text(bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .expect("head ends with an empty line");
-    let mut lines = head.split("\r\n").map(str::to_owned);
-    let status_line = lines.next().expect("status line");
-    let headers: Vec<String> = lines.collect();
-    let length: usize = headers
-        .iter()
-        .find_map(|h| h.strip_prefix("Content-Length: "))
-        .expect("Content-Length")
-        .parse()
-        .expect("numeric Content-Length");
-    assert_eq!(length, body.len());
-    (status_line, headers, body.to_owned())
-}
-
-#[test]
-fn refusals_are_complete_responses() {
-    for (status, phrase) in [
-        (400, "Bad Request"),
-        (401, "Unauthorized"),
-        (403, "Forbidden"),
-        (404, "Not Found"),
-        (405, "Method Not Allowed"),
-        (426, "Upgrade Required"),
-        (429, "Too Many Requests"),
-        (503, "Service Unavailable"),
-    ] {
-        let (status_line, headers, body) = split_response(&refusal(status, "why"));
-        assert_eq!(status_line, format!("HTTP/1.1 {status} {phrase}"));
-        assert!(
-            headers.contains(&"Connection: close".to_owned()),
-            "{headers:?}"
-        );
-        assert!(
-            headers.contains(&"Content-Type: text/plain".to_owned()),
-            "{headers:?}"
-        );
-        assert_eq!(body, "why\n");
-        let challenge = headers.iter().any(|h| h.starts_with("WWW-Authenticate: "));
-        assert_eq!(challenge, status == 401);
-        let retry_after = headers.iter().any(|h| h.starts_with("Retry-After: "));
-        assert_eq!(retry_after, status == 503);
-    }
-    let (_, headers, _) = split_response(&refusal(503, "shutting down"));
-    assert!(
-        headers.contains(&format!("Retry-After: {}", handshake::RETRY_AFTER_SECS)),
-        "{headers:?}"
-    );
-}
-
-#[test]
-fn unauthorized_refusal_carries_a_bearer_challenge() {
-    let (_, headers, _) = split_response(&refusal(401, "token expired"));
-    assert!(headers.contains(
-        &"WWW-Authenticate: Bearer error=\"invalid_token\", error_description=\"token expired\""
-            .to_owned()
-    ));
-    let (_, headers, _) = split_response(&refusal(405, "GET only"));
-    assert!(headers.contains(&"Allow: GET".to_owned()));
-}
-
-#[test]
-fn refusal_reason_cannot_inject_headers() {
-    let (_, headers, body) =
-        split_response(&refusal(401, "bad\r\nSet-Cookie: a=b \"quoted\" \\ né"));
-    assert!(
-        headers.iter().all(|h| !h.starts_with("Set-Cookie")),
-        "{headers:?}"
-    );
-    assert_eq!(body, "bad??Set-Cookie: a=b 'quoted' ? n?\n");
-    let challenge = headers
-        .iter()
-        .find(|h| h.starts_with("WWW-Authenticate"))
-        .unwrap();
-    assert!(challenge.ends_with("error_description=\"bad??Set-Cookie: a=b 'quoted' ? n?\""));
-}
-
-#[test]
-fn refusal_never_reads_as_success() {
-    let (status_line, _, _) = split_response(&refusal(200, "oops"));
-    assert_eq!(status_line, "HTTP/1.1 500 Internal Server Error");
 }
 
 #[test]

@@ -108,9 +108,9 @@ async fn a_never_reading_sync_flooder_is_closed_with_its_bytes_bounded_and_a_rea
         for _ in 0..BURST {
             let payload = sync(requests, chat_id).encode().expect("encodes");
             let mut frame = Vec::new();
-            gateway::ws::encode_frame(
-                gateway::ws::Role::Client,
-                gateway::ws::OpCode::Binary,
+            wsproto::encode_frame(
+                wsproto::Role::Client,
+                wsproto::OpCode::Binary,
                 true,
                 &payload,
                 &mut frame,

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use gateway::ws::{self, OpCode, Role};
 use rkyv::rancor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use wire::client::{CreateChat, PresenceQuery, SendMessage, SyncRequest};
 use wire::{ChatKind, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame};
+use wsproto::{OpCode, Role};
 
 // ---- F1: refusals echo the frame's client_msg_id ----
 
@@ -181,7 +181,7 @@ fn upgrade_head(user_id: u64) -> String {
 /// A client's masked frame.
 fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    ws::encode_frame(Role::Client, opcode, true, payload, &mut out);
+    wsproto::encode_frame(Role::Client, opcode, true, payload, &mut out);
     out
 }
 
@@ -196,7 +196,7 @@ fn ping_frame(nonce: u64) -> Vec<u8> {
 struct RawClient {
     stream: TcpStream,
     buffer: Vec<u8>,
-    decoder: ws::Decoder,
+    decoder: wsproto::Decoder,
 }
 
 /// What a raw client saw next.
@@ -224,7 +224,7 @@ impl RawClient {
         let mut client = RawClient {
             stream,
             buffer: Vec::new(),
-            decoder: ws::Decoder::new(Role::Client, 1 << 20),
+            decoder: wsproto::Decoder::new(Role::Client, 1 << 20),
         };
         let end = loop {
             if let Some(end) = client.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -255,14 +255,14 @@ impl RawClient {
             let decoded = self.decoder.decode(&mut self.buffer).expect("valid frames");
             let consumed = decoded.consumed;
             let seen = match decoded.message {
-                Some(ws::Message::Binary(bytes)) => Some(Seen::Frame(
+                Some(wsproto::Message::Binary(bytes)) => Some(Seen::Frame(
                     ServerFrame::decode(bytes).expect("server frame"),
                 )),
-                Some(ws::Message::Text(text)) => Some(Seen::Frame(
+                Some(wsproto::Message::Text(text)) => Some(Seen::Frame(
                     serde_json::from_str(text).expect("JSON server frame"),
                 )),
-                Some(ws::Message::Close { code, .. }) => Some(Seen::Close(code)),
-                Some(ws::Message::Ping(_) | ws::Message::Pong(_)) | None => None,
+                Some(wsproto::Message::Close { code, .. }) => Some(Seen::Close(code)),
+                Some(wsproto::Message::Ping(_) | wsproto::Message::Pong(_)) | None => None,
             };
             self.buffer.drain(..consumed);
             if let Some(seen) = seen {
@@ -592,7 +592,7 @@ fn the_protocol_document_quotes_the_gateway_s_numbers() {
         .join(" ");
     let defaults = gateway::Config::try_parse_from(["gateway"]).expect("defaults");
     for phrase in [
-        format!("`Retry-After: {}`", gateway::handshake::RETRY_AFTER_SECS),
+        format!("`Retry-After: {}`", wsproto::handshake::RETRY_AFTER_SECS),
         format!(
             "waits up to {} second",
             gateway::connection::CLOSE_LINGER.as_secs()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gateway::config::parse_duration;
+use telemetry::flags::parse_duration;
 
 /// The load tester's command line.
 #[derive(Debug, Clone, Parser)]

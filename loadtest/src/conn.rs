@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use gateway::ws::{self, Decoded, Decoder, OpCode, Role};
 use monoio::io::IntoPollIo;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wire::ClientFrame;
+use wsproto::{Decoded, Decoder, OpCode, Role};
 
 use crate::thread::{Phase, ThreadCtx};
 use crate::upgrade::{self, UpgradeError};
@@ -84,12 +84,12 @@ impl Cx<'_> {
 
     /// Queues a binary message.
     pub fn send_binary(&mut self, payload: &[u8]) {
-        ws::encode_frame(Role::Client, OpCode::Binary, true, payload, self.out);
+        wsproto::encode_frame(Role::Client, OpCode::Binary, true, payload, self.out);
     }
 
     /// Queues a WebSocket ping (payload at most 125 bytes).
     pub fn send_ping(&mut self, payload: &[u8]) {
-        ws::encode_frame(Role::Client, OpCode::Ping, true, payload, self.out);
+        wsproto::encode_frame(Role::Client, OpCode::Ping, true, payload, self.out);
     }
 }
 
@@ -302,31 +302,31 @@ impl<B: Behavior> Session<B> {
         )
     }
 
-    fn handle(&mut self, thread: &ThreadCtx, message: ws::Message<'_>) {
+    fn handle(&mut self, thread: &ThreadCtx, message: wsproto::Message<'_>) {
         let now_us = thread.now_us();
         match message {
-            ws::Message::Binary(_) | ws::Message::Text(_) | ws::Message::Pong(_)
+            wsproto::Message::Binary(_) | wsproto::Message::Text(_) | wsproto::Message::Pong(_)
                 if self.closing => {}
-            ws::Message::Close { .. } if self.closing => self.end = Some(End::ClientClose),
-            ws::Message::Binary(bytes) => {
+            wsproto::Message::Close { .. } if self.closing => self.end = Some(End::ClientClose),
+            wsproto::Message::Binary(bytes) => {
                 let (behavior, mut cx) = self.cx(thread, now_us);
                 behavior.on_message(Data::Binary(bytes), &mut cx);
             }
-            ws::Message::Text(text) => {
+            wsproto::Message::Text(text) => {
                 let (behavior, mut cx) = self.cx(thread, now_us);
                 behavior.on_message(Data::Text(text), &mut cx);
             }
-            ws::Message::Ping(payload) => {
-                ws::encode_frame(Role::Client, OpCode::Pong, true, payload, &mut self.out);
+            wsproto::Message::Ping(payload) => {
+                wsproto::encode_frame(Role::Client, OpCode::Pong, true, payload, &mut self.out);
             }
-            ws::Message::Pong(payload) => {
+            wsproto::Message::Pong(payload) => {
                 let (behavior, mut cx) = self.cx(thread, now_us);
                 behavior.on_pong(payload, &mut cx);
             }
-            ws::Message::Close { code, .. } => {
+            wsproto::Message::Close { code, .. } => {
                 // Answer with the same code, as RFC 6455 asks, then end.
                 let reply = code.unwrap_or(1000).to_be_bytes();
-                ws::encode_frame(Role::Client, OpCode::Close, true, &reply, &mut self.out);
+                wsproto::encode_frame(Role::Client, OpCode::Close, true, &reply, &mut self.out);
                 self.end = Some(End::ServerClose(code));
             }
         }
@@ -351,7 +351,7 @@ impl<B: Behavior> Session<B> {
                 }) => return pos + consumed,
                 Err(error) => {
                     let code = error.close_code();
-                    ws::encode_frame(
+                    wsproto::encode_frame(
                         Role::Client,
                         OpCode::Close,
                         true,
@@ -408,7 +408,7 @@ impl<B: Behavior> Driver<B> {
         while self.phase_seen < phase && self.session.end.is_none() {
             self.phase_seen = self.phase_seen.next();
             if self.phase_seen == Phase::Stop {
-                ws::encode_frame(
+                wsproto::encode_frame(
                     Role::Client,
                     OpCode::Close,
                     true,

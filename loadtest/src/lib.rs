@@ -26,6 +26,7 @@ pub mod stats;
 pub mod sys;
 pub mod target;
 pub mod thread;
+pub mod token;
 pub mod upgrade;
 
 pub use cli::Cli;

@@ -542,7 +542,7 @@ async fn connection(ctx: Rc<ThreadCtx>, index: usize) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
             + plan.token_ttl.as_secs();
-        gateway::auth::mint_hs256(secret.as_bytes(), user_id, exp)
+        crate::token::mint_hs256(secret.as_bytes(), user_id, exp)
     });
     let request = upgrade::request(&plan.target, &key, token.as_deref(), plan.raw_group(index));
     let started = ctx.now_us();

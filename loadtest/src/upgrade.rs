@@ -1,5 +1,6 @@
 //! The client side of the WebSocket upgrade, without I/O: the request, and the check of
-//! the server's answer (status 101 and the accept key the gateway's handshake computes).
+//! the server's answer (status 101 and the accept key [`wsproto::handshake::accept_key`]
+//! computes, as every RFC 6455 server must).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -83,7 +84,7 @@ pub fn response(buf: &[u8], key: &str) -> Result<Option<usize>, UpgradeError> {
         Some(status) => return Err(UpgradeError::Status(status)),
         None => return Err(UpgradeError::Malformed),
     }
-    let expected = gateway::handshake::accept_key(key);
+    let expected = wsproto::handshake::accept_key(key);
     let accepted = response.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("sec-websocket-accept")
             && h.value.trim_ascii() == expected.as_bytes()
@@ -98,22 +99,22 @@ pub fn response(buf: &[u8], key: &str) -> Result<Option<usize>, UpgradeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway::handshake::{HandshakeLimits, parse_upgrade, switching_protocols};
+    use wsproto::handshake::{HandshakeLimits, parse_request, refusal, switching_protocols};
 
     fn target() -> Target {
         Target::parse("ws://127.0.0.1:9/ws?format=binary").expect("target")
     }
 
     #[test]
-    fn the_gateway_accepts_our_request_and_we_accept_its_answer() {
+    fn a_server_accepts_our_request_and_we_accept_its_answer() {
         let key = key(7);
         let request = request(&target(), &key, Some("abc.def.ghi"), None);
-        let (parsed, len) = parse_upgrade(&request, &HandshakeLimits::default())
+        let (parsed, len) = parse_request(&request, &HandshakeLimits::default())
             .expect("valid")
             .expect("complete");
         assert_eq!(len, request.len());
-        assert_eq!(parsed.token.as_deref(), Some("abc.def.ghi"));
-        let mut answer = switching_protocols(&parsed);
+        assert_eq!(parsed.authorization, Some("Bearer abc.def.ghi"));
+        let mut answer = switching_protocols(parsed.key, None);
         let head = answer.len();
         answer.extend_from_slice(&[0x82, 0]);
         assert_eq!(response(&answer, &key), Ok(Some(head)));
@@ -133,7 +134,7 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_status() {
-        let refusal = gateway::handshake::refusal(401, "no token");
+        let refusal = refusal(401, "no token");
         assert_eq!(response(&refusal, "k"), Err(UpgradeError::Status(401)));
         assert_eq!(
             response(b"\x16\x03garbage\r\n\r\n", "k"),

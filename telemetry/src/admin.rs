@@ -4,15 +4,19 @@
 //! once, bytes of the request head, and time (the whole head must arrive within
 //! [`HEAD_DEADLINE`], however the client trickles it, and the answer must be taken within
 //! [`WRITE_DEADLINE`]). It runs on plain threads, away from the gateway's cores and the
-//! backend's runtime, so it answers even when they are busy or stuck.
+//! backend's runtime, so it answers even when they are busy or stuck, and it keeps a
+//! descriptor in reserve, so it answers at the process's descriptor limit too.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::event::{PollFd, PollFlags, poll};
+
+use crate::descriptors::{self, DescriptorReserve};
 
 /// Connections served at once; more are closed at once without an answer.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -25,6 +29,9 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The largest request head read; a longer one gets 431.
 const MAX_HEAD_BYTES: usize = 4096;
+
+/// How long the port stops accepting after an accept failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// A connection thread needs little: a head buffer and the answer being written.
 const THREAD_STACK: usize = 256 * 1024;
@@ -62,22 +69,43 @@ pub fn spawn<H>(listener: TcpListener, name: &str, handler: H) -> Result<()>
 where
     H: Fn(&str) -> Response + Send + Sync + 'static,
 {
+    listener
+        .set_nonblocking(true)
+        .context("making the admin listener non-blocking")?;
     let handler = Arc::new(handler);
     let active = Arc::new(AtomicUsize::new(0));
     let thread_name = format!("{name}-conn");
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(stream) => stream,
+            let mut reserve = DescriptorReserve::new();
+            loop {
+                // Waiting in poll rather than in a blocking accept: Linux takes a
+                // descriptor for an accept before it waits, and one held by a waiting
+                // accept is one a session can no longer take from the reserve's place.
+                let mut waiting = [PollFd::new(&listener, PollFlags::IN)];
+                if poll(&mut waiting, None).is_err() {
+                    continue;
+                }
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
                     Err(error) => {
-                        // Out of descriptors, say: back off instead of spinning.
-                        tracing::debug!(%error, "admin accept failed");
-                        std::thread::sleep(Duration::from_millis(10));
+                        if descriptors::is_exhaustion(&error) {
+                            serve_at_descriptor_limit(&mut reserve, &listener, handler.as_ref());
+                        } else {
+                            tracing::debug!(%error, "admin accept failed");
+                        }
+                        // Back off instead of spinning while accepts fail.
+                        std::thread::sleep(ACCEPT_BACKOFF);
                         continue;
                     }
                 };
+                // Accepted sockets do not inherit the listener's non-blocking mode, but the
+                // deadlines below rely on blocking reads and writes: make sure.
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::AcqRel);
                     continue;
@@ -100,6 +128,27 @@ where
         })
         .with_context(|| format!("spawning the {name} thread"))?;
     Ok(())
+}
+
+/// Serves the connection waiting in `listener` with the descriptor the reserve frees, on
+/// this thread: a probe must get its answer at the descriptor limit too (readiness says why
+/// the process is not ready), and the descriptor must be back in reserve, not held by a
+/// connection thread, before the next one comes. The connection's deadlines bound the
+/// wait.
+fn serve_at_descriptor_limit(
+    reserve: &mut DescriptorReserve,
+    listener: &TcpListener,
+    handler: &dyn Fn(&str) -> Response,
+) {
+    reserve.with_released(|| {
+        let served = listener.accept().and_then(|(stream, _)| {
+            stream.set_nonblocking(false)?;
+            serve(stream, handler)
+        });
+        if let Err(error) = served {
+            tracing::debug!(%error, "admin request at the descriptor limit failed");
+        }
+    });
 }
 
 /// Holds one of the [`MAX_CONNECTIONS`] places while a connection is served.

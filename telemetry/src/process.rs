@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use rustix::process::{Resource, getrlimit};
 
 use crate::metrics::{counter, gauge};
 
@@ -101,7 +100,7 @@ impl Sample {
             open_fds: std::fs::read_dir("/proc/self/fd")
                 .ok()
                 .map(|dir| dir.count() as u64),
-            max_fds: getrlimit(Resource::Nofile).current,
+            max_fds: crate::descriptors::limit(),
             resident_bytes: statm.and_then(|(_, resident)| resident).map(|p| p * page),
             virtual_bytes: statm.and_then(|(size, _)| size).map(|p| p * page),
             cpu: stat

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -133,16 +134,31 @@ pub fn is_code(code: Option<u16>, expected: u16) -> bool {
 
 /// The admin port's answer to GET `path`.
 pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(gateway.admin_addr())
-        .await
-        .expect("admin port");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
+    http_get(gateway.admin_addr(), path).await
+}
+
+/// A port nobody listens on at the moment.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// GETs `path` from `addr`: the status (0 when nothing answered) and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), exchange).await else {
+        return (0, String::new());
+    };
     let status = response
         .split(' ')
         .nth(1)
@@ -150,7 +166,7 @@ pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
 }
@@ -208,14 +224,14 @@ pub async fn raw_upgrade(gateway: &Gateway, user_id: u64) -> TcpStream {
 pub async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
     let mut bytes = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
-    let mut decoder = gateway::ws::Decoder::new(gateway::ws::Role::Client, 1 << 20);
+    let mut decoder = wsproto::Decoder::new(wsproto::Role::Client, 1 << 20);
     let mut start = 0;
     let mut code = None;
     loop {
         let decoded = decoder.decode(&mut bytes[start..]).ok()?;
         start += decoded.consumed;
         match decoded.message {
-            Some(gateway::ws::Message::Close { code: c, .. }) => code = c,
+            Some(wsproto::Message::Close { code: c, .. }) => code = c,
             Some(_) => continue,
             None => return code,
         }

@@ -1,5 +1,5 @@
-//! Small WebSocket servers for the tests, on tokio and the gateway's own sans-IO parts
-//! (its upgrade parser and its codec in the server role):
+//! Small WebSocket servers for the tests, on tokio and the sans-IO parts the gateway uses
+//! (wsproto's upgrade parser and codec in the server role, the gateway's token verifier):
 //! - a chat server that speaks just enough of our protocol (welcome, create chat, send
 //!   with deliveries and a sent receipt, acks answered by receipts, ping) and drops,
 //!   duplicates and reorders deliveries on purpose, by their ordinal;
@@ -12,13 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use gateway::auth::Verifier;
-use gateway::handshake::{HandshakeLimits, parse_upgrade, switching_protocols};
-use gateway::ws::{Decoded, Decoder, Message, Role, binary_frame, pong_frame};
+use gateway::handshake::{parse_upgrade, switching_protocols};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use wire::server::{ChatCreated, Message as ChatMessage, Pong, Receipt, Welcome};
 use wire::{ChatKind, ClientFrame, ReceiptKind, ServerFrame};
+use wsproto::handshake::{HandshakeLimits, refusal};
+use wsproto::{Decoded, Decoder, Message, Role, binary_frame, pong_frame};
 
 pub const SECRET: &str = "test-secret-of-enough-length";
 
@@ -129,9 +130,7 @@ async fn serve(server: Arc<Server>, mut stream: TcpStream) {
         match Verifier::hs256(SECRET.as_bytes()).verify(token) {
             Ok(claims) => claims.user_id,
             Err(_) => {
-                let _ = stream
-                    .write_all(&gateway::handshake::refusal(401, "bad token"))
-                    .await;
+                let _ = stream.write_all(&refusal(401, "bad token")).await;
                 return;
             }
         }

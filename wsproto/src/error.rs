@@ -1,7 +1,6 @@
 //! What a peer can do wrong at the WebSocket layer, and the close code each answer carries.
 
-use fastwebsockets::OpCode;
-use wire::CloseCode;
+use crate::{OpCode, close_code};
 
 /// A frame or message that breaks RFC 6455 or this side's limits. The connection is failed
 /// with a close frame carrying [`ProtocolError::close_code`].
@@ -52,7 +51,7 @@ pub enum ProtocolError {
     /// A close frame with a 1-byte payload: too long to be empty, too short for a code.
     #[error("close frame payload of 1 byte")]
     CloseTooShort,
-    /// A close code no endpoint may send (see [`super::is_valid_close_code`]).
+    /// A close code no endpoint may send (see [`crate::is_valid_close_code`]).
     #[error("invalid close code {0}")]
     InvalidCloseCode(u16),
     /// A close reason that is not UTF-8.
@@ -63,9 +62,9 @@ pub enum ProtocolError {
 impl ProtocolError {
     /// The close code to fail the connection with (RFC 6455 section 7.4.1).
     pub fn close_code(&self) -> u16 {
-        let code = match self {
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
-            Self::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
+        match self {
+            Self::InvalidUtf8 | Self::InvalidCloseReason => close_code::INVALID_PAYLOAD,
+            Self::MessageTooBig { .. } => close_code::MESSAGE_TOO_BIG,
             Self::ReservedBits(_)
             | Self::UnknownOpcode(_)
             | Self::UnmaskedFrame
@@ -76,8 +75,7 @@ impl ProtocolError {
             | Self::InterleavedDataFrame(_)
             | Self::InvalidLength
             | Self::CloseTooShort
-            | Self::InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
-        };
-        code.0
+            | Self::InvalidCloseCode(_) => close_code::PROTOCOL_ERROR,
+        }
     }
 }

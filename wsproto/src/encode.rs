@@ -3,10 +3,9 @@
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
-use fastwebsockets::{OpCode, unmask};
-
-use super::Role;
-use super::header::{self, MAX_CONTROL_PAYLOAD, MAX_SERVER_HEADER_LEN};
+use crate::header::{self, MAX_CONTROL_PAYLOAD, MAX_SERVER_HEADER_LEN};
+use crate::mask::apply_mask;
+use crate::{OpCode, Role};
 
 /// Bytes of a close payload left for the reason after the 2-byte code.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
@@ -56,7 +55,7 @@ pub fn header_len(payload_len: usize) -> usize {
 /// key for [`Role::Client`]. The caller keeps control frames final and within 125 bytes.
 pub fn encode_frame(role: Role, opcode: OpCode, fin: bool, payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(
-        !header::is_control(opcode) || (fin && payload.len() <= MAX_CONTROL_PAYLOAD),
+        !opcode.is_control() || (fin && payload.len() <= MAX_CONTROL_PAYLOAD),
         "invalid control frame"
     );
     let masked = role == Role::Client;
@@ -69,7 +68,7 @@ pub fn encode_frame(role: Role, opcode: OpCode, fin: bool, payload: &[u8], out: 
         out.extend_from_slice(&mask);
         let start = out.len();
         out.extend_from_slice(payload);
-        unmask(&mut out[start..], mask);
+        apply_mask(&mut out[start..], mask);
     } else {
         out.extend_from_slice(payload);
     }

@@ -1,9 +1,8 @@
 //! The receiving side: a per-connection state machine that turns frames into messages.
 
-use fastwebsockets::{OpCode, unmask};
-
-use super::header::{self, FrameHeader};
-use super::{ProtocolError, Role, is_valid_close_code};
+use crate::header::{self, FrameHeader};
+use crate::mask::apply_mask;
+use crate::{OpCode, ProtocolError, Role, is_valid_close_code};
 
 /// A whole message, borrowing either the caller's buffer or the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +92,7 @@ impl Decoder {
                 });
             };
             if let Some(mask) = header.mask {
-                unmask(&mut buf[start..end], mask);
+                apply_mask(&mut buf[start..end], mask);
             }
             pos = end;
             let single = |message| Decoded {
@@ -137,7 +136,7 @@ impl Decoder {
             (opcode, _) => (opcode, 0),
         };
         let len = header.payload_len.saturating_add(already as u64);
-        if len > u64::from(self.max_message_bytes) && !header::is_control(header.opcode) {
+        if len > u64::from(self.max_message_bytes) && !header.opcode.is_control() {
             return Err(ProtocolError::MessageTooBig {
                 len,
                 max: self.max_message_bytes,
@@ -202,7 +201,7 @@ fn close_message(payload: &[u8]) -> Result<Message<'_>, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::encode_frame;
+    use crate::encode_frame;
 
     fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,8 +1,6 @@
 //! Reading a frame header (RFC 6455 section 5.2) from the front of a byte buffer.
 
-use fastwebsockets::OpCode;
-
-use super::{ProtocolError, Role};
+use crate::{OpCode, ProtocolError, Role};
 
 /// Largest payload of a control frame (close, ping, pong).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -74,10 +72,10 @@ pub(super) fn parse(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Proto
         // No extension is negotiated, so no reserved bit may be set.
         return Err(ProtocolError::ReservedBits(first & RSV));
     }
-    let opcode = OpCode::try_from(first & OPCODE)
-        .map_err(|_| ProtocolError::UnknownOpcode(first & OPCODE))?;
+    let opcode =
+        OpCode::from_bits(first & OPCODE).ok_or(ProtocolError::UnknownOpcode(first & OPCODE))?;
     let fin = first & FIN != 0;
-    let control = is_control(opcode);
+    let control = opcode.is_control();
     if control && !fin {
         return Err(ProtocolError::FragmentedControlFrame(opcode));
     }
@@ -112,10 +110,6 @@ pub(super) fn parse(buf: &[u8], role: Role) -> Result<Option<FrameHeader>, Proto
         header_len,
         payload_len,
     }))
-}
-
-pub(super) fn is_control(opcode: OpCode) -> bool {
-    matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
 }
 
 /// Writes the header of an unmasked (`masked == false`) or masked frame without its mask key

@@ -1,11 +1,13 @@
-//! A sans-IO RFC 6455 codec: frames in, messages out, and frames built for writing.
+//! Sans-IO WebSocket (RFC 6455): a frame codec (frames in, messages out, and frames built for
+//! writing) and the server side of the HTTP/1.1 upgrade ([`handshake`]). Nothing here reads a
+//! socket, spawns a task or knows a runtime, so the gateway (monoio), the load tester and
+//! tests on tokio all drive the same code with bytes; it is to them what tungstenite is to
+//! tokio-tungstenite.
 //!
-//! The gateway does not use fastwebsockets' connection object because it keeps an 8 KiB read
-//! buffer per connection for the connection's whole life, and an idle socket here must cost
-//! under 2 KiB. This codec holds no read buffer at all: the I/O layer owns the bytes (a buffer
-//! from a per-core pool, taken only while a socket has something to read) and drives a small
-//! [`Decoder`] with them. fastwebsockets still supplies the parts that fit: its [`OpCode`] and
-//! its [`unmask`](fastwebsockets::unmask).
+//! The codec holds no read buffer: connection objects such as fastwebsockets' keep an 8 KiB
+//! one for the connection's whole life, and an idle gateway socket must cost far less. The
+//! I/O layer owns the bytes (a buffer from a per-core pool, taken only while a socket has
+//! something to read) and drives a small [`Decoder`] with them.
 //!
 //! # Decoding
 //!
@@ -21,7 +23,7 @@
 //!    is less than a frame: read more ([`frame_len_hint`] says how much the frame needs).
 //!
 //! ```
-//! use gateway::ws::{Decoded, Decoder, Message, Role, frame_len_hint, pong_frame};
+//! use wsproto::{Decoded, Decoder, Message, Role, frame_len_hint, pong_frame};
 //!
 //! let mut decoder = Decoder::new(Role::Server, 16 * 1024);
 //! // One read brought a masked ping ("hi") and the first 2 bytes of the next frame.
@@ -43,7 +45,7 @@
 //! // The next frame's header is not complete yet: read at least 4 more bytes (mask key).
 //! assert_eq!(buf, [0x82, 0x85]);
 //! assert_eq!(frame_len_hint(&buf), None);
-//! # Ok::<(), gateway::ws::ProtocolError>(())
+//! # Ok::<(), wsproto::ProtocolError>(())
 //! ```
 //!
 //! An error means the peer broke the protocol: send a close frame with
@@ -55,21 +57,26 @@
 //! [`encode_frame`] appends a whole frame for either role. The server helpers
 //! ([`binary_frame`], [`text_frame`], [`close_frame`], [`ping_frame`], [`pong_frame`]) return
 //! one in its own `Vec`. For fan-out, [`server_header`] builds the header on the stack so the
-//! gateway can put header and payload in one refcounted buffer and write it to many sockets.
+//! a server can put header and payload in one refcounted buffer and write it to many sockets.
 
+pub mod close_code;
 mod decode;
 mod encode;
 mod error;
+pub mod handshake;
 mod header;
+mod mask;
+mod opcode;
 
+pub use close_code::is_valid_close_code;
 pub use decode::{Decoded, Decoder, Message};
 pub use encode::{
     ServerHeader, binary_frame, close_frame, encode_frame, header_len, ping_frame, pong_frame,
     server_header, text_frame,
 };
 pub use error::ProtocolError;
-pub use fastwebsockets::OpCode;
 pub use header::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, MAX_SERVER_HEADER_LEN, frame_len_hint};
+pub use opcode::OpCode;
 
 /// Which end of the connection this side is; it decides masking in both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,46 +85,4 @@ pub enum Role {
     Server,
     /// Receives unmasked frames and sends masked ones (tests and load tools).
     Client,
-}
-
-/// Whether a close frame may carry `code` (RFC 6455 section 7.4 and the IANA registry).
-///
-/// 1004 is reserved, 1005, 1006 and 1015 describe closes that had no close frame, and the rest
-/// of 1000-2999 is reserved for future revisions; 3000-4999 belong to libraries and
-/// applications.
-pub fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_valid_close_code;
-
-    #[test]
-    fn close_codes_follow_rfc_6455_section_7_4() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-        ] {
-            assert!(is_valid_close_code(code), "{code}");
-        }
-        for code in [3000, 3999, 4000, 4999] {
-            assert!(is_valid_close_code(code), "{code}");
-        }
-        for code in [
-            0,
-            999,
-            1004,
-            1005,
-            1006,
-            1015,
-            1016,
-            1100,
-            2000,
-            2999,
-            5000,
-            u16::MAX,
-        ] {
-            assert!(!is_valid_close_code(code), "{code}");
-        }
-    }
 }

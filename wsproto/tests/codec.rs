@@ -2,14 +2,14 @@
 //! code, frames cut at every byte, fragmentation, limits, role roundtrips, properties, and
 //! interop with tungstenite in both directions.
 
-// One module named for the codec, so `cargo test -p gateway ws` selects these tests too.
+// One module named for the codec, so `cargo test ws` selects these tests by name.
 mod ws {
-    use gateway::ws::{
+    use proptest::prelude::*;
+    use wsproto::{
         Decoded, Decoder, MAX_HEADER_LEN, Message, OpCode, ProtocolError, Role, binary_frame,
         close_frame, encode_frame, frame_len_hint, header_len, ping_frame, pong_frame,
         server_header, text_frame,
     };
-    use proptest::prelude::*;
 
     /// A message that outlives the buffer it was decoded from.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -643,7 +643,7 @@ mod ws {
         use tokio_tungstenite::tungstenite::{Bytes, Message as TMessage};
 
         use super::Owned;
-        use gateway::ws::{self, Decoded, Decoder, Role};
+        use wsproto::{Decoded, Decoder, Role};
 
         /// Reads from `io` until the decoder yields a message.
         async fn next_message(
@@ -676,11 +676,11 @@ mod ws {
                 loop {
                     let message = next_message(&mut server_io, &mut decoder, &mut buf).await;
                     let reply = match &message {
-                        Owned::Text(text) => ws::text_frame(text),
-                        Owned::Binary(bytes) => ws::binary_frame(bytes),
-                        Owned::Ping(bytes) => ws::pong_frame(bytes),
+                        Owned::Text(text) => wsproto::text_frame(text),
+                        Owned::Binary(bytes) => wsproto::binary_frame(bytes),
+                        Owned::Ping(bytes) => wsproto::pong_frame(bytes),
                         Owned::Pong(_) => Vec::new(),
-                        Owned::Close(code, _) => ws::close_frame(code.unwrap_or(1000), "bye"),
+                        Owned::Close(code, _) => wsproto::close_frame(code.unwrap_or(1000), "bye"),
                     };
                     server_io.write_all(&reply).await.unwrap();
                     let done = matches!(message, Owned::Close(..));
@@ -775,31 +775,31 @@ mod ws {
 
             let big: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
             let mut out = Vec::new();
-            ws::encode_frame(
+            wsproto::encode_frame(
                 Role::Client,
-                ws::OpCode::Text,
+                wsproto::OpCode::Text,
                 true,
                 "héllo".as_bytes(),
                 &mut out,
             );
-            ws::encode_frame(
+            wsproto::encode_frame(
                 Role::Client,
-                ws::OpCode::Binary,
+                wsproto::OpCode::Binary,
                 false,
                 &big[..100_000],
                 &mut out,
             );
-            ws::encode_frame(Role::Client, ws::OpCode::Ping, true, b"mid", &mut out);
-            ws::encode_frame(
+            wsproto::encode_frame(Role::Client, wsproto::OpCode::Ping, true, b"mid", &mut out);
+            wsproto::encode_frame(
                 Role::Client,
-                ws::OpCode::Continuation,
+                wsproto::OpCode::Continuation,
                 true,
                 &big[100_000..],
                 &mut out,
             );
-            ws::encode_frame(
+            wsproto::encode_frame(
                 Role::Client,
-                ws::OpCode::Close,
+                wsproto::OpCode::Close,
                 true,
                 &[0x03, 0xE8],
                 &mut out,
