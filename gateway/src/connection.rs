@@ -26,6 +26,7 @@ use crate::handshake::{self, UpgradeRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
+use crate::user_limit::UserBudgetHandle;
 use crate::ws;
 
 /// Reads one session may do per poll before it yields to the core's other sessions.
@@ -180,6 +181,7 @@ async fn open(
     core.with_engine(|engine| engine.connected(&core, origin));
     let mut session = Session {
         bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
+        user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
         core,
         io,
         decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
@@ -334,6 +336,8 @@ struct Session {
     /// The frame being written and how much of it went out.
     writing: Option<(Bytes, usize, Option<Arc<Delivery>>)>,
     bucket: TokenBucket,
+    /// The user's budget, shared with its other connections; `None` without a user limit.
+    user_budget: Option<UserBudgetHandle>,
     outbox: Rc<Outbox>,
     origin: Origin,
     /// The close code once our close frame is queued.
@@ -399,6 +403,12 @@ impl Session {
                 if self.writing.is_none() && self.outbox.is_empty() {
                     return Poll::Ready(Ended::CloseWritten(code));
                 }
+                return Poll::Pending;
+            }
+            // A client behind on what it was sent is not read until it catches up (the
+            // socket's writability wakes this task): it cannot have replies queued faster
+            // than it takes them.
+            if self.outbox.is_behind() {
                 return Poll::Pending;
             }
             match self.poll_read(cx) {
@@ -522,6 +532,7 @@ impl Session {
                 }
                 Poll::Ready(Ok(n)) => {
                     *offset += n;
+                    self.outbox.wrote();
                     self.core
                         .metrics
                         .bytes_out
@@ -590,7 +601,10 @@ impl Session {
             if let Err(code) = on_message(
                 &self.core,
                 &self.outbox,
-                &mut self.bucket,
+                Limits {
+                    bucket: &mut self.bucket,
+                    user: self.user_budget.as_ref(),
+                },
                 self.origin,
                 message,
                 now,
@@ -621,11 +635,44 @@ fn ready_or_pending(poll: Poll<Result<(), Closed>>) -> Result<(), Closed> {
     }
 }
 
+/// The rate limits one session's frames go through.
+struct Limits<'s> {
+    bucket: &'s mut TokenBucket,
+    user: Option<&'s UserBudgetHandle>,
+}
+
+/// Which limit refused a frame.
+#[derive(Clone, Copy)]
+enum Limit {
+    Connection,
+    User,
+}
+
+impl Limits<'_> {
+    /// The connection's bucket first, then the user's shared budget.
+    fn take(&mut self, now: Instant, config: &crate::Config) -> (RateDecision, Limit) {
+        match self
+            .bucket
+            .take(now, config.frames_per_second, config.frame_burst)
+        {
+            RateDecision::Accept => {}
+            refused => return (refused, Limit::Connection),
+        }
+        match self.user {
+            Some(user) if !user.take(now) => (
+                self.bucket.refused_elsewhere(config.frame_burst),
+                Limit::User,
+            ),
+            _ => (RateDecision::Accept, Limit::User),
+        }
+    }
+}
+
 /// Acts on one WebSocket message. `Err` closes the session with that code.
 fn on_message(
     core: &Core,
     outbox: &Outbox,
-    bucket: &mut TokenBucket,
+    mut limits: Limits<'_>,
     origin: Origin,
     message: ws::Message<'_>,
     now: Instant,
@@ -643,11 +690,19 @@ fn on_message(
         ws::Message::Binary(_) => {}
     }
     let config = &core.node.config;
-    match bucket.take(now, config.frames_per_second, config.frame_burst) {
-        RateDecision::Accept => {}
-        RateDecision::Refuse => {
+    match limits.take(now, config) {
+        (RateDecision::Accept, _) => {}
+        (RateDecision::Refuse, by) => {
             core.metrics.error(ErrorCode::RateLimited);
-            let reason = format!("more than {} frames per second", config.frames_per_second);
+            let reason = match by {
+                Limit::User => format!(
+                    "more than {} frames per second from this user",
+                    config.user_frames_per_second
+                ),
+                Limit::Connection => {
+                    format!("more than {} frames per second", config.frames_per_second)
+                }
+            };
             let id = session::client_msg_id_of(&message);
             push_own(
                 core,
@@ -656,7 +711,7 @@ fn on_message(
             );
             return Ok(());
         }
-        RateDecision::Disconnect => return Err(CloseCode::POLICY_VIOLATION),
+        (RateDecision::Disconnect, _) => return Err(CloseCode::POLICY_VIOLATION),
     }
     let refused = |refusal: Refusal| {
         let code = refusal.error.code();

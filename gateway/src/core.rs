@@ -186,6 +186,10 @@ impl Core {
             QueueLimits {
                 frames: self.node.config.outbound_queue,
                 bytes: self.node.config.outbound_queue_bytes,
+                max_frames: self.node.config.outbound_queue_max,
+                max_bytes: self.node.config.outbound_queue_max_bytes,
+                stall: self.node.config.slow_consumer_stall,
+                behind_for: self.node.config.slow_consumer_behind,
             },
         ));
         self.sessions.borrow_mut().insert(id, outbox.clone());
@@ -522,7 +526,8 @@ impl Core {
         self.timer_waker.borrow_mut().take();
     }
 
-    /// Pings silent sessions and closes the ones silent past the idle timeout. One sweep
+    /// Pings silent sessions, closes the ones silent past the idle timeout and the ones that
+    /// drain their queue too slowly ([`Outbox::drains_too_slowly`]). One sweep
     /// per core instead of one timer per session keeps idle sessions small.
     pub async fn sweep_idle(self: Rc<Self>) {
         let ping = crate::router::ws_frame(crate::ws::OpCode::Ping, b"");
@@ -542,6 +547,10 @@ impl Core {
                 }
                 if now_secs >= outbox.expires_at {
                     outbox.close(CloseCode::TOKEN_EXPIRED);
+                    continue;
+                }
+                // A queue left behind by a burst with no push since is judged here.
+                if outbox.drains_too_slowly(now, &self.metrics) {
                     continue;
                 }
                 outbox.compact();

@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod router;
 pub mod session;
 pub mod tls;
+pub mod user_limit;
 pub mod ws;
 
 pub use config::Config;

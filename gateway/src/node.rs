@@ -23,6 +23,7 @@ use crate::engine::Engine;
 use crate::engine::amqp::AmqpEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::ip_limit::IpConnectionLimit;
+use crate::user_limit::UserBudgets;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
 use crate::{admin, affinity, connection, health, tls};
@@ -50,6 +51,8 @@ pub struct Node {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `--connections-per-ip-per-minute`, counted across every core.
     pub ip_limit: Option<IpConnectionLimit>,
+    /// `--user-frames-per-second`: one send budget per user, shared across every core.
+    pub user_budgets: Option<Arc<UserBudgets>>,
     /// The certificate the TLS acceptor presents, replaced by a reload.
     pub certificates: Option<Arc<tls::Certificates>>,
     /// One mailbox per core.
@@ -228,6 +231,7 @@ impl Gateway {
                 .map(|_| Arc::new(CoreMetrics::default()))
                 .collect(),
             ip_limit: IpConnectionLimit::new(config.connections_per_ip_per_minute),
+            user_budgets: UserBudgets::new(config.user_frames_per_second, config.user_frame_burst),
             config,
             verifier,
             tls,
