@@ -186,6 +186,7 @@ async fn open(
         io,
         decoder: ws::Decoder::new(ws::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
+        paused_mid_read: false,
         writing: None,
         outbox,
         origin,
@@ -332,7 +333,11 @@ struct Session {
     io: Transport,
     decoder: ws::Decoder,
     /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
+    /// While the session is behind, also the whole messages of its last read not acted on
+    /// yet (at most one read, [`crate::core::SCRATCH_BYTES`]).
     pending: Vec<u8>,
+    /// Whether `pending` may hold whole messages, left when the session fell behind.
+    paused_mid_read: bool,
     /// The frame being written and how much of it went out.
     writing: Option<(Bytes, usize, Option<Arc<Delivery>>)>,
     bucket: TokenBucket,
@@ -410,6 +415,11 @@ impl Session {
             // than it takes them.
             if self.outbox.is_behind() {
                 return Poll::Pending;
+            }
+            if self.paused_mid_read {
+                self.paused_mid_read = false;
+                self.resume_pending();
+                continue;
             }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -576,12 +586,27 @@ impl Session {
         Poll::Ready(Ok(()))
     }
 
+    /// Acts on the messages a read brought that were kept when the session fell behind.
+    fn resume_pending(&mut self) {
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        let have = self.pending.len();
+        scratch[..have].copy_from_slice(&self.pending);
+        self.consume(&mut scratch[..have], Instant::now());
+    }
+
     /// Acts on every whole message in `bytes` (what was pending, then what was read) and
     /// keeps the unfinished frame at the end. A close from the peer, a protocol error or a
-    /// message that ends the session asks the session to close.
+    /// message that ends the session asks the session to close. Once the session falls
+    /// behind, the rest is kept for when it has caught up: one read of many requests cannot
+    /// queue many replies.
     fn consume(&mut self, bytes: &mut [u8], now: Instant) {
         let mut start = 0;
         let result = loop {
+            if self.outbox.is_behind() {
+                self.paused_mid_read = true;
+                break Ok(());
+            }
             let decoded = match self.decoder.decode(&mut bytes[start..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {

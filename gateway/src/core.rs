@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,18 @@ use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, connection_id, core_holds_any};
+
+/// What each core calls after its sweep to hand back to the OS what its allocator keeps of
+/// freed memory; set by the binary, which knows its allocator ([`release_freed_memory_with`]).
+static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what a core calls once a sweep (every second) to give freed memory back. mimalloc,
+/// for one, returns freed pages only when the thread that freed them calls into it again
+/// after its purge delay: a core that goes quiet after a flood would hold the flood's
+/// queues for good.
+pub fn release_freed_memory_with(release: fn()) {
+    let _ = RELEASE_FREED_MEMORY.set(release);
+}
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
 /// parses what one read brought, so an idle session holds no buffer at all.
@@ -567,6 +579,9 @@ impl Core {
                 }
             }
             self.metrics.end_sweep_window(deepest);
+            if let Some(release) = RELEASE_FREED_MEMORY.get() {
+                release();
+            }
         }
     }
 }
