@@ -203,14 +203,15 @@ pub struct Config {
     pub frame_burst: u32,
 
     /// Frames per second one user may send on average over all its connections, whichever
-    /// cores they are on (each connection also keeps to `--frames-per-second`).
-    #[arg(long, env = "GATEWAY_USER_FRAMES_PER_SECOND", default_value_t = 200)]
-    pub user_frames_per_second: u32,
+    /// cores they are on (each connection also keeps to `--frames-per-second`); twice
+    /// `--frames-per-second` unless given, 0 for no per-user limit.
+    #[arg(long, env = "GATEWAY_USER_FRAMES_PER_SECOND")]
+    pub user_frames_per_second: Option<u32>,
 
     /// Frames one user may send in a burst above its average rate, over all its
-    /// connections.
-    #[arg(long, env = "GATEWAY_USER_FRAME_BURST", default_value_t = 400)]
-    pub user_frame_burst: u32,
+    /// connections; twice `--frame-burst` unless given, 0 for no per-user limit.
+    #[arg(long, env = "GATEWAY_USER_FRAME_BURST")]
+    pub user_frame_burst: Option<u32>,
 
     /// New connections per minute from one IP address, counted across all cores (0: no
     /// limit); the next one within the minute gets 429.
@@ -331,6 +332,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The per-user rate and burst: what was given, or twice the per-connection ones.
+    pub fn user_frame_limits(&self) -> (u32, u32) {
+        (
+            self.user_frames_per_second
+                .unwrap_or(self.frames_per_second.saturating_mul(2)),
+            self.user_frame_burst
+                .unwrap_or(self.frame_burst.saturating_mul(2)),
+        )
+    }
+
     /// The number of cores to run, resolving 0 to every core.
     pub fn core_count(&self) -> usize {
         if self.cores > 0 {

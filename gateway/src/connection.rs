@@ -722,7 +722,7 @@ fn on_message(
             let reason = match by {
                 Limit::User => format!(
                     "more than {} frames per second from this user",
-                    config.user_frames_per_second
+                    config.user_frame_limits().0
                 ),
                 Limit::Connection => {
                     format!("more than {} frames per second", config.frames_per_second)

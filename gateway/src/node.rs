@@ -231,7 +231,10 @@ impl Gateway {
                 .map(|_| Arc::new(CoreMetrics::default()))
                 .collect(),
             ip_limit: IpConnectionLimit::new(config.connections_per_ip_per_minute),
-            user_budgets: UserBudgets::new(config.user_frames_per_second, config.user_frame_burst),
+            user_budgets: {
+                let (per_second, burst) = config.user_frame_limits();
+                UserBudgets::new(per_second, burst)
+            },
             config,
             verifier,
             tls,
