@@ -368,7 +368,7 @@ async fn session(
                     in_flight.push(again);
                 }
             }
-            delivery = deliveries.next(), if router.has_room() => {
+            delivery = deliveries.next(), if router.has_room(&node.mailboxes) => {
                 let delivery = delivery.context("the delivery stream ended")?.context("receiving a delivery")?;
                 router.route(&node.mailboxes, &delivery.data);
                 delivery.acker.ack(BasicAckOptions::default()).await.context("acking a delivery")?;
