@@ -46,12 +46,7 @@ const MAX_CHATS_PER_USER: &str = "3";
 /// The per-user send budget both engines run with: a burst above what any other case sends
 /// as one user (7 frames), low enough for a case to reach, and a rate slow enough that no
 /// frame comes back within a case.
-const USER_BUDGET: [&str; 4] = [
-    "--user-frame-burst",
-    "8",
-    "--user-frames-per-second",
-    "1",
-];
+const USER_BUDGET: [&str; 4] = ["--user-frame-burst", "8", "--user-frames-per-second", "1"];
 
 struct Case {
     name: &'static str,
@@ -414,26 +409,28 @@ struct Target {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_engine_decides_every_case_as_the_protocol_says() {
-    let config = gateway::Config::try_parse_from([
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        // Two cores: chats, their creators and their members on different cores.
-        "--cores",
-        "2",
-        "--jwt-secret",
-        SECRET,
-        "--frames-per-second",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--max-chats-per-user",
-        MAX_CHATS_PER_USER,
-    ]
-    .into_iter()
-    .chain(USER_BUDGET))
+    let config = gateway::Config::try_parse_from(
+        [
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            // Two cores: chats, their creators and their members on different cores.
+            "--cores",
+            "2",
+            "--jwt-secret",
+            SECRET,
+            "--frames-per-second",
+            "100000",
+            "--frame-burst",
+            "100000",
+            "--max-chats-per-user",
+            MAX_CHATS_PER_USER,
+        ]
+        .into_iter()
+        .chain(USER_BUDGET),
+    )
     .expect("flags");
     let gateway = Gateway::start(config).expect("gateway starts");
     let target = Target {

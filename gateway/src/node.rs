@@ -23,9 +23,9 @@ use crate::engine::Engine;
 use crate::engine::amqp::AmqpEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::ip_limit::IpConnectionLimit;
-use crate::user_limit::UserBudgets;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
+use crate::user_limit::UserBudgets;
 use crate::{admin, affinity, connection, health, tls};
 
 /// Messages a core's mailbox holds before senders park theirs and pause reading.

@@ -403,7 +403,11 @@ mod tests {
             outbox.push(own(1000), &metrics);
         }
         assert!(outbox.is_behind());
-        assert_eq!(outbox.close_requested(), None, "a burst alone closes nothing");
+        assert_eq!(
+            outbox.close_requested(),
+            None,
+            "a burst alone closes nothing"
+        );
         let start = outbox.behind_since.get().expect("behind");
         // The client drains a frame every half stall: never stalled, and it catches up.
         let mut now = start;

@@ -2,9 +2,9 @@
 //! wake-up. Cores share nothing mutable; everything that crosses a core is a message here.
 
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 

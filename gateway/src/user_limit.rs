@@ -77,7 +77,10 @@ impl UserBudgets {
         })
     }
 
-    fn shard(&self, user_id: UserId) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserBudget>>> {
+    fn shard(
+        &self,
+        user_id: UserId,
+    ) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserBudget>>> {
         let shard = &self.shards[self.shard_of.hash_one(user_id) as usize % SHARDS];
         // A panic elsewhere while holding the lock leaves entries, not broken invariants.
         shard.lock().unwrap_or_else(PoisonError::into_inner)
@@ -178,7 +181,10 @@ mod tests {
         assert!(first.take(Instant::now()));
         drop(first);
         assert_eq!(budgets.tracked(), 1);
-        assert!(!second.take(Instant::now()), "the budget outlives a connection");
+        assert!(
+            !second.take(Instant::now()),
+            "the budget outlives a connection"
+        );
         drop(second);
         assert_eq!(budgets.tracked(), 0);
     }

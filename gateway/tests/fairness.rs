@@ -157,7 +157,10 @@ async fn a_fast_reader_is_never_closed_by_bursts_and_one_account_gets_one_budget
         sent.push(sender.await.expect("sender"));
     }
     victim_receives(&victim, SENDERS * BURST).await;
-    let refused: u64 = sent.iter().map(|(_, seen)| seen.rate_limited.load(Relaxed)).sum();
+    let refused: u64 = sent
+        .iter()
+        .map(|(_, seen)| seen.rate_limited.load(Relaxed))
+        .sum();
     assert_eq!(refused, 0, "each sender kept to its own limits");
 
     // One account with twenty connections, on both cores, bursts the same.
@@ -184,8 +187,7 @@ async fn a_fast_reader_is_never_closed_by_bursts_and_one_account_gets_one_budget
     let refused = loop {
         let refused: u64 = readers.iter().map(|r| r.rate_limited.load(Relaxed)).sum();
         let accepted = SENDERS * BURST - refused;
-        if victim.messages.load(Relaxed) >= SENDERS * BURST + accepted
-            || Instant::now() > deadline
+        if victim.messages.load(Relaxed) >= SENDERS * BURST + accepted || Instant::now() > deadline
         {
             break refused;
         }

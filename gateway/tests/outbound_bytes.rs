@@ -220,5 +220,4 @@ async fn a_never_reading_sync_flooder_is_closed_with_its_bytes_bounded_and_a_rea
         sample(&metrics, "gateway_slow_consumer_closes_total"),
         FLOODERS as f64
     );
-
 }
