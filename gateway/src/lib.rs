@@ -24,6 +24,7 @@ pub mod node;
 pub mod outbox;
 pub mod router;
 pub mod session;
+pub mod shared_map;
 pub mod tls;
 pub mod user_limit;
 pub mod ws;

@@ -5,21 +5,18 @@
 //! The budget is a single atomic word (the cell-rate algorithm's theoretical arrival time),
 //! taken with a compare-and-swap per frame: cores never lock on the hot path, and meet on
 //! the word only for a user with connections on more than one core. The table that finds a
-//! user's word is sharded behind plain mutexes, like the per-IP table ([`crate::ip_limit`]):
-//! a lock is taken when a connection opens and when it closes, never per frame. A user's
+//! user's word is a [`ShardedMap`], like the per-IP table ([`crate::ip_limit`]): a lock is
+//! taken when a connection opens and when it closes, never per frame. A user's
 //! entry lives while the user has a connection, so the table is bounded by the connections.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use wire::UserId;
 
-/// Shards of the table; a power of two well above the core count.
-const SHARDS: usize = 16;
+use crate::shared_map::ShardedMap;
 
 /// One user's budget: when the frames it was allowed so far would have been paid for at the
 /// average rate, in nanoseconds after the table's epoch. A frame is allowed while that time
@@ -58,8 +55,7 @@ pub struct UserBudgets {
     epoch: Instant,
     interval_ns: u64,
     burst: u32,
-    shards: Box<[Mutex<HashMap<UserId, Arc<UserBudget>>>]>,
-    shard_of: RandomState,
+    table: ShardedMap<UserId, Arc<UserBudget>>,
 }
 
 impl UserBudgets {
@@ -71,24 +67,14 @@ impl UserBudgets {
                 epoch: Instant::now(),
                 interval_ns: 1_000_000_000 / u64::from(per_second),
                 burst,
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                shard_of: RandomState::new(),
+                table: ShardedMap::new(),
             })
         })
     }
 
-    fn shard(
-        &self,
-        user_id: UserId,
-    ) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<UserBudget>>> {
-        let shard = &self.shards[self.shard_of.hash_one(user_id) as usize % SHARDS];
-        // A panic elsewhere while holding the lock leaves entries, not broken invariants.
-        shard.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The budget of `user_id` for one more of its connections, held until it is dropped.
     pub fn join(self: &Arc<Self>, user_id: UserId) -> UserBudgetHandle {
-        let budget = self.shard(user_id).entry(user_id).or_default().clone();
+        let budget = self.table.shard(&user_id).entry(user_id).or_default().clone();
         UserBudgetHandle {
             budgets: self.clone(),
             user_id,
@@ -99,10 +85,7 @@ impl UserBudgets {
     /// Users with a budget.
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.table.len()
     }
 }
 
@@ -129,7 +112,7 @@ impl UserBudgetHandle {
 
 impl Drop for UserBudgetHandle {
     fn drop(&mut self) {
-        let mut table = self.budgets.shard(self.user_id);
+        let mut table = self.budgets.table.shard(&self.user_id);
         // Released under the lock, where every handle is made and released, so the last
         // handle to go always sees a count of one (the table's own).
         drop(self.budget.take());
@@ -193,9 +176,12 @@ mod tests {
     fn cores_taking_at_once_share_one_budget() {
         let budgets = UserBudgets::new(1, 1000).expect("a limit");
         let now = Instant::now();
-        let allowed: usize = (0..4)
-            .map(|_| {
-                let handle = budgets.join(3);
+        // Every connection opens before any closes: a user without one has no budget left
+        // to share.
+        let handles: Vec<_> = (0..4).map(|_| budgets.join(3)).collect();
+        let allowed: usize = handles
+            .into_iter()
+            .map(|handle| {
                 std::thread::spawn(move || (0..500).filter(|_| handle.take(now)).count())
             })
             .collect::<Vec<_>>()
