@@ -105,13 +105,17 @@ def rss_mib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def metric(admin_port, name):
+def metrics(admin_port):
     with socket.create_connection(("127.0.0.1", admin_port)) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         body = b""
         while chunk := sock.recv(65536):
             body += chunk
-    for line in body.decode().splitlines():
+    return body.decode().splitlines()
+
+
+def metric(admin_port, name):
+    for line in metrics(admin_port):
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise RuntimeError(f"{name} missing")
@@ -241,13 +245,19 @@ def main():
         owner.close()
         time.sleep(5)
         rss_after = rss_mib(gateway.pid)
+        time.sleep(10)
+        rss_later = rss_mib(gateway.pid)
         queued_after = metric(admin_port, "gateway_outbound_queue_bytes")
+        closes_by_code = [line for line in metrics(admin_port)
+                          if line.startswith("gateway_closes_total{")]
         print(f"engine {args.engine}, connections {len(sockets)}, sync requests {requests}, "
               f"flood {flood_secs:.1f} s, slow-consumer closes {closes:.0f}")
         print(f"RSS MiB: before {rss_before:.1f}, connected {rss_connected:.1f}, "
-              f"peak {rss_peak:.1f}, all closed {rss_closed:.1f}, 5 s after {rss_after:.1f}")
+              f"peak {rss_peak:.1f}, all closed {rss_closed:.1f}, 5 s after {rss_after:.1f}, "
+              f"15 s after {rss_later:.1f}")
         print(f"queued bytes MiB: peak sample {queued_peak / 2**20:.1f}, "
               f"after {queued_after / 2**20:.1f}")
+        print("closes: " + ", ".join(closes_by_code))
     finally:
         gateway.terminate()
         gateway.wait()

@@ -230,7 +230,7 @@ pub struct Config {
 
     /// Bytes queued for one connection past which it is behind (as `--outbound-queue`): the
     /// frames' encoded size, shared deliveries counted in full.
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 
     /// Frames one connection's queue may never pass: a push past it closes with 4000 at once.

@@ -24,11 +24,11 @@ const MESSAGES: u64 = MAX_SYNC_PAGE as u64;
 /// Never-reading clients, each its own user.
 const FLOODERS: u64 = 16;
 /// Sync requests sent together, and the pause between bursts: 100 frames per second, the
-/// default rate limit, and about 2.6 MiB of pages per burst.
+/// default rate limit, and about 2.6 MiB of pages per burst: past the queue's mark at once.
 const BURST: u64 = 10;
 const PAUSE: Duration = Duration::from_millis(100);
 /// The queue mark the gateway starts with (its default).
-const QUEUE_BYTES: u64 = 4 * 1024 * 1024;
+const QUEUE_BYTES: u64 = 1024 * 1024;
 /// What one never-reading connection may make its queue hold: the mark, plus the one page
 /// that passed it (its bodies and each message's envelope) before reading stopped.
 const QUEUED_CEILING: u64 = QUEUE_BYTES + MAX_SYNC_PAGE_BYTES as u64 + 64 * 1024;
