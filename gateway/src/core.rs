@@ -21,8 +21,8 @@ use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, connection_id, core_holds_any};
 
-/// What each core calls after its sweep to hand back to the OS what its allocator keeps of
-/// freed memory; set by the binary, which knows its allocator ([`release_freed_memory_with`]).
+/// What each core (after its sweep) and the broker bridge call to hand back to the OS what
+/// the allocator keeps of freed memory; set by the binary, which knows its allocator.
 static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
 
 /// Sets what a core calls once a sweep (every second) to give freed memory back. mimalloc,
@@ -31,6 +31,15 @@ static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
 /// queues for good.
 pub fn release_freed_memory_with(release: fn()) {
     let _ = RELEASE_FREED_MEMORY.set(release);
+}
+
+/// Gives back to the OS what the allocator keeps of memory this thread freed, if the binary
+/// said how ([`release_freed_memory_with`]); the cores and the broker bridge call it once a
+/// second.
+pub fn release_freed_memory() {
+    if let Some(release) = RELEASE_FREED_MEMORY.get() {
+        release();
+    }
 }
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
@@ -579,9 +588,7 @@ impl Core {
                 }
             }
             self.metrics.end_sweep_window(deepest);
-            if let Some(release) = RELEASE_FREED_MEMORY.get() {
-                release();
-            }
+            release_freed_memory();
         }
     }
 }
