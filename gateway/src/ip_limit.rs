@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::shared_map::ShardedMap;
 #[cfg(test)]
 use crate::shared_map::SHARDS;
+use crate::shared_map::ShardedMap;
 
 /// The span the limit counts over, from an address's first connection in it.
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -74,7 +74,12 @@ impl UserBudgets {
 
     /// The budget of `user_id` for one more of its connections, held until it is dropped.
     pub fn join(self: &Arc<Self>, user_id: UserId) -> UserBudgetHandle {
-        let budget = self.table.shard(&user_id).entry(user_id).or_default().clone();
+        let budget = self
+            .table
+            .shard(&user_id)
+            .entry(user_id)
+            .or_default()
+            .clone();
         UserBudgetHandle {
             budgets: self.clone(),
             user_id,
@@ -181,9 +186,7 @@ mod tests {
         let handles: Vec<_> = (0..4).map(|_| budgets.join(3)).collect();
         let allowed: usize = handles
             .into_iter()
-            .map(|handle| {
-                std::thread::spawn(move || (0..500).filter(|_| handle.take(now)).count())
-            })
+            .map(|handle| std::thread::spawn(move || (0..500).filter(|_| handle.take(now)).count()))
             .collect::<Vec<_>>()
             .into_iter()
             .map(|thread| thread.join().expect("thread"))
