@@ -43,12 +43,44 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The bound on chats per user both engines run with, low enough for a case to reach.
 const MAX_CHATS_PER_USER: &str = "3";
 
+/// The per-user send budget both engines run with: a burst above what any other case sends
+/// as one user (7 frames), low enough for a case to reach, and a rate slow enough that no
+/// frame comes back within a case.
+const USER_BUDGET: [&str; 4] = ["--user-frame-burst", "8", "--user-frames-per-second", "1"];
+
 struct Case {
     name: &'static str,
     script: &'static str,
 }
 
 const CASES: &[Case] = &[
+    Case {
+        name: "H2: the sessions of one user share one send budget; another user has its own",
+        script: r#"
+            A1> {"type":"ping","nonce":1}
+            A1< {"type":"pong","nonce":1}
+            A2> {"type":"ping","nonce":2}
+            A2< {"type":"pong","nonce":2}
+            A1> {"type":"ping","nonce":3}
+            A1< {"type":"pong","nonce":3}
+            A2> {"type":"ping","nonce":4}
+            A2< {"type":"pong","nonce":4}
+            A1> {"type":"ping","nonce":5}
+            A1< {"type":"pong","nonce":5}
+            A2> {"type":"ping","nonce":6}
+            A2< {"type":"pong","nonce":6}
+            A1> {"type":"ping","nonce":7}
+            A1< {"type":"pong","nonce":7}
+            A2> {"type":"ping","nonce":8}
+            A2< {"type":"pong","nonce":8}
+            A1> {"type":"presence_query","client_msg_id":9,"users":[$B]}
+            A1< {"type":"error","code":4029,"client_msg_id":9}
+            A2> {"type":"presence_query","client_msg_id":10,"users":[$B]}
+            A2< {"type":"error","code":4029,"client_msg_id":10}
+            B> {"type":"ping","nonce":11}
+            B< {"type":"pong","nonce":11}
+        "#,
+    },
     Case {
         name: "a created group is announced to every member, and members talk in it",
         script: r#"
@@ -482,24 +514,28 @@ struct Target {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_engine_decides_every_case_as_the_protocol_says() {
-    let config = gateway::Config::try_parse_from([
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        // Two cores: chats, their creators and their members on different cores.
-        "--cores",
-        "2",
-        "--jwt-secret",
-        SECRET,
-        "--frames-per-second",
-        "100000",
-        "--frame-burst",
-        "100000",
-        "--max-chats-per-user",
-        MAX_CHATS_PER_USER,
-    ])
+    let config = gateway::Config::try_parse_from(
+        [
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            // Two cores: chats, their creators and their members on different cores.
+            "--cores",
+            "2",
+            "--jwt-secret",
+            SECRET,
+            "--frames-per-second",
+            "100000",
+            "--frame-burst",
+            "100000",
+            "--max-chats-per-user",
+            MAX_CHATS_PER_USER,
+        ]
+        .into_iter()
+        .chain(USER_BUDGET),
+    )
     .expect("flags");
     let gateway = Gateway::start(config).expect("gateway starts");
     let target = Target {
@@ -542,7 +578,7 @@ async fn the_amqp_engine_with_the_backend_decides_every_case_as_the_protocol_say
         shutdown.clone(),
         Default::default(),
     ));
-    let gateway = full_stack::start_gateway(&name, node_id, AMQP_URL);
+    let gateway = full_stack::start_gateway_with(&name, node_id, AMQP_URL, &USER_BUDGET);
     let target = Target {
         addr: gateway.local_addr(),
         registry_wait: Duration::from_millis(200),

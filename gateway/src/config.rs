@@ -203,6 +203,17 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 200)]
     pub frame_burst: u32,
 
+    /// Frames per second one user may send on average over all its connections, whichever
+    /// cores they are on (each connection also keeps to `--frames-per-second`); twice
+    /// `--frames-per-second` unless given, 0 for no per-user limit.
+    #[arg(long, env = "GATEWAY_USER_FRAMES_PER_SECOND")]
+    pub user_frames_per_second: Option<u32>,
+
+    /// Frames one user may send in a burst above its average rate, over all its
+    /// connections; twice `--frame-burst` unless given, 0 for no per-user limit.
+    #[arg(long, env = "GATEWAY_USER_FRAME_BURST")]
+    pub user_frame_burst: Option<u32>,
+
     /// New connections per minute from one IP address, counted across all cores (0: no
     /// limit); the next one within the minute gets 429.
     #[arg(
@@ -212,15 +223,34 @@ pub struct Config {
     )]
     pub connections_per_ip_per_minute: u32,
 
-    /// Frames queued for one connection before it is closed as a slow consumer (4000).
+    /// Frames queued for one connection past which it is behind: it is not read until it
+    /// catches up, and is closed as a slow consumer (4000) if it stays behind with nothing
+    /// written for `--slow-consumer-stall` or for longer than `--slow-consumer-behind`.
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
-    /// Bytes queued for one connection before it is closed as a slow consumer (4000): the
-    /// frames' encoded size, shared deliveries counted in full. The default holds the frame
-    /// bound's worth of maximal messages.
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Bytes queued for one connection past which it is behind (as `--outbound-queue`): the
+    /// frames' encoded size, shared deliveries counted in full.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub outbound_queue_bytes: usize,
+
+    /// Frames one connection's queue may never pass: a push past it closes with 4000 at once.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MAX", default_value_t = 64 * 1024)]
+    pub outbound_queue_max: usize,
+
+    /// Bytes one connection's queue may never pass: a push past it closes with 4000 at
+    /// once. The default holds twenty users' whole bursts of maximal messages at once
+    /// (20 x 400 x 4 KiB, about 33 MiB) with room to spare.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub outbound_queue_max_bytes: usize,
+
+    /// How long a connection's queue may stay behind with nothing taken by its socket.
+    #[arg(long, env = "GATEWAY_SLOW_CONSUMER_STALL", value_parser = parse_duration, default_value = "2s")]
+    pub slow_consumer_stall: Duration,
+
+    /// How long a connection's queue may stay behind in all, however much it drains.
+    #[arg(long, env = "GATEWAY_SLOW_CONSUMER_BEHIND", value_parser = parse_duration, default_value = "30s")]
+    pub slow_consumer_behind: Duration,
 
     /// Messages of recent history the memory engine keeps per chat for sync.
     #[arg(long, env = "GATEWAY_HISTORY_PER_CHAT", default_value_t = 1000)]
@@ -305,6 +335,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The per-user rate and burst: what was given, or twice the per-connection ones.
+    pub fn user_frame_limits(&self) -> (u32, u32) {
+        (
+            self.user_frames_per_second
+                .unwrap_or(self.frames_per_second.saturating_mul(2)),
+            self.user_frame_burst
+                .unwrap_or(self.frame_burst.saturating_mul(2)),
+        )
+    }
+
     /// The number of cores to run, resolving 0 to every core.
     pub fn core_count(&self) -> usize {
         if self.cores > 0 {

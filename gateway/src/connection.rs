@@ -27,6 +27,7 @@ use crate::handshake::{self, UpgradeRequest};
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
+use crate::user_limit::UserBudgetHandle;
 
 /// Reads one session may do per poll before it yields to the core's other sessions.
 const READS_PER_POLL: usize = 16;
@@ -205,10 +206,12 @@ async fn open(
     core.with_engine(|engine| engine.connected(&core, origin));
     let mut session = Session {
         bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
+        user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
         core,
         io,
         decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
+        paused_mid_read: false,
         writing: VecDeque::new(),
         written: 0,
         outbox,
@@ -358,13 +361,19 @@ struct Session {
     io: Transport,
     decoder: wsproto::Decoder,
     /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
+    /// While the session is behind, also the whole messages of its last read not acted on
+    /// yet (at most one read, [`crate::core::SCRATCH_BYTES`]).
     pending: Vec<u8>,
+    /// Whether `pending` may hold whole messages, left when the session fell behind.
+    paused_mid_read: bool,
     /// Frames taken from the outbox for the write under way; empty (no allocation) when
     /// nothing is being written.
     writing: VecDeque<(Bytes, Option<Arc<Delivery>>)>,
     /// How much of the first frame in `writing` went out.
     written: usize,
     bucket: TokenBucket,
+    /// The user's budget, shared with its other connections; `None` without a user limit.
+    user_budget: Option<UserBudgetHandle>,
     outbox: Rc<Outbox>,
     origin: Origin,
     /// The close code once our close frame is queued.
@@ -431,6 +440,17 @@ impl Session {
                     return Poll::Ready(Ended::CloseWritten(code));
                 }
                 return Poll::Pending;
+            }
+            // A client behind on what it was sent is not read until it catches up (the
+            // socket's writability wakes this task): it cannot have replies queued faster
+            // than it takes them.
+            if self.outbox.is_behind() {
+                return Poll::Pending;
+            }
+            if self.paused_mid_read {
+                self.paused_mid_read = false;
+                self.resume_pending();
+                continue;
             }
             match self.poll_read(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -555,6 +575,7 @@ impl Session {
                 }
                 Poll::Ready(Ok(n)) => n,
             };
+            self.outbox.wrote();
             self.core
                 .metrics
                 .bytes_out
@@ -621,12 +642,27 @@ impl Session {
         Poll::Ready(Ok(()))
     }
 
+    /// Acts on the messages a read brought that were kept when the session fell behind.
+    fn resume_pending(&mut self) {
+        let core = self.core.clone();
+        let mut scratch = core.scratch.borrow_mut();
+        let have = self.pending.len();
+        scratch[..have].copy_from_slice(&self.pending);
+        self.consume(&mut scratch[..have], Instant::now());
+    }
+
     /// Acts on every whole message in `bytes` (what was pending, then what was read) and
     /// keeps the unfinished frame at the end. A close from the peer, a protocol error or a
-    /// message that ends the session asks the session to close.
+    /// message that ends the session asks the session to close. Once the session falls
+    /// behind, the rest is kept for when it has caught up: one read of many requests cannot
+    /// queue many replies.
     fn consume(&mut self, bytes: &mut [u8], now: Instant) {
         let mut start = 0;
         let result = loop {
+            if self.outbox.is_behind() {
+                self.paused_mid_read = true;
+                break Ok(());
+            }
             let decoded = match self.decoder.decode(&mut bytes[start..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {
@@ -646,7 +682,10 @@ impl Session {
             if let Err(code) = on_message(
                 &self.core,
                 &self.outbox,
-                &mut self.bucket,
+                Limits {
+                    bucket: &mut self.bucket,
+                    user: self.user_budget.as_ref(),
+                },
                 self.origin,
                 message,
                 now,
@@ -677,11 +716,44 @@ fn ready_or_pending(poll: Poll<Result<(), Closed>>) -> Result<(), Closed> {
     }
 }
 
+/// The rate limits one session's frames go through.
+struct Limits<'s> {
+    bucket: &'s mut TokenBucket,
+    user: Option<&'s UserBudgetHandle>,
+}
+
+/// Which limit refused a frame.
+#[derive(Clone, Copy)]
+enum Limit {
+    Connection,
+    User,
+}
+
+impl Limits<'_> {
+    /// The connection's bucket first, then the user's shared budget.
+    fn take(&mut self, now: Instant, config: &crate::Config) -> (RateDecision, Limit) {
+        match self
+            .bucket
+            .take(now, config.frames_per_second, config.frame_burst)
+        {
+            RateDecision::Accept => {}
+            refused => return (refused, Limit::Connection),
+        }
+        match self.user {
+            Some(user) if !user.take(now) => (
+                self.bucket.refused_elsewhere(config.frame_burst),
+                Limit::User,
+            ),
+            _ => (RateDecision::Accept, Limit::User),
+        }
+    }
+}
+
 /// Acts on one WebSocket message. `Err` closes the session with that code.
 fn on_message(
     core: &Core,
     outbox: &Outbox,
-    bucket: &mut TokenBucket,
+    mut limits: Limits<'_>,
     origin: Origin,
     message: wsproto::Message<'_>,
     now: Instant,
@@ -699,11 +771,19 @@ fn on_message(
         wsproto::Message::Binary(_) => {}
     }
     let config = &core.node.config;
-    match bucket.take(now, config.frames_per_second, config.frame_burst) {
-        RateDecision::Accept => {}
-        RateDecision::Refuse => {
+    match limits.take(now, config) {
+        (RateDecision::Accept, _) => {}
+        (RateDecision::Refuse, by) => {
             core.metrics.error(ErrorCode::RateLimited);
-            let reason = format!("more than {} frames per second", config.frames_per_second);
+            let reason = match by {
+                Limit::User => format!(
+                    "more than {} frames per second from this user",
+                    config.user_frame_limits().0
+                ),
+                Limit::Connection => {
+                    format!("more than {} frames per second", config.frames_per_second)
+                }
+            };
             let id = session::client_msg_id_of(&message);
             push_own(
                 core,
@@ -712,7 +792,7 @@ fn on_message(
             );
             return Ok(());
         }
-        RateDecision::Disconnect => return Err(CloseCode::POLICY_VIOLATION),
+        (RateDecision::Disconnect, _) => return Err(CloseCode::POLICY_VIOLATION),
     }
     let refused = |refusal: Refusal| {
         let code = refusal.error.code();

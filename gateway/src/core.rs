@@ -5,8 +5,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,27 @@ use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, Skip, connection_id, core_holds_any};
+
+/// What each core (after its sweep) and the broker bridge call to hand back to the OS what
+/// the allocator keeps of freed memory; set by the binary, which knows its allocator.
+static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what a core calls once a sweep (every second) to give freed memory back. mimalloc,
+/// for one, returns freed pages only when the thread that freed them calls into it again
+/// after its purge delay: a core that goes quiet after a flood would hold the flood's
+/// queues for good.
+pub fn release_freed_memory_with(release: fn()) {
+    let _ = RELEASE_FREED_MEMORY.set(release);
+}
+
+/// Gives back to the OS what the allocator keeps of memory this thread freed, if the binary
+/// said how ([`release_freed_memory_with`]); the cores and the broker bridge call it once a
+/// second.
+pub fn release_freed_memory() {
+    if let Some(release) = RELEASE_FREED_MEMORY.get() {
+        release();
+    }
+}
 
 /// Read buffer shared by every session of a core: a session borrows it only while it
 /// parses what one read brought, so an idle session holds no buffer at all.
@@ -186,6 +207,10 @@ impl Core {
             QueueLimits {
                 frames: self.node.config.outbound_queue,
                 bytes: self.node.config.outbound_queue_bytes,
+                max_frames: self.node.config.outbound_queue_max,
+                max_bytes: self.node.config.outbound_queue_max_bytes,
+                stall: self.node.config.slow_consumer_stall,
+                behind_for: self.node.config.slow_consumer_behind,
             },
         ));
         self.sessions.borrow_mut().insert(id, outbox.clone());
@@ -525,7 +550,8 @@ impl Core {
         self.timer_waker.borrow_mut().take();
     }
 
-    /// Pings silent sessions and closes the ones silent past the idle timeout. One sweep
+    /// Pings silent sessions, closes the ones silent past the idle timeout and the ones that
+    /// drain their queue too slowly ([`Outbox::drains_too_slowly`]). One sweep
     /// per core instead of one timer per session keeps idle sessions small.
     pub async fn sweep_idle(self: Rc<Self>) {
         let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
@@ -547,6 +573,10 @@ impl Core {
                     outbox.close(CloseCode::TOKEN_EXPIRED);
                     continue;
                 }
+                // A queue left behind by a burst with no push since is judged here.
+                if outbox.drains_too_slowly(now, &self.metrics) {
+                    continue;
+                }
                 outbox.compact();
                 if not_reading {
                     outbox.touch(now);
@@ -561,6 +591,7 @@ impl Core {
                 }
             }
             self.metrics.end_sweep_window(deepest);
+            release_freed_memory();
         }
     }
 }

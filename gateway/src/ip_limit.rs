@@ -2,22 +2,21 @@
 //! that every core shares, so that the limit holds exactly whichever core the kernel hands
 //! a connection to (per-core counts let through up to one core's share more).
 //!
-//! The table is sharded by address behind plain mutexes: a lock is taken once per accepted
-//! connection, never per frame, and two cores meet on a shard only for addresses that hash
-//! alike. It is bounded: a full shard forgets the addresses whose minute is over, and if
+//! The table is a [`ShardedMap`] by address: a lock is taken once per accepted connection,
+//! never per frame, and two cores meet on a shard only for addresses that hash alike. It is
+//! bounded: a full shard forgets the addresses whose minute is over, and if
 //! every one is still within its minute, the one whose minute ends first.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+#[cfg(test)]
+use crate::shared_map::SHARDS;
+use crate::shared_map::ShardedMap;
 
 /// The span the limit counts over, from an address's first connection in it.
 pub const WINDOW: Duration = Duration::from_secs(60);
-
-/// Shards of the table; a power of two well above the core count.
-const SHARDS: usize = 16;
 
 /// Addresses one shard remembers: 65,536 in all, a few MiB at most.
 const ADDRESSES_PER_SHARD: usize = 4096;
@@ -33,8 +32,7 @@ struct Window {
 #[derive(Debug)]
 pub struct IpConnectionLimit {
     per_window: u32,
-    shards: Box<[Mutex<HashMap<IpAddr, Window>>]>,
-    shard_of: RandomState,
+    table: ShardedMap<IpAddr, Window>,
 }
 
 impl IpConnectionLimit {
@@ -42,16 +40,13 @@ impl IpConnectionLimit {
     pub fn new(per_minute: u32) -> Option<IpConnectionLimit> {
         (per_minute > 0).then(|| IpConnectionLimit {
             per_window: per_minute,
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            shard_of: RandomState::new(),
+            table: ShardedMap::new(),
         })
     }
 
     /// Counts a new connection from `ip` at `now`; false when it is over the limit.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> bool {
-        let shard = &self.shards[self.shard_of.hash_one(ip) as usize % SHARDS];
-        // A panic elsewhere while holding the lock leaves counts, not broken invariants.
-        let mut table = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.table.shard(&ip);
         if table.len() >= ADDRESSES_PER_SHARD && !table.contains_key(&ip) {
             make_room(&mut table, now);
         }
@@ -72,10 +67,7 @@ impl IpConnectionLimit {
     /// Addresses remembered.
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.table.len()
     }
 }
 

@@ -25,7 +25,9 @@ pub mod node;
 pub mod outbox;
 pub mod router;
 pub mod session;
+pub mod shared_map;
 pub mod tls;
+pub mod user_limit;
 
 pub use config::Config;
 pub use node::Gateway;

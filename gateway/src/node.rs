@@ -27,6 +27,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::ip_limit::IpConnectionLimit;
 use crate::metrics::CoreMetrics;
 use crate::router::{CoreMsg, Mailbox};
+use crate::user_limit::UserBudgets;
 use crate::{admin, affinity, connection, health, tls};
 
 /// Messages a core's mailbox holds before senders park theirs and pause reading.
@@ -52,6 +53,8 @@ pub struct Node {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `--connections-per-ip-per-minute`, counted across every core.
     pub ip_limit: Option<IpConnectionLimit>,
+    /// `--user-frames-per-second`: one send budget per user, shared across every core.
+    pub user_budgets: Option<Arc<UserBudgets>>,
     /// The certificate the TLS acceptor presents, replaced by a reload.
     pub certificates: Option<Arc<tls::Certificates>>,
     /// One mailbox per core.
@@ -235,6 +238,10 @@ impl Gateway {
                 .map(|_| Arc::new(CoreMetrics::default()))
                 .collect(),
             ip_limit: IpConnectionLimit::new(config.connections_per_ip_per_minute),
+            user_budgets: {
+                let (per_second, burst) = config.user_frame_limits();
+                UserBudgets::new(per_second, burst)
+            },
             config,
             verifier,
             tls,

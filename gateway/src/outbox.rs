@@ -1,13 +1,33 @@
-//! A session's outbound queue, as the rest of its core sees it: bounded in frames and in
-//! bytes, in order, and closed with 4000 when the client reads too slowly (skipping frames
+//! A session's outbound queue, as the rest of its core sees it: in order, bounded in frames
+//! and in bytes, and closed with 4000 when the client drains it too slowly (skipping frames
 //! would break order).
+//!
+//! The slow-consumer rule measures how the client drains, not only how much waits. A burst
+//! that many senders aim at one client at once arrives faster than any network can carry
+//! it, so a queue that is merely long says nothing about the client; one that stays long
+//! does. So a queue past its *marks* ([`QueueLimits::frames`], [`QueueLimits::bytes`]) is
+//! *behind*, which is allowed while the client keeps draining it:
+//!
+//! - behind, and not one byte written to the socket for [`QueueLimits::stall`]: the client
+//!   does not read (closed);
+//! - behind for longer than [`QueueLimits::behind_for`] in all, however much was written:
+//!   it reads, but far too slowly to ever catch up (closed);
+//! - a push past a *ceiling* ([`QueueLimits::max_frames`], [`QueueLimits::max_bytes`]):
+//!   closed at once, so memory stays bounded in bytes whatever the timing. The ceilings sit
+//!   far above what a burst from many rate-limited senders can queue.
+//!
+//! A client that reads as fast as its network allows keeps its socket accepting bytes and
+//! is never closed, however large the burst, up to the ceilings. While a session is behind
+//! it is not read either (see `connection`): a client cannot make the server queue replies
+//! for it faster than it takes them, which is what bounds a never-reading sync flooder to
+//! about one mark of bytes until the stall rule closes it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wire::{CloseCode, UserId};
@@ -36,14 +56,22 @@ impl Outgoing {
     }
 }
 
-/// How much one session's outbound queue may hold before the session is closed as a slow
-/// consumer: whichever bound a push would pass first closes it.
+/// When one session's outbound queue is behind, and when it is closed as a slow consumer
+/// (see the module's documentation).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
-    /// Frames waiting.
+    /// Frames waiting past which the queue is behind.
     pub frames: usize,
-    /// Bytes those frames pin ([`Outgoing::pinned_bytes`]).
+    /// Bytes those frames pin ([`Outgoing::pinned_bytes`]) past which the queue is behind.
     pub bytes: usize,
+    /// Frames a push may never pass.
+    pub max_frames: usize,
+    /// Bytes a push may never pass.
+    pub max_bytes: usize,
+    /// How long a queue may stay behind with nothing written.
+    pub stall: Duration,
+    /// How long a queue may stay behind in all.
+    pub behind_for: Duration,
 }
 
 /// One session's queue and the flags its task polls.
@@ -66,6 +94,10 @@ pub struct Outbox {
     aborted: Cell<bool>,
     text: Cell<bool>,
     limits: QueueLimits,
+    /// Since when the queue is behind its marks.
+    behind_since: Cell<Option<Instant>>,
+    /// When the socket last took bytes while the queue was behind.
+    progress_at: Cell<Option<Instant>>,
     last_read: Cell<Instant>,
     pinged: Cell<bool>,
 }
@@ -91,6 +123,8 @@ impl Outbox {
             aborted: Cell::new(false),
             text: Cell::new(text),
             limits,
+            behind_since: Cell::new(None),
+            progress_at: Cell::new(None),
             last_read: Cell::new(Instant::now()),
             pinged: Cell::new(false),
         }
@@ -127,28 +161,84 @@ impl Outbox {
         self.text.set(text);
     }
 
-    /// Queues a frame; a push that would pass either bound closes the session as a slow
-    /// consumer instead, and frees what it had queued.
+    /// Queues a frame. A push that would pass a ceiling, or that finds the queue behind for
+    /// too long, closes the session as a slow consumer instead and frees what it had queued.
     pub fn push(&self, frame: Outgoing, metrics: &CoreMetrics) {
         if self.close.get().is_some() {
             return;
         }
         let bytes = frame.pinned_bytes();
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= self.limits.frames || self.queued_bytes.get() + bytes > self.limits.bytes
+        if queue.len() >= self.limits.max_frames
+            || self.queued_bytes.get() + bytes > self.limits.max_bytes
         {
             drop(queue);
-            self.discard(metrics);
-            self.queue.borrow_mut().shrink_to_fit();
-            metrics.slow_consumer_closes.fetch_add(1, Relaxed);
-            self.close(CloseCode::SLOW_CONSUMER);
+            self.close_slow_consumer(metrics);
             return;
         }
         queue.push_back(frame);
         metrics.queue_depth(queue.len(), bytes);
         self.queued_bytes.set(self.queued_bytes.get() + bytes);
         drop(queue);
+        if self.is_behind() && self.drains_too_slowly(Instant::now(), metrics) {
+            return;
+        }
         self.wake();
+    }
+
+    /// Whether the queue is past either mark.
+    pub fn is_behind(&self) -> bool {
+        self.len() > self.limits.frames || self.queued_bytes.get() > self.limits.bytes
+    }
+
+    /// Notes that the socket took bytes. Only the time matters, and only while behind, so
+    /// the clock is read only then.
+    pub fn wrote(&self) {
+        if self.behind_since.get().is_some() {
+            self.wrote_at(Instant::now());
+        }
+    }
+
+    /// Notes that the socket took bytes at `now`.
+    pub fn wrote_at(&self, now: Instant) {
+        if self.behind_since.get().is_some() {
+            self.progress_at.set(Some(now));
+        }
+    }
+
+    /// Applies the drain rules at `now`: a queue behind with nothing written for
+    /// [`QueueLimits::stall`], or behind for longer than [`QueueLimits::behind_for`],
+    /// closes the session as a slow consumer. Returns whether it did.
+    pub fn drains_too_slowly(&self, now: Instant, metrics: &CoreMetrics) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        if !self.is_behind() {
+            self.behind_since.set(None);
+            self.progress_at.set(None);
+            return false;
+        }
+        let since = *self.behind_since.get().get_or_insert(now);
+        self.behind_since.set(Some(since));
+        // Falling behind starts the stall clock: a burst gets a whole stall to be drained.
+        let progress = self.progress_at.get().unwrap_or(since).max(since);
+        let stalled = now.saturating_duration_since(progress) >= self.limits.stall;
+        let behind_too_long = now.saturating_duration_since(since) >= self.limits.behind_for;
+        if stalled || behind_too_long {
+            self.close_slow_consumer(metrics);
+            return true;
+        }
+        false
+    }
+
+    /// Closes the session as a slow consumer and frees what it had queued.
+    fn close_slow_consumer(&self, metrics: &CoreMetrics) {
+        self.discard(metrics);
+        self.queue.borrow_mut().shrink_to_fit();
+        self.behind_since.set(None);
+        self.progress_at.set(None);
+        metrics.slow_consumer_closes.fetch_add(1, Relaxed);
+        self.close(CloseCode::SLOW_CONSUMER);
     }
 
     /// Queues the close frame, the last thing the session writes, after a close request.
@@ -168,6 +258,12 @@ impl Outbox {
         let bytes = next.pinned_bytes();
         self.queued_bytes.set(self.queued_bytes.get() - bytes);
         metrics.dequeued(1, bytes);
+        drop(queue);
+        if self.behind_since.get().is_some() && !self.is_behind() {
+            self.behind_since.set(None);
+            self.progress_at.set(None);
+        }
+        let mut queue = self.queue.borrow_mut();
         if queue.is_empty() && queue.capacity() > 16 {
             // A burst is over: give its memory back rather than keep it per idle session.
             queue.shrink_to_fit();
@@ -261,14 +357,29 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    const STALL: Duration = Duration::from_secs(2);
+    const BEHIND_FOR: Duration = Duration::from_secs(30);
+
     fn outbox(frames: usize, bytes: usize) -> Outbox {
-        Outbox::new(1, 1, u64::MAX, false, QueueLimits { frames, bytes })
+        let limits = QueueLimits {
+            frames,
+            bytes,
+            max_frames: frames * 4,
+            max_bytes: bytes * 4,
+            stall: STALL,
+            behind_for: BEHIND_FOR,
+        };
+        Outbox::new(1, 1, u64::MAX, false, limits)
+    }
+
+    fn own(bytes: usize) -> Outgoing {
+        Outgoing::Own(Bytes::from(vec![0; bytes]))
     }
 
     #[test]
-    fn a_push_past_the_byte_bound_closes_as_slow_consumer_and_frees_the_queue() {
+    fn a_push_past_the_byte_ceiling_closes_as_slow_consumer_and_frees_the_queue() {
         let metrics = CoreMetrics::default();
-        let outbox = outbox(1024, 10_000);
+        let outbox = outbox(1024, 2_500);
         for _ in 0..2 {
             outbox.push(Outgoing::Own(Bytes::from(vec![0; 4000])), &metrics);
         }
@@ -282,6 +393,68 @@ mod tests {
         assert_eq!(metrics.outbound_queued.load(Relaxed), 0);
         assert_eq!(metrics.outbound_queued_bytes.load(Relaxed), 0);
         assert_eq!(metrics.slow_consumer_closes.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_burst_past_the_marks_is_kept_while_the_socket_takes_bytes() {
+        let metrics = CoreMetrics::default();
+        let outbox = outbox(8, 10_000);
+        for _ in 0..30 {
+            outbox.push(own(1000), &metrics);
+        }
+        assert!(outbox.is_behind());
+        assert_eq!(
+            outbox.close_requested(),
+            None,
+            "a burst alone closes nothing"
+        );
+        let start = outbox.behind_since.get().expect("behind");
+        // The client drains a frame every half stall: never stalled, and it catches up.
+        let mut now = start;
+        while outbox.is_behind() {
+            now += STALL / 2;
+            outbox.pop(&metrics);
+            outbox.wrote_at(now);
+            assert!(!outbox.drains_too_slowly(now, &metrics));
+        }
+        assert_eq!(outbox.behind_since.get(), None);
+        assert_eq!(outbox.close_requested(), None);
+    }
+
+    #[test]
+    fn a_queue_behind_with_nothing_written_for_a_stall_is_closed() {
+        let metrics = CoreMetrics::default();
+        let outbox = outbox(8, 10_000);
+        outbox.push(own(12_000), &metrics);
+        let start = outbox.behind_since.get().expect("behind");
+        assert!(!outbox.drains_too_slowly(start + STALL / 2, &metrics));
+        outbox.wrote_at(start + STALL / 2);
+        assert!(!outbox.drains_too_slowly(start + STALL, &metrics));
+        assert!(outbox.drains_too_slowly(start + STALL / 2 + STALL, &metrics));
+        assert_eq!(outbox.close_requested(), Some(CloseCode::SLOW_CONSUMER));
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(metrics.slow_consumer_closes.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_trickle_reader_that_stays_behind_is_closed() {
+        let metrics = CoreMetrics::default();
+        let outbox = outbox(8, 10_000);
+        for _ in 0..20 {
+            outbox.push(own(1000), &metrics);
+        }
+        let start = outbox.behind_since.get().expect("behind");
+        let mut now = start;
+        // It takes a little every second and gets a frame a second: never catches up.
+        while now < start + BEHIND_FOR {
+            assert!(!outbox.drains_too_slowly(now, &metrics));
+            now += Duration::from_secs(1);
+            outbox.wrote_at(now);
+            outbox.pop(&metrics);
+            outbox.push(own(1000), &metrics);
+        }
+        assert!(outbox.drains_too_slowly(now, &metrics));
+        assert_eq!(outbox.close_requested(), Some(CloseCode::SLOW_CONSUMER));
     }
 
     #[test]

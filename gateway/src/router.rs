@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -105,11 +107,23 @@ pub enum CoreMsg {
     Shutdown,
 }
 
-/// One core's inbox.
+impl CoreMsg {
+    /// The bytes of frames this message keeps alive until its core handles it.
+    pub fn pinned_bytes(&self) -> usize {
+        match self {
+            CoreMsg::Deliver { delivery, .. } => delivery.binary_len(),
+            CoreMsg::Engine(_) | CoreMsg::Shutdown => 0,
+        }
+    }
+}
+
+/// One core's inbox: bounded in messages, and it counts the bytes of the deliveries in it,
+/// which the broker bridge keeps bounded too.
 #[derive(Debug)]
 pub struct Mailbox {
     queue: ArrayQueue<CoreMsg>,
     waker: AtomicWaker,
+    delivery_bytes: AtomicUsize,
 }
 
 impl Mailbox {
@@ -118,27 +132,45 @@ impl Mailbox {
         Mailbox {
             queue: ArrayQueue::new(capacity),
             waker: AtomicWaker::new(),
+            delivery_bytes: AtomicUsize::new(0),
         }
     }
 
     /// Queues a message and wakes the owning core; a full mailbox hands the message back.
     pub fn push(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
-        self.queue.push(msg)?;
+        let bytes = msg.pinned_bytes();
+        // Counted before the push, so the core's count after its pop never goes below zero.
+        self.delivery_bytes.fetch_add(bytes, Relaxed);
+        if let Err(msg) = self.queue.push(msg) {
+            self.delivery_bytes.fetch_sub(bytes, Relaxed);
+            return Err(msg);
+        }
         self.waker.wake();
         Ok(())
     }
 
     /// The next message, or `Pending` with the core's waker registered.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<CoreMsg> {
-        if let Some(msg) = self.queue.pop() {
+        if let Some(msg) = self.pop() {
             return Poll::Ready(msg);
         }
         self.waker.register(cx.waker());
         // A push between the first pop and the registration would otherwise sleep unseen.
-        match self.queue.pop() {
+        match self.pop() {
             Some(msg) => Poll::Ready(msg),
             None => Poll::Pending,
         }
+    }
+
+    fn pop(&self) -> Option<CoreMsg> {
+        let msg = self.queue.pop()?;
+        self.delivery_bytes.fetch_sub(msg.pinned_bytes(), Relaxed);
+        Some(msg)
+    }
+
+    /// Bytes of the deliveries waiting in the mailbox.
+    pub fn delivery_bytes(&self) -> usize {
+        self.delivery_bytes.load(Relaxed)
     }
 }
 
@@ -174,4 +206,35 @@ pub fn core_holds_any(targets: &[Target], core: usize) -> bool {
 /// The `n`th connection id of `core` (cores up to 255).
 pub fn connection_id(core: usize, n: u64) -> u64 {
     ((core as u64 & 0xff) << CONNECTION_SEQ_BITS) | (n & ((1 << CONNECTION_SEQ_BITS) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    #[test]
+    fn a_mailbox_counts_the_bytes_of_the_deliveries_in_it() {
+        let mailbox = Mailbox::new(1);
+        let frame = wire::ServerFrame::Pong(wire::server::Pong {
+            nonce: 1,
+            server_time_us: 2,
+        })
+        .encode()
+        .expect("encodes");
+        let delivery = Delivery::new(&frame, Instant::now()).expect("valid");
+        let deliver = || CoreMsg::Deliver {
+            targets: Arc::from([Target::User(1)]),
+            except: None,
+            delivery: delivery.clone(),
+        };
+        mailbox.push(deliver()).expect("room");
+        assert_eq!(mailbox.delivery_bytes(), delivery.binary_len());
+        assert!(mailbox.push(deliver()).is_err(), "full");
+        assert_eq!(mailbox.delivery_bytes(), delivery.binary_len());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(mailbox.poll_recv(&mut cx).is_ready());
+        assert_eq!(mailbox.delivery_bytes(), 0);
+    }
 }

@@ -61,6 +61,19 @@ impl TokenBucket {
             self.tokens -= 1.0;
             return RateDecision::Accept;
         }
+        self.refuse(burst)
+    }
+
+    /// A frame this bucket accepted (its last [`TokenBucket::take`]) was refused by another
+    /// limit, the user's shared budget: the token is given back, and the refusal counts
+    /// against the connection like its own, so a connection that keeps sending past its
+    /// user's budget is closed with 1008 too.
+    pub fn refused_elsewhere(&mut self, burst: u32) -> RateDecision {
+        self.tokens = (self.tokens + 1.0).min(burst as f32);
+        self.refuse(burst)
+    }
+
+    fn refuse(&mut self, burst: u32) -> RateDecision {
         self.refusals += 1.0;
         if self.refusals > burst as f32 {
             RateDecision::Disconnect
@@ -151,6 +164,22 @@ mod tests {
                 RateDecision::Disconnect
             ]
         );
+    }
+
+    #[test]
+    fn refusals_by_the_users_budget_count_like_the_connections_own() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(2, now);
+        assert_eq!(bucket.take(now, 1, 2), RateDecision::Accept);
+        assert_eq!(bucket.refused_elsewhere(2), RateDecision::Refuse);
+        assert_eq!(bucket.take(now, 1, 2), RateDecision::Accept);
+        assert_eq!(bucket.refused_elsewhere(2), RateDecision::Refuse);
+        assert_eq!(
+            bucket.take(now, 1, 2),
+            RateDecision::Accept,
+            "the refused frames' tokens were given back"
+        );
+        assert_eq!(bucket.refused_elsewhere(2), RateDecision::Disconnect);
     }
 
     #[test]

@@ -610,11 +610,33 @@ fn the_protocol_document_quotes_the_gateway_s_numbers() {
             "idle timeout ({} s by default",
             defaults.idle_timeout.as_secs()
         ),
-        format!("queues up to {} frames", defaults.outbound_queue),
         format!(
-            "up to {} MiB of them",
+            "A queue past {} frames or {} MiB",
+            defaults.outbound_queue,
             defaults.outbound_queue_bytes / (1024 * 1024)
         ),
+        format!(
+            "nothing taken by its socket for {} seconds",
+            defaults.slow_consumer_stall.as_secs()
+        ),
+        format!(
+            "behind for {} seconds in all",
+            defaults.slow_consumer_behind.as_secs()
+        ),
+        format!(
+            "would pass {} frames or {} MiB",
+            // Written with a thousands separator: 65,536.
+            format_args!(
+                "{},{:03}",
+                defaults.outbound_queue_max / 1000,
+                defaults.outbound_queue_max % 1000
+            ),
+            defaults.outbound_queue_max_bytes / (1024 * 1024)
+        ),
+        {
+            let (per_second, burst) = defaults.user_frame_limits();
+            format!("{per_second} frames per second, bursts of up to {burst}")
+        },
         format!(
             "allows {} seconds of clock skew",
             gateway::auth::DEFAULT_LEEWAY_SECS

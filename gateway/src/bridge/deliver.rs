@@ -2,7 +2,9 @@
 //! hold its targets (a user's sessions, as the registry's session map knows them; a
 //! connection's core, from its id), as one refcounted WebSocket frame. A full mailbox never
 //! blocks the bridge: what does not fit waits in order in that core's parking queue, and the
-//! bridge stops taking deliveries from the broker while too much waits.
+//! bridge stops taking deliveries from the broker while too much waits, counted in
+//! deliveries and in bytes (parked, and in the mailboxes), so that what a slow core or a
+//! flood of sync pages leaves waiting stays in the broker rather than in this process.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -21,12 +23,18 @@ pub(super) const RETRY: Duration = Duration::from_millis(1);
 /// (the unacknowledged prefetch then holds the rest in the broker).
 const MAX_PARKED: usize = 16 * 1024;
 
+/// Bytes of deliveries parked or in mailboxes before the bridge stops taking more: 256 sync
+/// pages of maximal messages.
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+
 /// Routes deliveries to core mailboxes.
 pub(super) struct Router {
     sessions: Rc<RefCell<Sessions>>,
     /// Per core, deliveries waiting for room, in order.
     parked: Vec<VecDeque<CoreMsg>>,
     parked_total: usize,
+    /// Bytes of the parked deliveries.
+    parked_bytes: usize,
 }
 
 impl Router {
@@ -35,12 +43,14 @@ impl Router {
             sessions,
             parked: (0..cores).map(|_| VecDeque::new()).collect(),
             parked_total: 0,
+            parked_bytes: 0,
         }
     }
 
     /// Whether the bridge may take another delivery from the broker.
-    pub(super) fn has_room(&self) -> bool {
-        self.parked_total < MAX_PARKED
+    pub(super) fn has_room(&self, mailboxes: &[Mailbox]) -> bool {
+        let in_mailboxes: usize = mailboxes.iter().map(Mailbox::delivery_bytes).sum();
+        self.parked_total < MAX_PARKED && self.parked_bytes + in_mailboxes < MAX_WAITING_BYTES
     }
 
     /// Whether deliveries wait for a mailbox.
@@ -117,11 +127,13 @@ impl Router {
     pub(super) fn retry(&mut self, mailboxes: &[Mailbox]) {
         for (core, parked) in self.parked.iter_mut().enumerate() {
             while let Some(msg) = parked.pop_front() {
+                let bytes = msg.pinned_bytes();
                 if let Err(msg) = mailboxes[core].push(msg) {
                     parked.push_front(msg);
                     break;
                 }
                 self.parked_total -= 1;
+                self.parked_bytes -= bytes;
             }
         }
     }
@@ -129,14 +141,16 @@ impl Router {
     /// Pushes behind whatever already waits for this core, so its deliveries stay in order.
     fn push(&mut self, mailboxes: &[Mailbox], core: usize, msg: CoreMsg) {
         let parked = &mut self.parked[core];
-        if parked.is_empty() {
+        let msg = if parked.is_empty() {
             match mailboxes[core].push(msg) {
                 Ok(()) => return,
-                Err(msg) => parked.push_back(msg),
+                Err(msg) => msg,
             }
         } else {
-            parked.push_back(msg);
-        }
+            msg
+        };
+        self.parked_bytes += msg.pinned_bytes();
+        parked.push_back(msg);
         self.parked_total += 1;
     }
 }
@@ -238,6 +252,6 @@ mod tests {
         router.retry(&mailboxes);
         assert_eq!(drain(&mailboxes[1]).len(), 1);
         assert!(!router.is_parked());
-        assert!(router.has_room());
+        assert!(router.has_room(&mailboxes));
     }
 }

@@ -345,6 +345,9 @@ async fn session(
         .await
         .context("consuming the node queue")?;
     let mut in_flight = publisher.republish(&channel).await;
+    // The deliveries this thread allocated are freed by the cores; the allocator gives
+    // their memory back only when this thread asks.
+    let mut release_memory = tokio::time::interval(Duration::from_secs(1));
     // With a linger: when the frames queued since the last publish go out.
     let mut publish_at: Option<tokio::time::Instant> = None;
     node.broker_connected.store(true, Ordering::Release);
@@ -372,7 +375,7 @@ async fn session(
                     inbox.publish_ready.notify_one();
                 }
             }
-            delivery = deliveries.next(), if router.has_room() => {
+            delivery = deliveries.next(), if router.has_room(&node.mailboxes) => {
                 let delivery = delivery.context("the delivery stream ended")?.context("receiving a delivery")?;
                 router.route(&node.mailboxes, &delivery.data);
                 delivery.acker.ack(BasicAckOptions::default()).await.context("acking a delivery")?;
@@ -398,6 +401,7 @@ async fn session(
                     inbox.publish_ready.notify_one();
                 }
             }
+            _ = release_memory.tick() => crate::core::release_freed_memory(),
             _ = stop.notified(), if !*stopping => {
                 *stopping = true;
                 publish_at = None;

@@ -38,6 +38,92 @@ pub fn start(cores: usize, extra: &[&str]) -> Gateway {
     Gateway::start(Config::try_parse_from(args).expect("valid flags")).expect("gateway starts")
 }
 
+/// Where a gateway answers: one in this process, or the binary in a child process.
+pub trait Endpoint {
+    fn local_addr(&self) -> SocketAddr;
+    fn admin_addr(&self) -> SocketAddr;
+}
+
+impl Endpoint for Gateway {
+    fn local_addr(&self) -> SocketAddr {
+        Gateway::local_addr(self)
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        Gateway::admin_addr(self)
+    }
+}
+
+/// The gateway binary, with its own allocator (mimalloc), in a child process: what it holds
+/// is its own RSS, not mixed with the test's clients. Killed when dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on one core with `extra` flags; returns once it accepts.
+    pub async fn start(extra: &[&str]) -> GatewayProcess {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+        };
+        let (listen, admin) = (free(), free());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", &listen.to_string(), "--admin-listen"])
+            .arg(admin.to_string())
+            .args(["--cores", "1", "--jwt-secret", SECRET])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway binary starts");
+        let process = GatewayProcess {
+            child,
+            listen,
+            admin,
+        };
+        for _ in 0..100 {
+            if TcpStream::connect(admin).await.is_ok() && TcpStream::connect(listen).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway binary did not listen within 5 s");
+    }
+
+    /// The process's resident set, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line");
+        kib * 1024
+    }
+}
+
+impl Endpoint for GatewayProcess {
+    fn local_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -49,19 +135,19 @@ pub fn token(user_id: u64) -> String {
     gateway::auth::mint_hs256(SECRET.as_bytes(), user_id, now_secs() + 3600)
 }
 
-pub fn url(gateway: &Gateway) -> String {
+pub fn url(gateway: &impl Endpoint) -> String {
     format!("ws://{}/ws", gateway.local_addr())
 }
 
 /// Connects as `user_id` with a bearer token and returns the client and its welcome.
-pub async fn connect(gateway: &Gateway, user_id: u64) -> (Client, wire::server::Welcome) {
+pub async fn connect(gateway: &impl Endpoint, user_id: u64) -> (Client, wire::server::Welcome) {
     connect_with(gateway, &token(user_id))
         .await
         .expect("upgrade accepted")
 }
 
 pub async fn connect_with(
-    gateway: &Gateway,
+    gateway: &impl Endpoint,
     token: &str,
 ) -> Result<(Client, wire::server::Welcome), tokio_tungstenite::tungstenite::Error> {
     let mut request = url(gateway).into_client_request()?;
@@ -133,7 +219,7 @@ pub fn is_code(code: Option<u16>, expected: u16) -> bool {
 }
 
 /// The admin port's answer to GET `path`.
-pub async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String) {
+pub async fn admin_get(gateway: &impl Endpoint, path: &str) -> (u16, String) {
     http_get(gateway.admin_addr(), path).await
 }
 
@@ -172,7 +258,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Sends raw bytes as an HTTP request and returns the status code of the response.
-pub async fn raw_status(gateway: &Gateway, request: &[u8]) -> u16 {
+pub async fn raw_status(gateway: &impl Endpoint, request: &[u8]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(gateway.local_addr())
         .await
@@ -194,7 +280,7 @@ pub fn core_of(connection_id: u64) -> u64 {
 
 /// Upgrades a raw socket by hand, for what no WebSocket library does (frames it would not
 /// send, a client that never reads).
-pub async fn raw_upgrade(gateway: &Gateway, user_id: u64) -> TcpStream {
+pub async fn raw_upgrade(gateway: &impl Endpoint, user_id: u64) -> TcpStream {
     let mut stream = TcpStream::connect(gateway.local_addr())
         .await
         .expect("connect");
@@ -222,18 +308,27 @@ pub async fn raw_upgrade(gateway: &Gateway, user_id: u64) -> TcpStream {
 
 /// Reads frames as a client until the server closes; returns the close code.
 pub async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
+    // Decoded as it comes, so a client behind by megabytes does not hold them all here.
     let mut bytes = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes)).await;
+    let mut chunk = vec![0; 64 * 1024];
     let mut decoder = wsproto::Decoder::new(wsproto::Role::Client, 1 << 20);
-    let mut start = 0;
-    let mut code = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let decoded = decoder.decode(&mut bytes[start..]).ok()?;
-        start += decoded.consumed;
-        match decoded.message {
-            Some(wsproto::Message::Close { code: c, .. }) => code = c,
-            Some(_) => continue,
-            None => return code,
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&chunk[..n]),
+            _ => return None,
         }
+        let mut start = 0;
+        loop {
+            let decoded = decoder.decode(&mut bytes[start..]).ok()?;
+            start += decoded.consumed;
+            match decoded.message {
+                Some(wsproto::Message::Close { code, .. }) => return code,
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        bytes.drain(..start);
     }
 }

@@ -1,0 +1,197 @@
+//! `--user-frames-per-second` and `--user-frame-burst`: one send budget per user, shared by
+//! every connection of that user, whichever core the kernel gave each one to. Without it,
+//! an account with twenty connections would send twenty connections' worth.
+//!
+//! The budget is a single atomic word (the cell-rate algorithm's theoretical arrival time),
+//! taken with a compare-and-swap per frame: cores never lock on the hot path, and meet on
+//! the word only for a user with connections on more than one core. The table that finds a
+//! user's word is a [`ShardedMap`], like the per-IP table ([`crate::ip_limit`]): a lock is
+//! taken when a connection opens and when it closes, never per frame. A user's
+//! entry lives while the user has a connection, so the table is bounded by the connections.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use wire::UserId;
+
+use crate::shared_map::ShardedMap;
+
+/// One user's budget: when the frames it was allowed so far would have been paid for at the
+/// average rate, in nanoseconds after the table's epoch. A frame is allowed while that time
+/// is less than a burst's worth of frames ahead of now.
+#[derive(Debug, Default)]
+pub struct UserBudget {
+    paid_until_ns: AtomicU64,
+}
+
+impl UserBudget {
+    /// Takes one frame at `now_ns`, at one frame per `interval_ns` on average and `burst`
+    /// at once; false when the user has none left.
+    fn take(&self, now_ns: u64, interval_ns: u64, burst: u32) -> bool {
+        let tolerance = interval_ns.saturating_mul(u64::from(burst));
+        let mut seen = self.paid_until_ns.load(Relaxed);
+        loop {
+            let next = seen.max(now_ns).saturating_add(interval_ns);
+            if next - now_ns > tolerance {
+                return false;
+            }
+            // Relaxed is enough: the word is the whole state, and only its own order counts.
+            match self
+                .paid_until_ns
+                .compare_exchange_weak(seen, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(current) => seen = current,
+            }
+        }
+    }
+}
+
+/// Every connected user's budget, shared by every core.
+#[derive(Debug)]
+pub struct UserBudgets {
+    epoch: Instant,
+    interval_ns: u64,
+    burst: u32,
+    table: ShardedMap<UserId, Arc<UserBudget>>,
+}
+
+impl UserBudgets {
+    /// Budgets of `per_second` frames on average and `burst` at once per user; `None` when
+    /// either is 0 (no per-user limit).
+    pub fn new(per_second: u32, burst: u32) -> Option<Arc<UserBudgets>> {
+        (per_second > 0 && burst > 0).then(|| {
+            Arc::new(UserBudgets {
+                epoch: Instant::now(),
+                interval_ns: 1_000_000_000 / u64::from(per_second),
+                burst,
+                table: ShardedMap::new(),
+            })
+        })
+    }
+
+    /// The budget of `user_id` for one more of its connections, held until it is dropped.
+    pub fn join(self: &Arc<Self>, user_id: UserId) -> UserBudgetHandle {
+        let budget = self
+            .table
+            .shard(&user_id)
+            .entry(user_id)
+            .or_default()
+            .clone();
+        UserBudgetHandle {
+            budgets: self.clone(),
+            user_id,
+            budget: Some(budget),
+        }
+    }
+
+    /// Users with a budget.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// One connection's hold on its user's budget; the user's entry goes when the last one is
+/// dropped.
+#[derive(Debug)]
+pub struct UserBudgetHandle {
+    budgets: Arc<UserBudgets>,
+    user_id: UserId,
+    /// Taken only in `drop`.
+    budget: Option<Arc<UserBudget>>,
+}
+
+impl UserBudgetHandle {
+    /// Takes one frame of the user's budget at `now`; false when none is left.
+    pub fn take(&self, now: Instant) -> bool {
+        let budgets = &self.budgets;
+        let now_ns = now.saturating_duration_since(budgets.epoch).as_nanos() as u64;
+        self.budget
+            .as_ref()
+            .is_some_and(|budget| budget.take(now_ns, budgets.interval_ns, budgets.burst))
+    }
+}
+
+impl Drop for UserBudgetHandle {
+    fn drop(&mut self) {
+        let mut table = self.budgets.table.shard(&self.user_id);
+        // Released under the lock, where every handle is made and released, so the last
+        // handle to go always sees a count of one (the table's own).
+        drop(self.budget.take());
+        if table
+            .get(&self.user_id)
+            .is_some_and(|budget| Arc::strong_count(budget) == 1)
+        {
+            table.remove(&self.user_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn zero_means_no_limit() {
+        assert!(UserBudgets::new(0, 10).is_none());
+        assert!(UserBudgets::new(10, 0).is_none());
+    }
+
+    #[test]
+    fn connections_of_one_user_share_one_burst_and_one_rate() {
+        let budgets = UserBudgets::new(100, 40).expect("a limit");
+        let handles: Vec<_> = (0..20).map(|_| budgets.join(7)).collect();
+        let start = Instant::now();
+        let allowed = (0..10)
+            .flat_map(|_| handles.iter())
+            .filter(|handle| handle.take(start))
+            .count();
+        assert_eq!(allowed, 40, "twenty connections share one burst");
+        let other = budgets.join(8);
+        assert!(other.take(start), "another user has a budget of its own");
+        // 100 ms at 100 frames per second buys ten frames, whichever connection asks.
+        let later = start + Duration::from_millis(100);
+        let allowed = handles.iter().filter(|handle| handle.take(later)).count();
+        assert_eq!(allowed, 10);
+    }
+
+    #[test]
+    fn a_users_entry_lives_while_it_has_a_connection() {
+        let budgets = UserBudgets::new(100, 1).expect("a limit");
+        let first = budgets.join(1);
+        let second = budgets.join(1);
+        assert_eq!(budgets.tracked(), 1);
+        assert!(first.take(Instant::now()));
+        drop(first);
+        assert_eq!(budgets.tracked(), 1);
+        assert!(
+            !second.take(Instant::now()),
+            "the budget outlives a connection"
+        );
+        drop(second);
+        assert_eq!(budgets.tracked(), 0);
+    }
+
+    #[test]
+    fn cores_taking_at_once_share_one_budget() {
+        let budgets = UserBudgets::new(1, 1000).expect("a limit");
+        let now = Instant::now();
+        // Every connection opens before any closes: a user without one has no budget left
+        // to share.
+        let handles: Vec<_> = (0..4).map(|_| budgets.join(3)).collect();
+        let allowed: usize = handles
+            .into_iter()
+            .map(|handle| std::thread::spawn(move || (0..500).filter(|_| handle.take(now)).count()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().expect("thread"))
+            .sum();
+        assert_eq!(allowed, 1000);
+        assert_eq!(budgets.tracked(), 0, "every handle is gone");
+    }
+}
