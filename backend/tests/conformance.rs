@@ -44,9 +44,9 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const MAX_CHATS_PER_USER: &str = "3";
 
 /// The per-user send budget both engines run with: a burst above what any other case sends
-/// as one user (7 frames), low enough for a case to reach, and a rate slow enough that no
+/// as one user (13 frames), low enough for a case to reach, and a rate slow enough that no
 /// frame comes back within a case.
-const USER_BUDGET: [&str; 4] = ["--user-frame-burst", "8", "--user-frames-per-second", "1"];
+const USER_BUDGET: [&str; 4] = ["--user-frame-burst", "16", "--user-frames-per-second", "1"];
 
 struct Case {
     name: &'static str,
@@ -73,12 +73,28 @@ const CASES: &[Case] = &[
             A1< {"type":"pong","nonce":7}
             A2> {"type":"ping","nonce":8}
             A2< {"type":"pong","nonce":8}
-            A1> {"type":"presence_query","client_msg_id":9,"users":[$B]}
-            A1< {"type":"error","code":4029,"client_msg_id":9}
-            A2> {"type":"presence_query","client_msg_id":10,"users":[$B]}
-            A2< {"type":"error","code":4029,"client_msg_id":10}
-            B> {"type":"ping","nonce":11}
-            B< {"type":"pong","nonce":11}
+            A1> {"type":"ping","nonce":9}
+            A1< {"type":"pong","nonce":9}
+            A2> {"type":"ping","nonce":10}
+            A2< {"type":"pong","nonce":10}
+            A1> {"type":"ping","nonce":11}
+            A1< {"type":"pong","nonce":11}
+            A2> {"type":"ping","nonce":12}
+            A2< {"type":"pong","nonce":12}
+            A1> {"type":"ping","nonce":13}
+            A1< {"type":"pong","nonce":13}
+            A2> {"type":"ping","nonce":14}
+            A2< {"type":"pong","nonce":14}
+            A1> {"type":"ping","nonce":15}
+            A1< {"type":"pong","nonce":15}
+            A2> {"type":"ping","nonce":16}
+            A2< {"type":"pong","nonce":16}
+            A1> {"type":"presence_query","client_msg_id":17,"users":[$B]}
+            A1< {"type":"error","code":4029,"client_msg_id":17}
+            A2> {"type":"presence_query","client_msg_id":18,"users":[$B]}
+            A2< {"type":"error","code":4029,"client_msg_id":18}
+            B> {"type":"ping","nonce":19}
+            B< {"type":"pong","nonce":19}
         "#,
     },
     Case {
