@@ -18,20 +18,18 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use broker::{DEAD_LETTER_REASON_HEADER, REPUBLISH_HEADER, Topology};
+use broker::{DEAD_LETTER_REASON_HEADER, QueuedPublish, REPUBLISH_HEADER, Topology};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, Consumer, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -590,10 +588,8 @@ impl ShardWorker {
     /// returns once the last of them is queued on the channel, with what resolves when the
     /// broker has confirmed them all.
     ///
-    /// lapin's `basic_publish` resolves only once its I/O loop has written the frames, so
-    /// awaiting each publish in turn costs a loop turn per envelope. Instead each publish is
-    /// polled once as soon as it is made, which queues its frames (and numbers its confirm)
-    /// right then, in envelope order, and the writes are awaited together afterwards.
+    /// Each publish is queued on the channel as it is made ([`broker::queue_publish`]), in
+    /// envelope order, and the writes and confirms are awaited together afterwards.
     async fn publish(
         &self,
         channel: &Channel,
@@ -625,30 +621,15 @@ impl ShardWorker {
         }
         let window = self.shared.config.max_unconfirmed;
         let mut writes = Vec::with_capacity(window.min(publications.len()));
-        let mut confirms: Vec<PublisherConfirm> = Vec::with_capacity(writes.capacity());
         for (exchange, key, body, properties) in publications {
-            if writes.len() + confirms.len() >= window {
-                settle(&mut writes, &mut confirms).await?;
+            if writes.len() >= window {
+                settle(&mut writes).await?;
             }
-            let channel = channel.clone();
-            let exchange = exchange.to_owned();
-            let mut write: Write = Box::pin(async move {
-                channel
-                    .basic_publish(
-                        exchange.into(),
-                        key.into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await
-            });
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(result) => confirms.push(result.context("publishing a delivery")?),
-                Poll::Pending => writes.push(write),
-            }
+            writes.push(
+                broker::queue_publish(channel, exchange.to_owned(), key, body, properties).await,
+            );
         }
-        Ok(async move { settle(&mut writes, &mut confirms).await })
+        Ok(async move { settle(&mut writes).await })
     }
 
     /// Waits the next backoff step; fails if shutdown comes first.
@@ -676,9 +657,6 @@ async fn reject(channel: &Channel, tag: u64) -> anyhow::Result<()> {
         .context("dead-lettering a delivery")
 }
 
-/// A publish queued on the channel, resolving once lapin's I/O loop has written it.
-type Write = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
-
 /// A batch on its way to being acknowledged: resolves when the broker has confirmed its
 /// deliveries.
 type Settling = Pin<Box<dyn Future<Output = Settled> + Send>>;
@@ -690,15 +668,13 @@ struct Settled {
     confirms: anyhow::Result<()>,
 }
 
-/// Waits until every pending write is written and every publish confirmed.
-async fn settle(
-    writes: &mut Vec<Write>,
-    confirms: &mut Vec<PublisherConfirm>,
-) -> anyhow::Result<()> {
+/// Waits until every queued publish is written and confirmed.
+async fn settle(writes: &mut Vec<QueuedPublish>) -> anyhow::Result<()> {
+    let mut confirms = Vec::with_capacity(writes.len());
     for write in writes.drain(..) {
         confirms.push(write.await.context("publishing a delivery")?);
     }
-    for confirm in confirms.drain(..) {
+    for confirm in confirms {
         let confirmation = confirm.await.context("waiting for a publisher confirm")?;
         if confirmation.is_nack() {
             bail!("the broker refused an outbound delivery (nack)");

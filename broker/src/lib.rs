@@ -1,5 +1,6 @@
 //! The AMQP side of the edge: the topology that gateway nodes and backend workers share,
-//! how frames are sharded over the inbound queues, and how to connect.
+//! how frames are sharded over the inbound queues, how to connect, and how to publish in
+//! order without a loop turn per message.
 //!
 //! Both sides declare the whole topology they touch at start, with the same arguments from
 //! this crate, so whichever starts first creates it and the other's declarations are no-ops
@@ -8,11 +9,13 @@
 
 mod connect;
 mod error;
+mod publish;
 mod shard;
 mod topology;
 
 pub use connect::{DEFAULT_CONNECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_SECS, connect};
 pub use error::BrokerError;
+pub use publish::{QueuedPublish, queue_publish};
 pub use shard::shard_of;
 pub use topology::{
     DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_LENGTH, DEAD_LETTER_TTL_MS, DELIVERY_LIMIT,

@@ -29,23 +29,20 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 #[derive(Parser, Debug)]
@@ -544,26 +541,14 @@ impl Bench<'_> {
             }
             let permit = window.clone().acquire_owned().await?;
             let body = body(published, stamp, size);
-            let (channel, properties) = (channel.clone(), properties.clone());
-            let (exchange, key) = (self.exchange.to_owned(), queue.to_owned());
-            let mut write: Write = Box::pin(async move {
-                channel
-                    .basic_publish(
-                        exchange.into(),
-                        key.into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await
-            });
-            // Polled once now, which queues the frames and numbers the confirm (the backend's
-            // way), instead of a loop turn per publish to await the write.
-            let pending =
-                match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                    Poll::Ready(confirm) => Pending::Confirm(confirm.context("publishing")?),
-                    Poll::Pending => Pending::Write(write),
-                };
+            let pending = broker::queue_publish(
+                channel,
+                self.exchange.to_owned(),
+                queue.to_owned(),
+                body,
+                properties.clone(),
+            )
+            .await;
             published += 1;
             if pending_tx.send((pending, permit)).is_err() {
                 break;
@@ -575,25 +560,14 @@ impl Bench<'_> {
     }
 }
 
-type Write = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
-
-/// A publish awaiting its write or its confirm.
-enum Pending {
-    Write(Write),
-    Confirm(PublisherConfirm),
-}
-
 /// Awaits every publish's confirm in order, freeing its place in the window; returns how many
 /// the broker nacked.
 async fn confirm_all(
-    mut pending: mpsc::UnboundedReceiver<(Pending, OwnedSemaphorePermit)>,
+    mut pending: mpsc::UnboundedReceiver<(broker::QueuedPublish, OwnedSemaphorePermit)>,
 ) -> anyhow::Result<u64> {
     let mut nacked = 0;
     while let Some((publish, permit)) = pending.recv().await {
-        let confirm = match publish {
-            Pending::Write(write) => write.await.context("publishing")?,
-            Pending::Confirm(confirm) => confirm,
-        };
+        let confirm = publish.await.context("publishing")?;
         if confirm.await.context("awaiting a confirm")?.is_nack() {
             nacked += 1;
         }

@@ -5,16 +5,14 @@
 //! up neither the next publishes nor the deliveries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use anyhow::{Result, bail};
 use broker::Topology;
 use crossbeam_queue::ArrayQueue;
 use futures_util::stream::FuturesUnordered;
-use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use wire::envelope::{Inbound, InboundBatch};
 
@@ -41,7 +39,7 @@ pub(super) struct Publisher {
     topology: Topology,
     max_unconfirmed: usize,
     next_id: u64,
-    pending: BTreeMap<u64, (u16, Arc<Vec<u8>>)>,
+    pending: BTreeMap<u64, (u16, Arc<[u8]>)>,
 }
 
 impl Publisher {
@@ -110,7 +108,7 @@ impl Publisher {
         let mut started = Vec::new();
         for (shard, frames) in per_shard {
             for batch in cut(&frames) {
-                let body = Arc::new(self.encode(batch)?);
+                let body: Arc<[u8]> = self.encode(batch)?.into();
                 let id = self.next_id;
                 self.next_id += 1;
                 self.pending.insert(id, (shard, body.clone()));
@@ -181,36 +179,29 @@ pub(super) fn cut(frames: &[InboundFrame]) -> Vec<&[InboundFrame]> {
     batches
 }
 
-/// Starts one publish. Its first poll queues the frames on the channel, which fixes the
-/// order of publishes (and of their confirms) now, not when the future is next polled.
+/// Starts one publish: its frames are queued on the channel now, which fixes the order of
+/// publishes (and of their confirms) now, not when the returned future is next polled.
 async fn start(
     channel: &Channel,
     topology: &Topology,
     id: u64,
     shard: u16,
-    body: Arc<Vec<u8>>,
+    body: Arc<[u8]>,
 ) -> InFlight {
-    let channel = channel.clone();
-    let exchange = topology.inbound_exchange();
-    let mut publish: InFlight = Box::pin(async move {
-        let written = channel
-            .basic_publish(
-                exchange.into(),
-                Topology::shard_routing_key(shard).into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await;
-        match written {
+    let written = broker::queue_publish(
+        channel,
+        topology.inbound_exchange(),
+        Topology::shard_routing_key(shard),
+        body,
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
+    Box::pin(async move {
+        match written.await {
             Ok(confirm) => (id, confirm.await),
             Err(error) => (id, Err(error)),
         }
-    });
-    match poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await {
-        Poll::Ready(done) => Box::pin(std::future::ready(done)),
-        Poll::Pending => publish,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -246,7 +237,7 @@ mod tests {
         let mut publisher = Publisher::new(&settings);
         // Nothing in flight: a lone frame leaves at once.
         assert!(publisher.takes_now(1));
-        publisher.pending.insert(0, (0, Arc::new(Vec::new())));
+        publisher.pending.insert(0, (0, Arc::from(Vec::new())));
         // A round awaits its confirm: frames gather, until they fill a batch.
         assert!(!publisher.takes_now(1));
         assert!(!publisher.takes_now(MAX_BATCH_FRAMES - 1));
