@@ -90,7 +90,8 @@ pub struct Config {
     #[arg(long, env = "BACKEND_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,
 
-    /// Most outbound publishes of one shard awaiting their confirm at once.
+    /// Most outbound publishes of one batch awaiting their confirm at once (a shard has at
+    /// most four batches awaiting theirs; see `worker`).
     #[arg(long, env = "BACKEND_MAX_UNCONFIRMED", default_value_t = 512)]
     pub max_unconfirmed: usize,
 

@@ -562,11 +562,10 @@ impl Session {
                 };
             }
             let mut slices = [io::IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
-            let mut count = 0;
-            for (slice, (bytes, _)) in slices.iter_mut().zip(&self.writing) {
-                let from = if count == 0 { self.written } else { 0 };
+            let count = self.writing.len().min(MAX_FRAMES_PER_WRITE);
+            for (i, (slice, (bytes, _))) in slices.iter_mut().zip(&self.writing).enumerate() {
+                let from = if i == 0 { self.written } else { 0 };
                 *slice = io::IoSlice::new(&bytes[from..]);
-                count += 1;
             }
             let sent = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
                 Poll::Pending => return Poll::Pending,

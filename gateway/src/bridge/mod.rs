@@ -393,6 +393,8 @@ async fn session(
                 } else if !settings.publish_linger.is_zero() {
                     publish_at = Some(tokio::time::Instant::now() + settings.publish_linger);
                 }
+                // Otherwise the frames wait for the round in flight: its confirm wakes this
+                // branch again.
             }
             _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if !paused && publish_at.is_some() => {
                 publish_at = None;
