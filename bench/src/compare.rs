@@ -21,7 +21,7 @@ const SERVER_ORDER: [&str; 5] = [
     "node",
 ];
 /// The loads in report order, with what each one is; unknown names follow.
-const LOADS: [(&str, &str); 5] = [
+const LOADS: [(&str, &str); 6] = [
     (
         "echo-1k",
         "echo, 1,000 connections, 10 msg/s each (open loop)",
@@ -41,6 +41,10 @@ const LOADS: [(&str, &str); 5] = [
     (
         "idle-10k",
         "idle, 10,000 connections with heartbeats: server memory per connection",
+    ),
+    (
+        "chat-10k",
+        "chat, 10,000 connections in groups of 10, 0.2 msg/s each (2,000 msg/s, 18,000 deliveries/s; ours only)",
     ),
 ];
 
