@@ -286,8 +286,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_UNCONFIRMED", default_value_t = 1000)]
     pub max_unconfirmed: usize,
 
-    /// Deliveries the broker may push to this node before their acks.
-    #[arg(long, env = "GATEWAY_PREFETCH", default_value_t = 1000)]
+    /// Deliveries the broker may push to this node before their acks. The bridge acks a
+    /// delivery once it is routed, so this covers a round trip; it also bounds what the AMQP
+    /// client buffers while the cores are full and the bridge stops taking deliveries. A
+    /// delivery is one backend batch for this node (up to 256 KiB) or one sync page (up to
+    /// 1 MiB): 256 of them hold 64 MiB of batches, 256 MiB at worst, where 1,000 could hold
+    /// 1 GiB. Unpaced 2 KiB deliveries flowed as fast with 256 as with 1,000, and 20-30%
+    /// slower with 64 (`node_queue`, bench/RESULTS.md).
+    #[arg(long, env = "GATEWAY_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
 
     /// Redis URL for the user registry and presence (amqp engine).

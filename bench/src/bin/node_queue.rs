@@ -89,8 +89,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
 
-    /// The consumer's prefetch (the gateway's default is 1000).
-    #[arg(long, default_value_t = 1000)]
+    /// The consumer's prefetch (the gateway's default is 256).
+    #[arg(long, default_value_t = 256)]
     prefetch: u16,
 
     /// Most publishes awaiting their confirm (the backend's default is 512).
