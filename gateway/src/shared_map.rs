@@ -33,6 +33,16 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         shard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Keeps only the entries for which `keep` is true, one shard locked at a time.
+    pub fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|key, value| keep(key, value));
+        }
+    }
+
     /// Entries in all shards.
     pub fn len(&self) -> usize {
         self.shards

@@ -6,8 +6,12 @@
 //! taken with a compare-and-swap per frame: cores never lock on the hot path, and meet on
 //! the word only for a user with connections on more than one core. The table that finds a
 //! user's word is a [`ShardedMap`], like the per-IP table ([`crate::ip_limit`]): a lock is
-//! taken when a connection opens and when it closes, never per frame. A user's
-//! entry lives while the user has a connection, so the table is bounded by the connections.
+//! taken when a connection opens and when it closes, never per frame.
+//!
+//! A user's entry lives while the user has a connection, and after the last one closes for
+//! as long as the user still owes (at most one burst's refill time): otherwise closing and
+//! reopening a connection would buy a fresh burst each time. So the table holds the
+//! connected users and those that left within the last refill time.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -47,6 +51,12 @@ impl UserBudget {
             }
         }
     }
+
+    /// Whether frames taken before `now_ns` are not all paid for yet: the user would start
+    /// with less than a full burst.
+    fn owes_at(&self, now_ns: u64) -> bool {
+        self.paid_until_ns.load(Relaxed) > now_ns
+    }
 }
 
 /// Every connected user's budget, shared by every core.
@@ -56,6 +66,8 @@ pub struct UserBudgets {
     interval_ns: u64,
     burst: u32,
     table: ShardedMap<UserId, Arc<UserBudget>>,
+    /// When the entries of users who left, and owe nothing any more, are next dropped.
+    next_sweep_ns: AtomicU64,
 }
 
 impl UserBudgets {
@@ -68,12 +80,46 @@ impl UserBudgets {
                 interval_ns: 1_000_000_000 / u64::from(per_second),
                 burst,
                 table: ShardedMap::new(),
+                next_sweep_ns: AtomicU64::new(0),
             })
         })
     }
 
+    /// Nanoseconds from the table's epoch to `now`.
+    fn ns_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// How long a spent burst takes to refill: the longest a user who left may still owe.
+    fn refill_ns(&self) -> u64 {
+        self.interval_ns.saturating_mul(u64::from(self.burst))
+    }
+
+    /// Drops the entries of users without a connection who owe nothing any more, at most
+    /// once per refill time (by whichever connection opens or closes first after it), so
+    /// such entries last no longer than two refill times.
+    fn sweep_if_due(&self, now_ns: u64) {
+        let due = self.next_sweep_ns.load(Relaxed);
+        if now_ns < due
+            || self
+                .next_sweep_ns
+                .compare_exchange(
+                    due,
+                    now_ns.saturating_add(self.refill_ns()),
+                    Relaxed,
+                    Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        self.table
+            .retain(|_, budget| Arc::strong_count(budget) > 1 || budget.owes_at(now_ns));
+    }
+
     /// The budget of `user_id` for one more of its connections, held until it is dropped.
     pub fn join(self: &Arc<Self>, user_id: UserId) -> UserBudgetHandle {
+        self.sweep_if_due(self.ns_at(Instant::now()));
         let budget = self
             .table
             .shard(&user_id)
@@ -95,7 +141,7 @@ impl UserBudgets {
 }
 
 /// One connection's hold on its user's budget; the user's entry goes when the last one is
-/// dropped.
+/// dropped and the user owes nothing, or later, once it does not.
 #[derive(Debug)]
 pub struct UserBudgetHandle {
     budgets: Arc<UserBudgets>,
@@ -108,7 +154,7 @@ impl UserBudgetHandle {
     /// Takes one frame of the user's budget at `now`; false when none is left.
     pub fn take(&self, now: Instant) -> bool {
         let budgets = &self.budgets;
-        let now_ns = now.saturating_duration_since(budgets.epoch).as_nanos() as u64;
+        let now_ns = budgets.ns_at(now);
         self.budget
             .as_ref()
             .is_some_and(|budget| budget.take(now_ns, budgets.interval_ns, budgets.burst))
@@ -117,16 +163,19 @@ impl UserBudgetHandle {
 
 impl Drop for UserBudgetHandle {
     fn drop(&mut self) {
+        let now_ns = self.budgets.ns_at(Instant::now());
         let mut table = self.budgets.table.shard(&self.user_id);
         // Released under the lock, where every handle is made and released, so the last
         // handle to go always sees a count of one (the table's own).
         drop(self.budget.take());
         if table
             .get(&self.user_id)
-            .is_some_and(|budget| Arc::strong_count(budget) == 1)
+            .is_some_and(|budget| Arc::strong_count(budget) == 1 && !budget.owes_at(now_ns))
         {
             table.remove(&self.user_id);
         }
+        drop(table);
+        self.budgets.sweep_if_due(now_ns);
     }
 }
 
@@ -161,8 +210,9 @@ mod tests {
     }
 
     #[test]
-    fn a_users_entry_lives_while_it_has_a_connection() {
-        let budgets = UserBudgets::new(100, 1).expect("a limit");
+    fn a_users_entry_lives_while_it_has_a_connection_or_owes() {
+        // One frame a second: what was taken here is not paid for within the test.
+        let budgets = UserBudgets::new(1, 1).expect("a limit");
         let first = budgets.join(1);
         let second = budgets.join(1);
         assert_eq!(budgets.tracked(), 1);
@@ -174,6 +224,39 @@ mod tests {
             "the budget outlives a connection"
         );
         drop(second);
+        assert_eq!(budgets.tracked(), 1, "the user still owes");
+        let idle = budgets.join(2);
+        drop(idle);
+        assert_eq!(
+            budgets.tracked(),
+            1,
+            "a user who owes nothing leaves at once"
+        );
+    }
+
+    #[test]
+    fn reconnecting_buys_no_fresh_burst() {
+        let budgets = UserBudgets::new(1, 3).expect("a limit");
+        let mut allowed = 0;
+        for _ in 0..10 {
+            let connection = budgets.join(5);
+            allowed += (0..3).filter(|_| connection.take(Instant::now())).count();
+        }
+        assert_eq!(allowed, 3, "ten connections in a row share one burst");
+    }
+
+    #[test]
+    fn a_departed_users_entry_goes_once_it_owes_nothing() {
+        // A thousand frames a second and a burst of two: a spent burst refills in 2 ms.
+        let budgets = UserBudgets::new(1000, 2).expect("a limit");
+        let connection = budgets.join(9);
+        assert!(connection.take(Instant::now()));
+        drop(connection);
+        std::thread::sleep(Duration::from_millis(10));
+        // Any connection opening after the refill time sweeps the table.
+        let other = budgets.join(10);
+        assert_eq!(budgets.tracked(), 1, "only the connected user is left");
+        drop(other);
         assert_eq!(budgets.tracked(), 0);
     }
 
@@ -192,6 +275,5 @@ mod tests {
             .map(|thread| thread.join().expect("thread"))
             .sum();
         assert_eq!(allowed, 1000);
-        assert_eq!(budgets.tracked(), 0, "every handle is gone");
     }
 }
