@@ -135,9 +135,9 @@ impl Outbound {
             Outbound::Core(core, msg) => node.mailboxes[core]
                 .push(msg)
                 .map_err(|msg| Outbound::Core(core, msg)),
-            Outbound::Bridge(inbox, msg) => inbox
-                .push(msg)
-                .map_err(|msg| Outbound::Bridge(inbox, msg)),
+            Outbound::Bridge(inbox, msg) => {
+                inbox.push(msg).map_err(|msg| Outbound::Bridge(inbox, msg))
+            }
         }
     }
 }
@@ -179,7 +179,9 @@ struct Waiters {
 enum Lifecycle {
     Serving,
     /// Closing its sessions with 1001; what is still open at `until` is cut.
-    Draining { until: Instant },
+    Draining {
+        until: Instant,
+    },
     /// The drain is over.
     Drained,
 }
@@ -218,11 +220,7 @@ impl Core {
             index,
             metrics: node.metrics[index].clone(),
             node,
-            registry: RefCell::new(Registry::new(
-                index,
-                SWEEP_SLOTS,
-                first_connection_number(),
-            )),
+            registry: RefCell::new(Registry::new(index, SWEEP_SLOTS, first_connection_number())),
             engine: RefCell::new(engine),
             parked: RefCell::new(Parked {
                 frames: ParkedQueue::new(PARKED_FRAMES),
@@ -449,10 +447,7 @@ impl Core {
 
     /// Wakes `waker` when the backpressure ends.
     pub fn wait_for_room(&self, waker: &Waker) {
-        self.waiters
-            .borrow_mut()
-            .paused_readers
-            .push(waker.clone());
+        self.waiters.borrow_mut().paused_readers.push(waker.clone());
         self.need_timer();
     }
 
@@ -553,10 +548,7 @@ impl Core {
             if self.is_shutting_down() {
                 Poll::Ready(())
             } else {
-                self.waiters
-                    .borrow_mut()
-                    .shutdown
-                    .push(cx.waker().clone());
+                self.waiters.borrow_mut().shutdown.push(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -736,4 +728,78 @@ async fn yield_to_other_tasks() {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::QueueLimits;
+
+    const PING_INTERVAL: Duration = Duration::from_secs(25);
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn outbox(expires_at: u64) -> Outbox {
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+            max_frames: 64,
+            max_bytes: 4 << 20,
+            stall: Duration::from_secs(2),
+            behind_for: Duration::from_secs(30),
+        };
+        Outbox::new(1, 1, expires_at, false, limits)
+    }
+
+    /// The sweep as it runs `after` the session last read, at Unix second 1,000.
+    fn sweep(outbox: &Outbox, after: Duration, not_reading: bool) {
+        let sweep = SessionSweep {
+            now: outbox.last_read() + after,
+            now_secs: 1_000,
+            not_reading,
+            ping_interval: PING_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
+        };
+        let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
+        sweep.visit(outbox, &ping, &CoreMetrics::default());
+    }
+
+    #[test]
+    fn a_silent_session_is_pinged_once_then_closed_at_the_idle_timeout() {
+        let outbox = outbox(u64::MAX);
+        sweep(&outbox, PING_INTERVAL - Duration::from_millis(1), false);
+        assert!(outbox.is_empty() && !outbox.pinged());
+        sweep(&outbox, PING_INTERVAL, false);
+        assert_eq!(outbox.len(), 1, "one ping queued");
+        sweep(&outbox, PING_INTERVAL + Duration::from_secs(1), false);
+        assert_eq!(outbox.len(), 1, "no second ping before the client answers");
+        assert_eq!(outbox.close_requested(), None);
+        sweep(&outbox, IDLE_TIMEOUT, false);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::IDLE_TIMEOUT));
+    }
+
+    #[test]
+    fn an_expired_token_closes_the_session() {
+        let outbox = outbox(1_000);
+        sweep(&outbox, Duration::ZERO, false);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::TOKEN_EXPIRED));
+    }
+
+    #[test]
+    fn silence_while_the_core_does_not_read_is_not_the_clients() {
+        let outbox = outbox(u64::MAX);
+        let read_before = outbox.last_read();
+        sweep(&outbox, IDLE_TIMEOUT, true);
+        assert_eq!(outbox.close_requested(), None);
+        assert!(outbox.last_read() > read_before, "silence counts from now");
+    }
+
+    #[test]
+    fn a_closing_session_is_dropped_once_its_grace_is_over() {
+        let outbox = outbox(u64::MAX);
+        outbox.close(CloseCode::GOING_AWAY);
+        sweep(&outbox, Duration::ZERO, false);
+        assert!(!outbox.is_aborted());
+        sweep(&outbox, CLOSE_GRACE + Duration::from_secs(1), false);
+        assert!(outbox.is_aborted());
+    }
 }

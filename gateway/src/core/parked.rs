@@ -126,7 +126,11 @@ mod tests {
     fn a_queue_with_room_takes_the_message_at_once() {
         let mut parked = queue(2, 100);
         let mut sent = Vec::new();
-        assert_eq!(parked.offer(Msg(5), |m| Ok(sent.push(m))), Offer::Sent);
+        let offer = parked.offer(Msg(5), |m| {
+            sent.push(m);
+            Ok(())
+        });
+        assert_eq!(offer, Offer::Sent);
         assert_eq!(sent, [Msg(5)]);
         assert!(parked.is_empty());
     }
