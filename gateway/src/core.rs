@@ -30,7 +30,7 @@ use crate::outbox::{Outbox, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, Skip, core_holds_any};
 
 use parked::{Offer, ParkedLimits, ParkedQueue, Pinned};
-pub use registry::Registry;
+use registry::Registry;
 
 /// What each core (after its sweep) and the broker bridge call to hand back to the OS what
 /// the allocator keeps of freed memory; set by the binary, which knows its allocator.
@@ -415,7 +415,7 @@ impl Core {
             Offer::Sent | Offer::Queued => {}
             Offer::Parked => self.need_timer(),
             Offer::Refused(_) => {
-                // The first of a run is logged; the counter tells how many followed.
+                // Only the first drop is logged: the counter tells how many followed.
                 if self.metrics.parked_dropped.fetch_add(1, Relaxed) == 0 {
                     tracing::warn!(
                         core = self.index,
@@ -527,12 +527,10 @@ impl Core {
             return;
         }
         self.lifecycle.set(Lifecycle::Drained);
-        let cut = self
-            .registry
-            .borrow()
-            .all()
-            .filter(|outbox| outbox.abort_if_stuck(now, Duration::ZERO))
-            .count();
+        let mut cut = 0;
+        for outbox in self.registry.borrow().all() {
+            cut += usize::from(outbox.abort_if_stuck(now, Duration::ZERO));
+        }
         if cut > 0 {
             tracing::info!(
                 core = self.index,
