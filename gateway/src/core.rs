@@ -36,10 +36,10 @@ use registry::Registry;
 /// the allocator keeps of freed memory; set by the binary, which knows its allocator.
 static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
 
-/// Sets what a core calls once a sweep turn (every second) to give freed memory back. mimalloc,
-/// for one, returns freed pages only when the thread that freed them calls into it again
-/// after its purge delay: a core that goes quiet after a flood would hold the flood's
-/// queues for good.
+/// Sets what a core calls once a sweep turn (every second) to give freed memory back.
+/// mimalloc, for one, returns freed pages only when the thread that freed them calls into
+/// it again after its purge delay: a core that goes quiet after a flood would hold the
+/// flood's queues for good.
 pub fn release_freed_memory_with(release: fn()) {
     let _ = RELEASE_FREED_MEMORY.set(release);
 }
@@ -62,8 +62,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Slots of the sweep's wheel: a session is visited in the slot of its connection id, one
 /// slot per [`SWEEP_INTERVAL`] / `SWEEP_SLOTS`, so a core spends a fiftieth of its sweep
-/// every 20 ms instead of all of it at once (10,000 sessions walked in one go put about a
-/// millisecond into the delivery tail once a second).
+/// every 20 ms instead of holding every delivery back while it walks all its sessions.
 const SWEEP_SLOTS: usize = 50;
 
 /// Sessions the sweep checks before it lets the core's other tasks run.

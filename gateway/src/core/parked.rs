@@ -11,7 +11,8 @@
 //! deadlock), so one whose peer stopped draining altogether (a stuck core, which the
 //! watchdog reports) would park without end. Past the bound a message is dropped and
 //! counted instead: a delivery lost that way shows its recipients a gap in the chat's
-//! sequence, which they close with a sync.
+//! sequence, which they close with a sync; other work dropped that way is lost as it
+//! would be to a core that crashed, and `gateway_parked_dropped` and a warning say so.
 
 use std::collections::VecDeque;
 
