@@ -1,8 +1,16 @@
 //! One core: a pinned monoio runtime that owns its listener, its sessions, its engine shard
 //! and its counters. It touches another core only by a message in that core's mailbox.
+//!
+//! Who may touch what: the [`Registry`] (sessions by connection and by user) is borrowed
+//! only for one routing or one sweep batch; the [`Parked`] queues only by the code that
+//! sends to another core or the bridge and by the timer that retries; the [`Waiters`] only
+//! to add or wake a waker; the engine only while it handles one event. No borrow is held
+//! across an await.
+
+mod parked;
+mod registry;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,16 +27,19 @@ use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
-use crate::router::{CoreMsg, Delivery, Skip, connection_id, core_holds_any};
+use crate::router::{CoreMsg, Delivery, Skip, core_holds_any};
+
+use parked::{Offer, ParkedLimits, ParkedQueue, Pinned};
+use registry::Registry;
 
 /// What each core (after its sweep) and the broker bridge call to hand back to the OS what
 /// the allocator keeps of freed memory; set by the binary, which knows its allocator.
 static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
 
-/// Sets what a core calls once a sweep (every second) to give freed memory back. mimalloc,
-/// for one, returns freed pages only when the thread that freed them calls into it again
-/// after its purge delay: a core that goes quiet after a flood would hold the flood's
-/// queues for good.
+/// Sets what a core calls once a sweep turn (every second) to give freed memory back.
+/// mimalloc, for one, returns freed pages only when the thread that freed them calls into
+/// it again after its purge delay: a core that goes quiet after a flood would hold the
+/// flood's queues for good.
 pub fn release_freed_memory_with(release: fn()) {
     let _ = RELEASE_FREED_MEMORY.set(release);
 }
@@ -46,8 +57,33 @@ pub fn release_freed_memory() {
 /// parses what one read brought, so an idle session holds no buffer at all.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
-/// How often a core looks for silent sessions to ping or close.
+/// How often the sweep visits each session (to ping or close the silent ones).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Slots of the sweep's wheel: a session is visited in the slot of its connection id, one
+/// slot per [`SWEEP_INTERVAL`] / `SWEEP_SLOTS`, so a core spends a fiftieth of its sweep
+/// every 20 ms instead of holding every delivery back while it walks all its sessions.
+const SWEEP_SLOTS: usize = 50;
+
+/// Sessions the sweep checks before it lets the core's other tasks run.
+const SWEEP_BATCH: usize = 256;
+
+/// Mailbox messages a core handles before it lets its sessions write what they queued.
+const MAILBOX_BATCH: usize = 64;
+
+/// Messages (and the bytes of their frames) that may wait for a full queue: far above what
+/// the reads in progress when a queue fills can add (see [`parked`]).
+const PARKED_FRAMES: ParkedLimits = ParkedLimits {
+    messages: 65_536,
+    bytes: 64 << 20,
+};
+
+/// Session changes that may wait for the bridge's full registry queue: a few per session
+/// opened or closed while the bridge is behind.
+const PARKED_SESSION_CHANGES: ParkedLimits = ParkedLimits {
+    messages: 65_536,
+    bytes: usize::MAX,
+};
 
 /// How long a closing session may take to write its close frame before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -85,22 +121,68 @@ impl Drop for UpgradeGuard {
     }
 }
 
-/// A message waiting for room in a full queue.
-enum Parked {
+/// A message for another core or for the bridge.
+enum Outbound {
     Core(usize, CoreMsg),
     Bridge(Arc<BridgeInbox>, BridgeMsg),
 }
 
-impl Parked {
-    /// Tries again; hands itself back while the queue is still full.
-    fn push(self, node: &Node) -> Result<(), Parked> {
+impl Outbound {
+    /// Hands the message over; hands it back while its queue is full.
+    fn push(self, node: &Node) -> Result<(), Outbound> {
         match self {
-            Parked::Core(core, msg) => node.mailboxes[core]
+            Outbound::Core(core, msg) => node.mailboxes[core]
                 .push(msg)
-                .map_err(|msg| Parked::Core(core, msg)),
-            Parked::Bridge(inbox, msg) => inbox.push(msg).map_err(|msg| Parked::Bridge(inbox, msg)),
+                .map_err(|msg| Outbound::Core(core, msg)),
+            Outbound::Bridge(inbox, msg) => {
+                inbox.push(msg).map_err(|msg| Outbound::Bridge(inbox, msg))
+            }
         }
     }
+}
+
+impl Pinned for Outbound {
+    fn pinned_bytes(&self) -> usize {
+        match self {
+            Outbound::Core(_, msg) => msg.pinned_bytes(),
+            Outbound::Bridge(_, BridgeMsg::Publish { frame, .. }) => frame.frame.len(),
+            Outbound::Bridge(..) => 0,
+        }
+    }
+}
+
+/// What waits for room in a full queue, in two orders of its own.
+struct Parked {
+    /// Frames and cross-core work; while any wait, sessions stop reading instead of
+    /// buffering more.
+    frames: ParkedQueue<Outbound>,
+    /// Session changes for the bridge's registry: apart from `frames`, so that they never
+    /// wait behind frames that wait for the broker, and without pausing readers (they do
+    /// not grow with what clients send).
+    session_changes: ParkedQueue<Outbound>,
+}
+
+/// Tasks waiting on this core's state.
+#[derive(Default)]
+struct Waiters {
+    /// Sessions paused by backpressure.
+    paused_readers: Vec<Waker>,
+    /// The timer task while it idles, for work that needs it sooner.
+    timer: Option<Waker>,
+    /// Tasks waiting for the shutdown to begin.
+    shutdown: Vec<Waker>,
+}
+
+/// Where a core is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Serving,
+    /// Closing its sessions with 1001; what is still open at `until` is cut.
+    Draining {
+        until: Instant,
+    },
+    /// The drain is over.
+    Drained,
 }
 
 /// A core's state. Lives in an `Rc`: only this core's thread ever sees it.
@@ -110,35 +192,22 @@ pub struct Core {
     pub node: Arc<Node>,
     /// This core's counters.
     pub metrics: Arc<CoreMetrics>,
-    sessions: RefCell<HashMap<u64, Rc<Outbox>>>,
-    users: RefCell<HashMap<UserId, Vec<u64>>>,
+    registry: RefCell<Registry>,
     engine: RefCell<Box<dyn Engine>>,
-    /// Messages for cores whose mailbox was full, in order; while any wait, sessions stop
-    /// reading instead of buffering more.
-    overflow: RefCell<VecDeque<Parked>>,
-    /// Session changes for the registry that found its queue full, in order. Apart from
-    /// `overflow`, so that they never wait behind frames that wait for the broker, and
-    /// without pausing readers: they do not grow with what clients send.
-    parked_changes: RefCell<VecDeque<Parked>>,
-    paused_readers: RefCell<Vec<Waker>>,
-    /// The timer task's waker while it idles, for work that needs it sooner.
-    timer_waker: RefCell<Option<Waker>>,
+    parked: RefCell<Parked>,
+    waiters: RefCell<Waiters>,
     /// The shared read buffer.
     pub scratch: RefCell<Box<[u8]>>,
-    connections_opened: Cell<u64>,
     /// Connections accepted and not yet sessions: a stopping core waits for them too.
     upgrading: Rc<Cell<usize>>,
-    shutting_down: Cell<bool>,
-    /// When the shutdown's drain ends and what is still open is cut.
-    drain_ends: Cell<Option<Instant>>,
-    shutdown_waiters: RefCell<Vec<Waker>>,
+    lifecycle: Cell<Lifecycle>,
 }
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
             .field("index", &self.index)
-            .field("sessions", &self.sessions.borrow().len())
+            .field("sessions", &self.registry.borrow().len())
             .finish()
     }
 }
@@ -150,19 +219,16 @@ impl Core {
             index,
             metrics: node.metrics[index].clone(),
             node,
-            sessions: RefCell::new(HashMap::new()),
-            users: RefCell::new(HashMap::new()),
+            registry: RefCell::new(Registry::new(index, SWEEP_SLOTS, first_connection_number())),
             engine: RefCell::new(engine),
-            overflow: RefCell::new(VecDeque::new()),
-            parked_changes: RefCell::new(VecDeque::new()),
-            paused_readers: RefCell::new(Vec::new()),
-            timer_waker: RefCell::new(None),
+            parked: RefCell::new(Parked {
+                frames: ParkedQueue::new(PARKED_FRAMES),
+                session_changes: ParkedQueue::new(PARKED_SESSION_CHANGES),
+            }),
+            waiters: RefCell::new(Waiters::default()),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
-            connections_opened: Cell::new(first_connection_number()),
             upgrading: Rc::new(Cell::new(0)),
-            shutting_down: Cell::new(false),
-            drain_ends: Cell::new(None),
-            shutdown_waiters: RefCell::new(Vec::new()),
+            lifecycle: Cell::new(Lifecycle::Serving),
         }
     }
 
@@ -185,7 +251,7 @@ impl Core {
 
     /// Whether the core is closing.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
+        self.lifecycle.get() != Lifecycle::Serving
     }
 
     /// Runs `f` with the engine shard.
@@ -196,9 +262,7 @@ impl Core {
     /// Registers a new session, whose token expires at `expires_at` (Unix seconds), and
     /// returns its outbox.
     pub fn open_session(&self, user_id: UserId, expires_at: u64, text: bool) -> Rc<Outbox> {
-        let n = self.connections_opened.get() + 1;
-        self.connections_opened.set(n);
-        let id = connection_id(self.index, n);
+        let id = self.registry.borrow_mut().next_connection_id();
         let outbox = Rc::new(Outbox::new(
             id,
             user_id,
@@ -213,8 +277,7 @@ impl Core {
                 behind_for: self.node.config.slow_consumer_behind,
             },
         ));
-        self.sessions.borrow_mut().insert(id, outbox.clone());
-        self.users.borrow_mut().entry(user_id).or_default().push(id);
+        self.registry.borrow_mut().insert(outbox.clone());
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_total.fetch_add(1, Relaxed);
         outbox
@@ -223,14 +286,7 @@ impl Core {
     /// Forgets a session.
     pub fn close_session(&self, outbox: &Outbox) {
         outbox.discard(&self.metrics);
-        self.sessions.borrow_mut().remove(&outbox.connection_id);
-        let mut users = self.users.borrow_mut();
-        if let Some(ids) = users.get_mut(&outbox.user_id) {
-            ids.retain(|&id| id != outbox.connection_id);
-            if ids.is_empty() {
-                users.remove(&outbox.user_id);
-            }
-        }
+        self.registry.borrow_mut().remove(outbox);
         self.metrics.connections.fetch_sub(1, Relaxed);
     }
 
@@ -297,20 +353,18 @@ impl Core {
         except: Option<Skip>,
         delivery: &Arc<Delivery>,
     ) {
-        let sessions = self.sessions.borrow();
-        let users = self.users.borrow();
+        let registry = self.registry.borrow();
         let mut push = |id: &u64| {
-            if let Some(outbox) = sessions.get(id) {
+            if let Some(outbox) = registry.get(*id) {
                 self.metrics.frame_out(delivery.kind());
                 outbox.push(Outgoing::Shared(delivery.clone()), &self.metrics);
             }
         };
         for target in targets {
             match *target {
-                Target::User(user) if except != Some(Skip::User(user)) => users
-                    .get(&user)
-                    .into_iter()
-                    .flatten()
+                Target::User(user) if except != Some(Skip::User(user)) => registry
+                    .user_connections(user)
+                    .iter()
                     .filter(|&&id| except != Some(Skip::Connection(id)))
                     .for_each(&mut push),
                 Target::User(_) | Target::NotConnection(_) => {}
@@ -322,43 +376,51 @@ impl Core {
     /// Sends `msg` to core `core`. A full mailbox parks the message in order and pauses
     /// this core's readers until it drains: backpressure, not unbounded buffering.
     pub fn send_to_core(&self, core: usize, msg: CoreMsg) {
-        self.send(Parked::Core(core, msg));
+        self.send_frame_or_park(Outbound::Core(core, msg));
     }
 
     /// Hands work to the broker bridge: a frame in order with everything parked before it,
     /// a session change in order with the session changes parked before it.
     pub fn send_to_bridge(&self, inbox: &Arc<BridgeInbox>, msg: BridgeMsg) {
         let session_change = BridgeInbox::is_session_change(&msg);
-        let parked = Parked::Bridge(inbox.clone(), msg);
+        let outbound = Outbound::Bridge(inbox.clone(), msg);
         if session_change {
-            self.push_in_order(&self.parked_changes, parked);
+            let offer = self
+                .parked
+                .borrow_mut()
+                .session_changes
+                .offer(outbound, |msg| msg.push(&self.node));
+            self.after_offer(offer);
         } else {
-            self.send(parked);
+            self.send_frame_or_park(outbound);
         }
     }
 
-    fn send(&self, parked: Parked) {
-        if self.push_in_order(&self.overflow, parked) {
+    fn send_frame_or_park(&self, outbound: Outbound) {
+        let offer = self
+            .parked
+            .borrow_mut()
+            .frames
+            .offer(outbound, |msg| msg.push(&self.node));
+        if matches!(offer, Offer::Parked) {
             self.metrics.mailbox_full.fetch_add(1, Relaxed);
         }
+        self.after_offer(offer);
     }
 
-    /// Pushes `parked` to its queue, or, if messages already wait in `waiting` or its queue
-    /// is full, appends it to `waiting` (retried by the timer) to keep the order. True when
-    /// it found its queue full.
-    fn push_in_order(&self, waiting: &RefCell<VecDeque<Parked>>, parked: Parked) -> bool {
-        let mut queue = waiting.borrow_mut();
-        if !queue.is_empty() {
-            queue.push_back(parked);
-            return false;
-        }
-        match parked.push(&self.node) {
-            Ok(()) => false,
-            Err(parked) => {
-                queue.push_back(parked);
-                drop(queue);
-                self.need_timer();
-                true
+    /// Wakes the timer for a message that is the first to wait, counts one that was dropped.
+    fn after_offer(&self, offer: Offer<Outbound>) {
+        match offer {
+            Offer::Sent | Offer::Queued => {}
+            Offer::Parked => self.need_timer(),
+            Offer::Refused(_) => {
+                // Only the first drop is logged: the counter tells how many followed.
+                if self.metrics.parked_dropped.fetch_add(1, Relaxed) == 0 {
+                    tracing::warn!(
+                        core = self.index,
+                        "too many messages wait for full queues: dropping the newest"
+                    );
+                }
             }
         }
     }
@@ -374,7 +436,7 @@ impl Core {
     /// broker is behind on its confirms or reconnecting. A broker unreachable for longer
     /// does not pause reads: the engine answers what needs it with 5030 instead.
     pub fn is_backpressured(&self) -> bool {
-        !self.overflow.borrow().is_empty()
+        !self.parked.borrow().frames.is_empty()
             || (self
                 .node
                 .broker_paused
@@ -384,43 +446,37 @@ impl Core {
 
     /// Wakes `waker` when the backpressure ends.
     pub fn wait_for_room(&self, waker: &Waker) {
-        self.paused_readers.borrow_mut().push(waker.clone());
+        self.waiters.borrow_mut().paused_readers.push(waker.clone());
         self.need_timer();
     }
 
     /// Wakes the idle timer: something now waits for its next tick.
     pub fn need_timer(&self) {
-        if let Some(waker) = self.timer_waker.borrow_mut().take() {
+        let timer = self.waiters.borrow_mut().timer.take();
+        if let Some(waker) = timer {
             waker.wake();
         }
     }
 
     /// Whether anything waits for the timer: parked messages, paused readers, engine work.
     fn timer_needed(&self) -> bool {
-        !self.overflow.borrow().is_empty()
-            || !self.parked_changes.borrow().is_empty()
-            || !self.paused_readers.borrow().is_empty()
+        let parked = self.parked.borrow();
+        !parked.frames.is_empty()
+            || !parked.session_changes.is_empty()
+            || !self.waiters.borrow().paused_readers.is_empty()
             || self.engine.borrow().wants_tick()
     }
 
-    fn retry_overflow(&self) {
-        self.retry(&self.parked_changes);
-        self.retry(&self.overflow);
-    }
-
-    /// Pushes what waits in `waiting`, in order, while its queues take it.
-    fn retry(&self, waiting: &RefCell<VecDeque<Parked>>) {
-        let mut queue = waiting.borrow_mut();
-        while let Some(parked) = queue.pop_front() {
-            if let Err(parked) = parked.push(&self.node) {
-                queue.push_front(parked);
-                return;
-            }
-        }
+    /// Pushes what waits, in order, while its queues take it.
+    fn retry_parked(&self) {
+        let mut parked = self.parked.borrow_mut();
+        parked.session_changes.retry(|msg| msg.push(&self.node));
+        parked.frames.retry(|msg| msg.push(&self.node));
     }
 
     fn resume_readers(&self) {
-        for waker in self.paused_readers.borrow_mut().drain(..) {
+        let readers = std::mem::take(&mut self.waiters.borrow_mut().paused_readers);
+        for waker in readers {
             waker.wake();
         }
     }
@@ -438,28 +494,40 @@ impl Core {
     }
 
     fn begin_shutdown(&self) {
-        if self.shutting_down.replace(true) {
+        if self.is_shutting_down() {
             return;
         }
+        self.lifecycle.set(Lifecycle::Draining {
+            until: Instant::now() + SHUTDOWN_DRAIN,
+        });
+        let registry = self.registry.borrow();
         tracing::info!(
             core = self.index,
-            sessions = self.sessions.borrow().len(),
+            sessions = registry.len(),
             "closing sessions with 1001"
         );
-        for outbox in self.sessions.borrow().values() {
+        for outbox in registry.all() {
             outbox.close(CloseCode::GOING_AWAY);
         }
-        for waker in self.shutdown_waiters.borrow_mut().drain(..) {
+        drop(registry);
+        let waiting = std::mem::take(&mut self.waiters.borrow_mut().shutdown);
+        for waker in waiting {
             waker.wake();
         }
-        self.drain_ends.set(Some(Instant::now() + SHUTDOWN_DRAIN));
     }
 
-    /// Ends every session still open after the shutdown's drain, written or not.
-    fn cut_remaining_sessions(&self) {
+    /// Ends every session still open once the shutdown's drain is over, written or not.
+    fn cut_sessions_after_the_drain(&self) {
+        let Lifecycle::Draining { until } = self.lifecycle.get() else {
+            return;
+        };
         let now = Instant::now();
+        if now < until {
+            return;
+        }
+        self.lifecycle.set(Lifecycle::Drained);
         let mut cut = 0;
-        for outbox in self.sessions.borrow().values() {
+        for outbox in self.registry.borrow().all() {
             cut += usize::from(outbox.abort_if_stuck(now, Duration::ZERO));
         }
         if cut > 0 {
@@ -474,10 +542,10 @@ impl Core {
     /// Resolves when the core begins to shut down.
     pub async fn shutdown_started(&self) {
         poll_fn(|cx| {
-            if self.shutting_down.get() {
+            if self.is_shutting_down() {
                 Poll::Ready(())
             } else {
-                self.shutdown_waiters.borrow_mut().push(cx.waker().clone());
+                self.waiters.borrow_mut().shutdown.push(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -486,7 +554,7 @@ impl Core {
 
     /// Whether every session, and every connection still upgrading, has gone.
     pub fn is_idle(&self) -> bool {
-        self.sessions.borrow().is_empty() && self.upgrading.get() == 0
+        self.registry.borrow().is_empty() && self.upgrading.get() == 0
     }
 
     /// Counts a connection as upgrading until the returned guard drops.
@@ -495,17 +563,26 @@ impl Core {
         UpgradeGuard(self.upgrading.clone())
     }
 
-    /// Drains this core's mailbox for as long as the core runs.
+    /// Drains this core's mailbox for as long as the core runs, [`MAILBOX_BATCH`] messages
+    /// at a time: between batches the sessions write what the batch queued for them.
     pub async fn pump_mailbox(self: Rc<Self>) {
         let mailbox = &self.node.mailboxes[self.index];
+        let mut handled = 0;
         loop {
-            let msg = poll_fn(|cx| mailbox.poll_recv(cx)).await;
+            let msg = poll_fn(|cx| {
+                let polled = mailbox.poll_recv(cx);
+                if polled.is_pending() {
+                    // Waiting is a yield of its own: the next batch starts afresh.
+                    handled = 0;
+                }
+                polled
+            })
+            .await;
             self.handle(msg);
-            // Handle what else is already queued before yielding, in one go.
-            while let Poll::Ready(msg) =
-                mailbox.poll_recv(&mut std::task::Context::from_waker(Waker::noop()))
-            {
-                self.handle(msg);
+            handled += 1;
+            if handled == MAILBOX_BATCH {
+                handled = 0;
+                yield_to_other_tasks().await;
             }
         }
     }
@@ -520,15 +597,8 @@ impl Core {
                 self.idle_until_needed().await;
             }
             self.node.core_beats[self.index].fetch_add(1, Relaxed);
-            if self
-                .drain_ends
-                .get()
-                .is_some_and(|end| Instant::now() >= end)
-            {
-                self.drain_ends.set(None);
-                self.cut_remaining_sessions();
-            }
-            self.retry_overflow();
+            self.cut_sessions_after_the_drain();
+            self.retry_parked();
             self.engine.borrow_mut().tick(&self);
             if !self.is_backpressured() {
                 self.resume_readers();
@@ -543,55 +613,190 @@ impl Core {
             if idle.as_mut().poll(cx).is_ready() || self.timer_needed() {
                 return Poll::Ready(());
             }
-            *self.timer_waker.borrow_mut() = Some(cx.waker().clone());
+            self.waiters.borrow_mut().timer = Some(cx.waker().clone());
             Poll::Pending
         })
         .await;
-        self.timer_waker.borrow_mut().take();
+        self.waiters.borrow_mut().timer.take();
     }
 
-    /// Pings silent sessions, closes the ones silent past the idle timeout and the ones that
-    /// drain their queue too slowly ([`Outbox::drains_too_slowly`]). One sweep
-    /// per core instead of one timer per session keeps idle sessions small.
+    /// Visits every session once per [`SWEEP_INTERVAL`], one wheel slot per tick and at
+    /// most [`SWEEP_BATCH`] sessions between yields (see [`SessionSweep`]). Once per turn
+    /// of the wheel it closes the metrics window of queue depths and gives freed memory
+    /// back. One sweep per core instead of one timer per session keeps idle sessions small.
     pub async fn sweep_idle(self: Rc<Self>) {
         let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
+        let slots = self.registry.borrow().slots();
+        let tick = SWEEP_INTERVAL / slots as u32;
+        // The slot's connection ids: the registry may change while the sweep yields.
+        let mut due = Vec::new();
+        let mut deepest = 0;
         loop {
-            monoio::time::sleep(SWEEP_INTERVAL).await;
-            let now = Instant::now();
-            let now_secs = self.now_us() / 1_000_000;
-            // While this core does not read, a client's silence is ours: its pings and
-            // pongs wait unread. Its silence counts from when reading resumes.
-            let not_reading = self.is_backpressured();
-            let mut deepest = 0;
-            for outbox in self.sessions.borrow().values() {
-                deepest = deepest.max(outbox.len());
-                if outbox.close_requested().is_some() {
-                    outbox.abort_if_stuck(now, CLOSE_GRACE);
-                    continue;
-                }
-                if now_secs >= outbox.expires_at {
-                    outbox.close(CloseCode::TOKEN_EXPIRED);
-                    continue;
-                }
-                // A queue left behind by a burst with no push since is judged here.
-                if outbox.drains_too_slowly(now, &self.metrics) {
-                    continue;
-                }
-                outbox.compact();
-                if not_reading {
-                    outbox.touch(now);
-                    continue;
-                }
-                let silent = now.saturating_duration_since(outbox.last_read());
-                if silent >= self.node.config.idle_timeout {
-                    outbox.close(CloseCode::IDLE_TIMEOUT);
-                } else if silent >= self.node.config.ping_interval && !outbox.pinged() {
-                    outbox.set_pinged(true);
-                    outbox.push(Outgoing::Own(ping.clone()), &self.metrics);
+            for slot in 0..slots {
+                monoio::time::sleep(tick).await;
+                due.clear();
+                self.registry.borrow().slot_connections(slot, &mut due);
+                for (i, batch) in due.chunks(SWEEP_BATCH).enumerate() {
+                    if i > 0 {
+                        yield_to_other_tasks().await;
+                    }
+                    deepest = deepest.max(self.sweep_batch(batch, &ping));
                 }
             }
             self.metrics.end_sweep_window(deepest);
+            deepest = 0;
             release_freed_memory();
         }
+    }
+
+    /// Applies [`SessionSweep`] to the sessions `ids` still open; returns the deepest queue
+    /// among them.
+    fn sweep_batch(&self, ids: &[u64], ping: &bytes::Bytes) -> usize {
+        let sweep = SessionSweep {
+            now: Instant::now(),
+            now_secs: self.now_us() / 1_000_000,
+            // While this core does not read, a client's silence is ours: its pings and
+            // pongs wait unread. Its silence counts from when reading resumes.
+            not_reading: self.is_backpressured(),
+            ping_interval: self.node.config.ping_interval,
+            idle_timeout: self.node.config.idle_timeout,
+        };
+        let registry = self.registry.borrow();
+        let mut deepest = 0;
+        for outbox in ids.iter().filter_map(|&id| registry.get(id)) {
+            deepest = deepest.max(outbox.len());
+            sweep.visit(outbox, ping, &self.metrics);
+        }
+        deepest
+    }
+}
+
+/// What the sweep does with one session at its visit: pings it after `ping_interval` of
+/// silence, closes it after `idle_timeout` (4xxx/1000 codes as below), when its token has
+/// expired, or when it drains its queue too slowly ([`Outbox::drains_too_slowly`]); drops a
+/// closing session stuck past [`CLOSE_GRACE`]; gives an empty queue's memory back.
+struct SessionSweep {
+    now: Instant,
+    now_secs: u64,
+    not_reading: bool,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+}
+
+impl SessionSweep {
+    fn visit(&self, outbox: &Outbox, ping: &bytes::Bytes, metrics: &CoreMetrics) {
+        if outbox.close_requested().is_some() {
+            outbox.abort_if_stuck(self.now, CLOSE_GRACE);
+            return;
+        }
+        if self.now_secs >= outbox.expires_at {
+            outbox.close(CloseCode::TOKEN_EXPIRED);
+            return;
+        }
+        // A queue left behind by a burst with no push since is judged here.
+        if outbox.drains_too_slowly(self.now, metrics) {
+            return;
+        }
+        outbox.compact();
+        if self.not_reading {
+            outbox.touch(self.now);
+            return;
+        }
+        let silent = self.now.saturating_duration_since(outbox.last_read());
+        if silent >= self.idle_timeout {
+            outbox.close(CloseCode::IDLE_TIMEOUT);
+        } else if silent >= self.ping_interval && !outbox.pinged() {
+            outbox.set_pinged(true);
+            outbox.push(Outgoing::Own(ping.clone()), metrics);
+        }
+    }
+}
+
+/// Returns to the runtime once, after scheduling this task again behind those already
+/// woken (monoio has no `yield_now`).
+async fn yield_to_other_tasks() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::QueueLimits;
+
+    const PING_INTERVAL: Duration = Duration::from_secs(25);
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn outbox(expires_at: u64) -> Outbox {
+        let limits = QueueLimits {
+            frames: 8,
+            bytes: 1 << 20,
+            max_frames: 64,
+            max_bytes: 4 << 20,
+            stall: Duration::from_secs(2),
+            behind_for: Duration::from_secs(30),
+        };
+        Outbox::new(1, 1, expires_at, false, limits)
+    }
+
+    /// The sweep as it runs `after` the session last read, at Unix second 1,000.
+    fn sweep(outbox: &Outbox, after: Duration, not_reading: bool) {
+        let sweep = SessionSweep {
+            now: outbox.last_read() + after,
+            now_secs: 1_000,
+            not_reading,
+            ping_interval: PING_INTERVAL,
+            idle_timeout: IDLE_TIMEOUT,
+        };
+        let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
+        sweep.visit(outbox, &ping, &CoreMetrics::default());
+    }
+
+    #[test]
+    fn a_silent_session_is_pinged_once_then_closed_at_the_idle_timeout() {
+        let outbox = outbox(u64::MAX);
+        sweep(&outbox, PING_INTERVAL - Duration::from_millis(1), false);
+        assert!(outbox.is_empty() && !outbox.pinged());
+        sweep(&outbox, PING_INTERVAL, false);
+        assert_eq!(outbox.len(), 1, "one ping queued");
+        sweep(&outbox, PING_INTERVAL + Duration::from_secs(1), false);
+        assert_eq!(outbox.len(), 1, "no second ping before the client answers");
+        assert_eq!(outbox.close_requested(), None);
+        sweep(&outbox, IDLE_TIMEOUT, false);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::IDLE_TIMEOUT));
+    }
+
+    #[test]
+    fn an_expired_token_closes_the_session() {
+        let outbox = outbox(1_000);
+        sweep(&outbox, Duration::ZERO, false);
+        assert_eq!(outbox.close_requested(), Some(CloseCode::TOKEN_EXPIRED));
+    }
+
+    #[test]
+    fn silence_while_the_core_does_not_read_is_not_the_clients() {
+        let outbox = outbox(u64::MAX);
+        let read_before = outbox.last_read();
+        sweep(&outbox, IDLE_TIMEOUT, true);
+        assert_eq!(outbox.close_requested(), None);
+        assert!(outbox.last_read() > read_before, "silence counts from now");
+    }
+
+    #[test]
+    fn a_closing_session_is_dropped_once_its_grace_is_over() {
+        let outbox = outbox(u64::MAX);
+        outbox.close(CloseCode::GOING_AWAY);
+        sweep(&outbox, Duration::ZERO, false);
+        assert!(!outbox.is_aborted());
+        sweep(&outbox, CLOSE_GRACE + Duration::from_secs(1), false);
+        assert!(outbox.is_aborted());
     }
 }

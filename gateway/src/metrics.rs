@@ -96,6 +96,9 @@ pub struct CoreMetrics {
     outbound_deepest: AtomicU64,
     /// Messages that waited because another core's mailbox was full.
     pub mailbox_full: AtomicU64,
+    /// Messages dropped because the queue of those waiting for a full mailbox or bridge
+    /// queue was at its bound (see `core::parked`).
+    pub parked_dropped: AtomicU64,
     /// From the moment a frame was read to the moment its delivery was written.
     pub delivery_latency: Histogram,
 }
@@ -358,6 +361,12 @@ impl Collector for NodeMetrics {
             "gateway_mailbox_full",
             "Cross-core messages that waited for a full mailbox.",
             sum(&|c| c.mailbox_full.load(Relaxed)),
+        )?;
+        counter(
+            e,
+            "gateway_parked_dropped",
+            "Messages dropped because too many already waited for a full mailbox or bridge queue.",
+            sum(&|c| c.parked_dropped.load(Relaxed)),
         )?;
         let bounds: Vec<f64> = LATENCY_BUCKETS_US
             .iter()
