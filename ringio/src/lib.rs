@@ -91,6 +91,11 @@ impl Config {
 pub struct ConnId(u32);
 
 impl ConnId {
+    /// The id of slab index `index`, for driving a [`Handler`] without a loop (in tests).
+    pub fn from_index(index: u32) -> ConnId {
+        ConnId(index)
+    }
+
     /// The slab index.
     pub fn index(self) -> u32 {
         self.0
@@ -114,6 +119,16 @@ impl Outbox {
     /// Closes `conn` once the frames queued to it so far have gone out; it reads no more.
     pub fn close(&mut self, conn: ConnId) {
         self.closes.push(conn);
+    }
+
+    /// The frames queued since the loop last applied the outbox.
+    pub fn sends(&self) -> &[(ConnId, Bytes)] {
+        &self.sends
+    }
+
+    /// The closes asked for since the loop last applied the outbox.
+    pub fn closes(&self) -> &[ConnId] {
+        &self.closes
     }
 }
 
@@ -286,7 +301,7 @@ impl<H: Handler> EventLoop<H> {
                 state.recv_armed = more;
                 match result {
                     Ok(Some(buffer)) => {
-                        if !state.closing {
+                        if !state.closing && !state.draining {
                             let data = self.ring.bytes(&buffer);
                             self.handler.on_data(
                                 ConnId(conn),
