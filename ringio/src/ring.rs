@@ -257,6 +257,8 @@ pub struct Ring {
     in_flight: usize,
     /// Completions copied out of the queue, kept for its capacity.
     completions: Vec<(u64, i32, u32)>,
+    /// Writes the kernel completed short and that were resubmitted for the rest.
+    short_writes: u64,
 }
 
 /// Whether this kernel has what the loop needs: multishot receive with buffer selection
@@ -325,6 +327,7 @@ impl Ring {
             backoff: Box::new(Timespec::new()),
             in_flight: 0,
             completions: Vec::new(),
+            short_writes: 0,
         })
     }
 
@@ -523,7 +526,10 @@ impl Ring {
             Some(error) => Err(error),
             None if write.frames.advance(written as usize) => match fd_of(conn) {
                 Some(fd) => match self.submit_write(id, fd) {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        self.short_writes += 1;
+                        return;
+                    }
                     Err(err) => Err(err),
                 },
                 None => Err(io::Error::from_raw_os_error(libc::EBADF)),
@@ -550,6 +556,11 @@ impl Ring {
     /// Gives a buffer back to the kernel.
     pub fn recycle(&mut self, buffer: Buffer) {
         self.buffers.provide(buffer.id);
+    }
+
+    /// Writes completed short and resubmitted so far.
+    pub fn short_writes(&self) -> u64 {
+        self.short_writes
     }
 
     /// Operations still in flight that may touch memory owned here.

@@ -41,6 +41,24 @@ struct Args {
     /// one loop, so broadcast takes 1.
     #[arg(long, default_value = "1")]
     threads: NonZeroUsize,
+    /// Buffers in each loop's provided-buffer ring (a power of two). Every buffer is
+    /// touched once the ring has cycled through them, so this times `--buffer-size` is
+    /// resident memory per loop, whatever the number of connections.
+    #[arg(long, default_value_t = ringio::DEFAULT_BUFFERS)]
+    buffers: u16,
+    /// Bytes per buffer: the most one receive completion delivers.
+    #[arg(long, default_value_t = ringio::DEFAULT_BUFFER_SIZE)]
+    buffer_size: u32,
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            buffers: self.buffers,
+            buffer_size: self.buffer_size,
+            ..Config::new(self.listen)
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,9 +72,9 @@ fn main() -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (listen, mode, ready) = (args.listen, args.mode, ready_tx.clone());
+            let (config, mode, ready) = (args.config(), args.mode, ready_tx.clone());
             thread::spawn(move || -> anyhow::Result<()> {
-                let mut event_loop = match EventLoop::new(Config::new(listen), Peer::new(mode)) {
+                let mut event_loop = match EventLoop::new(config, Peer::new(mode)) {
                     Ok(event_loop) => event_loop,
                     Err(err) => {
                         let _ = ready.send(Err(err.to_string()));

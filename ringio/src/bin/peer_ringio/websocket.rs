@@ -394,6 +394,25 @@ mod tests {
     }
 
     #[test]
+    fn an_open_session_is_small_and_holds_no_buffer() {
+        let size = size_of::<Session>();
+        assert!(size <= 72, "Session grew to {size} bytes");
+        let mut peer = Peer::new(Mode::Echo);
+        let conn = ConnId::from_index(0);
+        let mut session = peer.on_open(conn);
+        peer.on_data(
+            conn,
+            &mut session,
+            &mut UPGRADE.to_vec(),
+            &mut Outbox::default(),
+        );
+        let Session::Open { partial, .. } = &session else {
+            panic!("not upgraded");
+        };
+        assert_eq!(partial.capacity(), 0);
+    }
+
+    #[test]
     fn group_of_reads_the_group_parameter_or_defaults_to_0() {
         assert_eq!(group_of(None), 0);
         assert_eq!(group_of(Some("token=a&group=7")), 7);
