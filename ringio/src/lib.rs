@@ -285,8 +285,13 @@ impl<H: Handler> EventLoop<H> {
         self.ring.submit_and_wait(timeout)?;
         let mut events = std::mem::take(&mut self.events);
         let conns = &self.conns;
+        // A short write goes on only while its connection is open: a closing one must not
+        // keep a write to a peer that stopped reading in flight, or its slot never frees.
         self.ring.reap(&mut events, |conn| {
-            conns.get(conn as usize).map(|conn| conn.socket.as_raw_fd())
+            conns
+                .get(conn as usize)
+                .filter(|conn| !conn.closing)
+                .map(|conn| conn.socket.as_raw_fd())
         });
         for event in events.drain(..) {
             self.handle(event)?;

@@ -261,13 +261,15 @@ pub struct Ring {
     short_writes: u64,
 }
 
-/// Whether this kernel has what the loop needs: multishot receive with buffer selection
-/// arrived in 6.0, provided-buffer rings and multishot accept in 5.19.
+/// Whether this kernel release (as in `uname -r`) has what the loop needs: multishot
+/// receive with buffer selection arrived in 6.0, provided-buffer rings and multishot accept
+/// in 5.19. The opcode probe cannot tell, since multishot is a flag on existing opcodes.
 fn kernel_supports_multishot_recv(release: &str) -> bool {
-    let mut numbers = release
+    let major = release
         .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u32>().unwrap_or(0));
-    let major = numbers.next().unwrap_or(0);
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .unwrap_or(0);
     major >= 6
 }
 

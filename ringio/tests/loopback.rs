@@ -218,8 +218,8 @@ fn a_dry_buffer_ring_pauses_receives_without_losing_bytes() {
 
 #[test]
 fn a_reply_larger_than_the_socket_buffers_arrives_whole_and_in_order() {
-    // 16 MiB cannot fit in loopback's socket buffers while the client is not reading, so
-    // the kernel writes part of it and the loop resumes from where it stopped.
+    // 16 MiB cannot fit in loopback's socket buffers while the client reads slowly, so the
+    // kernel writes part of a batch and the loop resumes from where it stopped.
     const LEN: usize = 16 << 20;
     let running = Running::start(
         |listen| Config {
@@ -231,8 +231,13 @@ fn a_reply_larger_than_the_socket_buffers_arrives_whole_and_in_order() {
     );
     let mut client = connect(running.addr);
     client.write_all(b"go").unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let got = read_exactly(&mut client, LEN);
+    // A slow reader: each pause lets the socket fill again under a 4 MiB vectored write.
+    let mut got = Vec::with_capacity(LEN);
+    while got.len() < LEN {
+        thread::sleep(Duration::from_millis(2));
+        let chunk = (LEN - got.len()).min(256 * 1024);
+        got.extend(read_exactly(&mut client, chunk));
+    }
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     assert!(
         running.stop() > 0,
