@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Our gateway beside its peers, in one run: the same loads against our gateway (memory
 # engine), a fastwebsockets server and a tokio-tungstenite server (both in bench/src/bin),
+# a server on the ringio io_uring completion loop (ringio/src/bin/peer_ringio),
 # and Node's `ws` (bench/peers/node) when node and npm are here; then the full persisted
 # path (scripts/demo.sh) at rising offered load; then the report (tables, ratios, knee,
 # plots) from bench's `compare_report`.
@@ -9,13 +10,13 @@
 # CPU 1, each load on a freshly started server so CPU and memory readings are its own.
 #
 # Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway gateway_epoll
-# fastwebsockets tungstenite node"; gateway_epoll is ours with --io-driver epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
+# fastwebsockets tungstenite ringio node"; gateway_epoll is ours with --io-driver epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
 # rising), FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-peers fullpath}
-SERVERS=${SERVERS:-gateway gateway_epoll fastwebsockets tungstenite node}
+SERVERS=${SERVERS:-gateway gateway_epoll fastwebsockets tungstenite ringio node}
 DURATION=${DURATION:-15s}
 FULLPATH_RATES=${FULLPATH_RATES:-0.001 0.002 0.005 0.01 0.02 0.05 0.1}
 FULLPATH_DURATION=${FULLPATH_DURATION:-20s}
@@ -42,7 +43,7 @@ LOADS=(
 scripts/toolchain.sh
 command -v cargo >/dev/null || . "$HOME/.cargo/env"
 echo "compare: building in release (the first build takes a few minutes)"
-cargo build --release --locked -p gateway -p loadtest -p bench --bins
+cargo build --release --locked -p gateway -p loadtest -p bench -p ringio --bins
 
 have_node() { command -v node >/dev/null && command -v npm >/dev/null; }
 if [[ " $SERVERS " == *" node "* ]]; then
@@ -95,7 +96,7 @@ start_server() {
         --cores 1 --engine memory --io-driver "$driver" --frames-per-second 1000000 \
         --frame-burst 1000000 >"$log" 2>&1 &
       ;;
-    fastwebsockets | tungstenite)
+    fastwebsockets | tungstenite | ringio)
       taskset -c 0 "target/release/peer_$server" --listen "$listen" --mode "$mode" --threads 1 >"$log" 2>&1 &
       ;;
     node)

@@ -1,0 +1,665 @@
+//! The one module with `unsafe`: the io_uring instance and every piece of memory the kernel
+//! reads or writes while an operation is in flight.
+//!
+//! - The provided-buffer ring: a page-aligned array of buffer descriptors shared with the
+//!   kernel, and the buffers themselves. A multishot receive picks a free buffer only when
+//!   data arrives, so an idle connection holds none. A buffer the kernel filled is handed out
+//!   as a [`Buffer`] token that only this module can make, and goes back to the kernel when
+//!   the token is given back ([`Ring::recycle`]).
+//! - Vectored writes: the frames and the vector array of each write in flight live here, in
+//!   a slab keyed by the operation's id, until the kernel reports the write complete; a
+//!   short write is resubmitted from where it stopped.
+//! - The accept back-off's timespec.
+//!
+//! Every operation that may touch that memory is counted while in flight, and dropping the
+//! ring cancels them all and waits for their last completions before freeing anything.
+
+use std::alloc::{self, Layout};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue};
+use slab::Slab;
+
+use crate::Error;
+use crate::batch::Batch;
+
+/// The buffer group id of the one provided-buffer ring.
+const BUFFER_GROUP: u16 = 0;
+/// Batches kept for reuse after their write completes, so a steady stream of writes does not
+/// allocate; beyond this many, finished batches are freed.
+const SPARE_BATCHES: usize = 256;
+
+/// The operation an SQE or CQE belongs to: the top byte of its user data. The low 32 bits
+/// hold a connection index (receives), a write id (writes) or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Write = 3,
+    Backoff = 4,
+    /// A cancellation request; its own completion carries nothing of interest.
+    Cancel = 5,
+}
+
+impl Kind {
+    fn user_data(self, index: u32) -> u64 {
+        (u64::from(self as u8) << 56) | u64::from(index)
+    }
+
+    fn of(user_data: u64) -> Option<(Kind, u32)> {
+        let kind = match user_data >> 56 {
+            1 => Kind::Accept,
+            2 => Kind::Recv,
+            3 => Kind::Write,
+            4 => Kind::Backoff,
+            5 => Kind::Cancel,
+            _ => return None,
+        };
+        // Truncation intended: the low 32 bits are the index.
+        Some((kind, user_data as u32))
+    }
+}
+
+/// A filled buffer from the provided-buffer ring, lent to the loop until it is recycled.
+/// Neither `Clone` nor constructible outside this module: holding one proves the kernel has
+/// finished writing that buffer and will not pick it again until it is recycled.
+#[derive(Debug)]
+pub struct Buffer {
+    id: u16,
+    len: usize,
+}
+
+/// What one completion means to the loop.
+#[derive(Debug)]
+pub enum Event {
+    /// The multishot accept produced a connection or failed; `more` says it stays armed.
+    Accepted {
+        result: io::Result<OwnedFd>,
+        more: bool,
+    },
+    /// A receive on connection `conn`: data in a buffer, the peer's end of stream
+    /// (`Ok(None)`), or an error (`ENOBUFS` when the buffer ring ran dry, `ECANCELED` after
+    /// a cancellation). `more` says the multishot receive stays armed.
+    Received {
+        conn: u32,
+        result: io::Result<Option<Buffer>>,
+        more: bool,
+    },
+    /// Every byte of connection `conn`'s write went out, or the write failed.
+    Wrote { conn: u32, result: io::Result<()> },
+    /// The accept back-off elapsed.
+    BackoffOver,
+}
+
+/// A write in flight: its frames and the vector array the kernel reads.
+#[derive(Debug, Default)]
+struct Write {
+    conn: u32,
+    frames: Batch,
+    iovecs: Vec<libc::iovec>,
+}
+
+impl Write {
+    /// Points the vector array at the batch's unwritten bytes.
+    fn refresh_iovecs(&mut self) {
+        self.iovecs.clear();
+        self.iovecs
+            .extend(self.frames.unwritten().map(|slice| libc::iovec {
+                iov_base: slice.as_ptr().cast_mut().cast(),
+                iov_len: slice.len(),
+            }));
+    }
+}
+
+/// One kernel buffer descriptor, `struct io_uring_buf` of the kernel's ABI. In the first
+/// descriptor, `tail` is the ring's tail, written by user space; in the others it is unused.
+#[repr(C)]
+struct BufDescriptor {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    tail: u16,
+}
+
+const _: () = assert!(size_of::<BufDescriptor>() == 16);
+
+/// The provided-buffer ring's memory: descriptors and buffers, both allocated here and freed
+/// only after the kernel has let go of them.
+struct BufferRing {
+    descriptors: NonNull<BufDescriptor>,
+    descriptors_layout: Layout,
+    buffers: NonNull<u8>,
+    buffers_layout: Layout,
+    count: u16,
+    buffer_size: u32,
+    /// The tail as last published to the kernel.
+    tail: u16,
+    /// Set when the kernel may still use the memory: it is then never freed.
+    leaked: bool,
+}
+
+impl BufferRing {
+    fn new(count: u16, buffer_size: u32) -> Result<BufferRing, Error> {
+        if !count.is_power_of_two() || buffer_size == 0 {
+            return Err(Error::Config(
+                "the buffer count must be a power of two and buffers must not be empty",
+            ));
+        }
+        let page = 4096;
+        let descriptors_layout = Layout::array::<BufDescriptor>(usize::from(count))
+            .and_then(|layout| layout.align_to(page))
+            .map_err(|_| Error::Config("buffer ring too large"))?;
+        let buffers_layout = Layout::array::<u8>(usize::from(count) * buffer_size as usize)
+            .and_then(|layout| layout.align_to(64))
+            .map_err(|_| Error::Config("buffer ring too large"))?;
+        // SAFETY: both layouts have a non-zero size (count and buffer_size are non-zero).
+        // Zeroed descriptors start with tail 0, which the kernel requires at registration.
+        let descriptors = unsafe { alloc::alloc_zeroed(descriptors_layout) };
+        let descriptors = NonNull::new(descriptors.cast::<BufDescriptor>())
+            .unwrap_or_else(|| alloc::handle_alloc_error(descriptors_layout));
+        // SAFETY: as above; the buffers need no initial contents, but zeroing is cheap once.
+        let buffers = unsafe { alloc::alloc_zeroed(buffers_layout) };
+        let buffers =
+            NonNull::new(buffers).unwrap_or_else(|| alloc::handle_alloc_error(buffers_layout));
+        Ok(BufferRing {
+            descriptors,
+            descriptors_layout,
+            buffers,
+            buffers_layout,
+            count,
+            buffer_size,
+            tail: 0,
+            leaked: false,
+        })
+    }
+
+    fn buffer_ptr(&self, id: u16) -> *mut u8 {
+        debug_assert!(id < self.count);
+        // SAFETY: id < count, so the offset stays inside the buffers' allocation.
+        unsafe {
+            self.buffers
+                .as_ptr()
+                .add(usize::from(id) * self.buffer_size as usize)
+        }
+    }
+
+    /// Hands buffer `id` to the kernel: writes a descriptor at the tail and publishes it.
+    fn provide(&mut self, id: u16) {
+        let slot = usize::from(self.tail & (self.count - 1));
+        let descriptor = BufDescriptor {
+            addr: self.buffer_ptr(id) as u64,
+            len: self.buffer_size,
+            bid: id,
+            tail: 0,
+        };
+        // SAFETY: slot < count, inside the descriptor array. The slot is between the
+        // kernel's head and our tail only after the tail store below, so the kernel is not
+        // reading it now. Only addr, len and bid are written: in the first descriptor the
+        // fourth field is the tail the kernel reads, and it must not be overwritten here.
+        unsafe {
+            let entry = self.descriptors.as_ptr().add(slot);
+            ptr::addr_of_mut!((*entry).addr).write(descriptor.addr);
+            ptr::addr_of_mut!((*entry).len).write(descriptor.len);
+            ptr::addr_of_mut!((*entry).bid).write(descriptor.bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field of the first descriptor is a properly aligned u16 inside
+        // our allocation, shared with the kernel, which only reads it; the release store
+        // orders the descriptor writes above before the kernel can see the new tail.
+        unsafe {
+            let tail = ptr::addr_of_mut!((*self.descriptors.as_ptr()).tail);
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufferRing {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        // SAFETY: allocated in `new` with these layouts; `Ring::drop` has unregistered the
+        // ring and waited out every receive before this runs, or set `leaked`.
+        unsafe {
+            alloc::dealloc(self.descriptors.as_ptr().cast(), self.descriptors_layout);
+            alloc::dealloc(self.buffers.as_ptr(), self.buffers_layout);
+        }
+    }
+}
+
+/// Sizes of a [`Ring`].
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    pub entries: u32,
+    pub buffers: u16,
+    pub buffer_size: u32,
+}
+
+/// The io_uring instance of one core's loop and the memory its operations use.
+pub struct Ring {
+    // Declared first: if `drop` must give up waiting, the fields below are leaked instead.
+    uring: IoUring,
+    buffers: BufferRing,
+    writes: Slab<Write>,
+    spare: Vec<Write>,
+    /// Boxed so its address stays put while a back-off timeout is in flight.
+    backoff: Box<Timespec>,
+    /// Operations that may still touch memory owned here (accept and receive count until
+    /// their multishot ends).
+    in_flight: usize,
+    /// Completions copied out of the queue, kept for its capacity.
+    completions: Vec<(u64, i32, u32)>,
+    /// Writes the kernel completed short and that were resubmitted for the rest.
+    short_writes: u64,
+}
+
+/// Whether this kernel release (as in `uname -r`) has what the loop needs: multishot
+/// receive with buffer selection arrived in 6.0, provided-buffer rings and multishot accept
+/// in 5.19. The opcode probe cannot tell, since multishot is a flag on existing opcodes.
+fn kernel_supports_multishot_recv(release: &str) -> bool {
+    let major = release
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .unwrap_or(0);
+    major >= 6
+}
+
+impl Ring {
+    /// Builds the ring, checks the kernel supports every operation the loop uses, and
+    /// registers the provided-buffer ring. [`Error::Unsupported`] means: use the epoll path.
+    pub fn new(config: RingConfig) -> Result<Ring, Error> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !kernel_supports_multishot_recv(release.trim()) {
+            return Err(Error::Unsupported(format!(
+                "kernel {} has no multishot receive (6.0 or later is needed)",
+                release.trim()
+            )));
+        }
+        let uring = IoUring::builder()
+            // One thread submits and reaps; completions are run when it enters the kernel.
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(config.entries)
+            .map_err(|err| Error::Unsupported(format!("io_uring_setup: {err}")))?;
+        let mut probe = Probe::new();
+        uring
+            .submitter()
+            .register_probe(&mut probe)
+            .map_err(|err| Error::Unsupported(format!("io_uring probe: {err}")))?;
+        for (code, name) in [
+            (opcode::AcceptMulti::CODE, "accept"),
+            (opcode::RecvMulti::CODE, "recv"),
+            (opcode::Writev::CODE, "writev"),
+            (opcode::AsyncCancel::CODE, "async cancel"),
+            (opcode::Timeout::CODE, "timeout"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(Error::Unsupported(format!("io_uring has no {name} opcode")));
+            }
+        }
+        let mut buffers = BufferRing::new(config.buffers, config.buffer_size)?;
+        // SAFETY: the descriptor array is page-aligned, holds `count` descriptors and lives
+        // in `buffers`, which `Ring` owns and frees only after unregistering it (see Drop).
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                buffers.descriptors.as_ptr() as u64,
+                buffers.count,
+                BUFFER_GROUP,
+                0,
+            )
+        }
+        .map_err(|err| Error::Unsupported(format!("registering a provided-buffer ring: {err}")))?;
+        for id in 0..buffers.count {
+            buffers.provide(id);
+        }
+        Ok(Ring {
+            uring,
+            buffers,
+            writes: Slab::new(),
+            spare: Vec::new(),
+            backoff: Box::new(Timespec::new()),
+            in_flight: 0,
+            completions: Vec::new(),
+            short_writes: 0,
+        })
+    }
+
+    /// Queues `entry`, first submitting what is queued if the submission queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Whatever `entry` points at must stay valid until its last completion.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller's guarantee, passed on.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.uring.submit()?;
+        }
+    }
+
+    /// Arms a multishot accept on `listener`.
+    pub fn arm_accept(&mut self, listener: RawFd) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Kind::Accept.user_data(0));
+        // SAFETY: the entry points at no memory.
+        unsafe { self.push(&entry) }?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Arms a multishot receive on connection `conn`'s socket, filling buffers from the ring.
+    pub fn arm_recv(&mut self, conn: u32, fd: RawFd) -> io::Result<()> {
+        let entry = opcode::RecvMulti::new(Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(Kind::Recv.user_data(conn));
+        // SAFETY: the kernel writes only into ring buffers, which live as long as the ring.
+        unsafe { self.push(&entry) }?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Asks the kernel to end connection `conn`'s multishot receive; its last completion
+    /// comes with `ECANCELED` (or sooner, if it was ending anyway).
+    pub fn cancel_recv(&mut self, conn: u32) -> io::Result<()> {
+        self.cancel(Kind::Recv.user_data(conn))
+    }
+
+    /// Asks the kernel to end a write in flight; its completion reports the outcome.
+    pub fn cancel_write(&mut self, write: u32) -> io::Result<()> {
+        self.cancel(Kind::Write.user_data(write))
+    }
+
+    fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(Kind::Cancel.user_data(0));
+        // SAFETY: the entry points at no memory.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Arms a one-shot timeout after which [`Event::BackoffOver`] arrives.
+    pub fn arm_backoff(&mut self, after: Duration) -> io::Result<()> {
+        *self.backoff = Timespec::from(after);
+        let entry = opcode::Timeout::new(&*self.backoff)
+            .build()
+            .user_data(Kind::Backoff.user_data(0));
+        // SAFETY: the timespec is boxed in `self` and outlives the operation; the loop arms
+        // one back-off at a time, so it is not overwritten while in flight.
+        unsafe { self.push(&entry) }?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Starts one vectored write of up to a batch of frames from the front of `queue` to
+    /// connection `conn`'s socket. The frames move here until the kernel has written them
+    /// all; returns the write's id (for [`Ring::cancel_write`]).
+    pub fn write(&mut self, conn: u32, fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<u32> {
+        let mut write = self.spare.pop().unwrap_or_default();
+        write.conn = conn;
+        write.frames.take_from(queue);
+        let key = self.writes.insert(write);
+        let id = u32::try_from(key).map_err(|_| io::Error::other("too many writes"))?;
+        self.submit_write(id, fd)?;
+        Ok(id)
+    }
+
+    fn submit_write(&mut self, id: u32, fd: RawFd) -> io::Result<()> {
+        let write = &mut self.writes[id as usize];
+        write.refresh_iovecs();
+        let entry = opcode::Writev::new(
+            Fd(fd),
+            write.iovecs.as_ptr(),
+            u32::try_from(write.iovecs.len()).unwrap_or(u32::MAX),
+        )
+        .build()
+        .user_data(Kind::Write.user_data(id));
+        // SAFETY: the vector array and the frames it points into are owned by the slab entry
+        // `id`, which is neither changed nor removed until this write's completion.
+        unsafe { self.push(&entry) }?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Submits what is queued and waits for at least one completion, or for `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let submitter = self.uring.submitter();
+        let result = match timeout {
+            Some(timeout) => {
+                let timespec = Timespec::from(timeout);
+                submitter.submit_with_args(1, &SubmitArgs::new().timespec(&timespec))
+            }
+            None => submitter.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Takes every completion that has arrived and appends what it means to `events`.
+    /// Short writes are resubmitted here and report nothing until they finish; `fd_of`
+    /// gives a connection's socket for that.
+    pub fn reap(&mut self, events: &mut Vec<Event>, fd_of: impl Fn(u32) -> Option<RawFd>) {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(
+            self.uring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for (user_data, result, flags) in completions.drain(..) {
+            let Some((kind, index)) = Kind::of(user_data) else {
+                continue;
+            };
+            let more = cqueue::more(flags);
+            if kind != Kind::Cancel && !more {
+                self.in_flight -= 1;
+            }
+            let error = (result < 0).then(|| io::Error::from_raw_os_error(-result));
+            match kind {
+                Kind::Accept => events.push(Event::Accepted {
+                    result: match error {
+                        Some(error) => Err(error),
+                        // SAFETY: a successful accept returns a new descriptor that nothing
+                        // else in this process owns.
+                        None => Ok(unsafe { OwnedFd::from_raw_fd(result) }),
+                    },
+                    more,
+                }),
+                Kind::Recv => {
+                    let result = match (error, cqueue::buffer_select(flags)) {
+                        (Some(error), _) => Err(error),
+                        (None, Some(id)) if result > 0 => Ok(Some(Buffer {
+                            id,
+                            len: result as usize,
+                        })),
+                        (None, Some(id)) => {
+                            // End of stream can still consume a buffer: give it back.
+                            self.buffers.provide(id);
+                            Ok(None)
+                        }
+                        (None, None) => Ok(None),
+                    };
+                    events.push(Event::Received {
+                        conn: index,
+                        result,
+                        more,
+                    });
+                }
+                Kind::Write => self.write_completed(index, error, result, events, &fd_of),
+                Kind::Backoff => events.push(Event::BackoffOver),
+                Kind::Cancel => {}
+            }
+        }
+        self.completions = completions;
+    }
+
+    fn write_completed(
+        &mut self,
+        id: u32,
+        error: Option<io::Error>,
+        written: i32,
+        events: &mut Vec<Event>,
+        fd_of: &impl Fn(u32) -> Option<RawFd>,
+    ) {
+        let write = &mut self.writes[id as usize];
+        let conn = write.conn;
+        let result = match error {
+            Some(error) => Err(error),
+            None if write.frames.advance(written as usize) => match fd_of(conn) {
+                Some(fd) => match self.submit_write(id, fd) {
+                    Ok(()) => {
+                        self.short_writes += 1;
+                        return;
+                    }
+                    Err(err) => Err(err),
+                },
+                None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+            },
+            None => Ok(()),
+        };
+        let mut write = self.writes.remove(id as usize);
+        write.frames.clear();
+        write.iovecs.clear();
+        if self.spare.len() < SPARE_BATCHES {
+            self.spare.push(write);
+        }
+        events.push(Event::Wrote { conn, result });
+    }
+
+    /// The bytes the kernel put in `buffer`, to read and change in place.
+    pub fn bytes(&mut self, buffer: &Buffer) -> &mut [u8] {
+        // SAFETY: a `Buffer` exists only for a buffer the kernel filled with `len` bytes and
+        // took out of the ring; it is not provided again until the token is recycled, so
+        // nothing else reads or writes these bytes while the returned borrow lives.
+        unsafe { std::slice::from_raw_parts_mut(self.buffers.buffer_ptr(buffer.id), buffer.len) }
+    }
+
+    /// Gives a buffer back to the kernel.
+    pub fn recycle(&mut self, buffer: Buffer) {
+        self.buffers.provide(buffer.id);
+    }
+
+    /// Writes completed short and resubmitted so far.
+    pub fn short_writes(&self) -> u64 {
+        self.short_writes
+    }
+
+    /// Operations still in flight that may touch memory owned here.
+    #[cfg(test)]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let cancel_all = opcode::AsyncCancel2::new(CancelBuilder::any().all())
+            .build()
+            .user_data(Kind::Cancel.user_data(0));
+        let mut events = Vec::new();
+        // SAFETY: the entry points at no memory.
+        let mut settled = self.in_flight == 0 || unsafe { self.push(&cancel_all) }.is_ok();
+        while settled && self.in_flight > 0 {
+            settled = self.uring.submit_and_wait(1).is_ok();
+            // Nothing is resubmitted: with no socket known, a short write ends as failed.
+            self.reap(&mut events, |_| None);
+            events.clear();
+        }
+        if settled {
+            // The ring is quiet: the buffer ring can go before its memory does.
+            let _ = self.uring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        } else {
+            // The kernel may still use these: leaking is the only safe choice.
+            std::mem::forget(std::mem::take(&mut self.writes));
+            self.buffers.leaked = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips_kind_and_index() {
+        for kind in [
+            Kind::Accept,
+            Kind::Recv,
+            Kind::Write,
+            Kind::Backoff,
+            Kind::Cancel,
+        ] {
+            for index in [0, 1, 12_345, u32::MAX] {
+                assert_eq!(Kind::of(kind.user_data(index)), Some((kind, index)));
+            }
+        }
+        assert_eq!(Kind::of(0), None);
+    }
+
+    #[test]
+    fn kernel_release_check_wants_6_or_later() {
+        assert!(kernel_supports_multishot_recv("6.18.44-fc-v1098"));
+        assert!(kernel_supports_multishot_recv("6.0.0"));
+        assert!(!kernel_supports_multishot_recv("5.19.17"));
+        assert!(!kernel_supports_multishot_recv(""));
+    }
+
+    #[test]
+    fn buffer_counts_must_be_powers_of_two() {
+        assert!(BufferRing::new(3, 64).is_err());
+        assert!(BufferRing::new(4, 0).is_err());
+        assert!(BufferRing::new(4, 64).is_ok());
+    }
+
+    #[test]
+    fn the_descriptor_array_is_page_aligned_and_the_tail_counts_provided_buffers() {
+        let mut ring = BufferRing::new(4, 64).unwrap();
+        assert_eq!(ring.descriptors.as_ptr() as usize % 4096, 0);
+        for id in 0..6 {
+            ring.provide(id % 4);
+        }
+        // SAFETY: the tail field of the first descriptor, inside the allocation; no
+        // kernel shares this unregistered ring.
+        let tail = unsafe { (*ring.descriptors.as_ptr()).tail };
+        assert_eq!(tail, 6);
+        // The fifth and sixth provides wrapped to slots 0 and 1.
+        // SAFETY: slot 1 is inside the descriptor array.
+        let slot1 = unsafe { &*ring.descriptors.as_ptr().add(1) };
+        assert_eq!(slot1.bid, 1);
+        assert_eq!(slot1.addr, ring.buffer_ptr(1) as u64);
+        assert_eq!(slot1.len, 64);
+    }
+
+    #[test]
+    fn a_ring_with_nothing_in_flight_drops_at_once() {
+        let ring = Ring::new(RingConfig {
+            entries: 8,
+            buffers: 4,
+            buffer_size: 64,
+        })
+        .unwrap();
+        assert_eq!(ring.in_flight(), 0);
+        drop(ring);
+    }
+}
