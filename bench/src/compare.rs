@@ -13,9 +13,10 @@ pub const OURS: &str = "gateway";
 pub const KNEE_P99_MS: f64 = 10.0;
 
 /// The servers in report order; unknown names follow, alphabetically.
-const SERVER_ORDER: [&str; 5] = [
+const SERVER_ORDER: [&str; 6] = [
     OURS,
     "gateway_epoll",
+    "ringio",
     "fastwebsockets",
     "tungstenite",
     "node",
