@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use smallvec::SmallVec;
 use wire::envelope::Target;
 use wire::server::ErrorFrame;
 use wire::{ClientMsgId, CloseCode, ErrorCode, ServerFrame, UserId};
@@ -111,7 +112,10 @@ pub struct Core {
     /// This core's counters.
     pub metrics: Arc<CoreMetrics>,
     sessions: RefCell<HashMap<u64, Rc<Outbox>>>,
-    users: RefCell<HashMap<UserId, Vec<u64>>>,
+    /// Each user's sessions on this core; almost always one, held inline.
+    users: RefCell<HashMap<UserId, SmallVec<[u64; 1]>>>,
+    /// The outbound queue limits, one copy for all of the core's sessions.
+    queue_limits: Rc<QueueLimits>,
     engine: RefCell<Box<dyn Engine>>,
     /// Messages for cores whose mailbox was full, in order; while any wait, sessions stop
     /// reading instead of buffering more.
@@ -146,12 +150,21 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// A core's state with its engine shard.
     pub fn new(index: usize, node: Arc<Node>, engine: Box<dyn Engine>) -> Core {
+        let queue_limits = Rc::new(QueueLimits {
+            frames: node.config.outbound_queue,
+            bytes: node.config.outbound_queue_bytes,
+            max_frames: node.config.outbound_queue_max,
+            max_bytes: node.config.outbound_queue_max_bytes,
+            stall: node.config.slow_consumer_stall,
+            behind_for: node.config.slow_consumer_behind,
+        });
         Core {
             index,
             metrics: node.metrics[index].clone(),
             node,
             sessions: RefCell::new(HashMap::new()),
             users: RefCell::new(HashMap::new()),
+            queue_limits,
             engine: RefCell::new(engine),
             overflow: RefCell::new(VecDeque::new()),
             parked_changes: RefCell::new(VecDeque::new()),
@@ -204,14 +217,7 @@ impl Core {
             user_id,
             expires_at,
             text,
-            QueueLimits {
-                frames: self.node.config.outbound_queue,
-                bytes: self.node.config.outbound_queue_bytes,
-                max_frames: self.node.config.outbound_queue_max,
-                max_bytes: self.node.config.outbound_queue_max_bytes,
-                stall: self.node.config.slow_consumer_stall,
-                behind_for: self.node.config.slow_consumer_behind,
-            },
+            self.queue_limits.clone(),
         ));
         self.sessions.borrow_mut().insert(id, outbox.clone());
         self.users.borrow_mut().entry(user_id).or_default().push(id);
@@ -226,7 +232,7 @@ impl Core {
         self.sessions.borrow_mut().remove(&outbox.connection_id);
         let mut users = self.users.borrow_mut();
         if let Some(ids) = users.get_mut(&outbox.user_id) {
-            ids.retain(|&id| id != outbox.connection_id);
+            ids.retain(|id| *id != outbox.connection_id);
             if ids.is_empty() {
                 users.remove(&outbox.user_id);
             }
@@ -577,7 +583,6 @@ impl Core {
                 if outbox.drains_too_slowly(now, &self.metrics) {
                     continue;
                 }
-                outbox.compact();
                 if not_reading {
                     outbox.touch(now);
                     continue;
