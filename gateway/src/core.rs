@@ -86,6 +86,38 @@ impl Drop for UpgradeGuard {
     }
 }
 
+/// One wait for the shutdown: its waker in the core's list while it waits.
+struct ShutdownWait<'a> {
+    waiters: &'a RefCell<Vec<Waker>>,
+    registered: Option<Waker>,
+}
+
+impl ShutdownWait<'_> {
+    fn register(&mut self, waker: &Waker) {
+        if self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        self.deregister();
+        self.waiters.borrow_mut().push(waker.clone());
+        self.registered = Some(waker.clone());
+    }
+
+    fn deregister(&mut self) {
+        if let Some(registered) = self.registered.take() {
+            let mut waiters = self.waiters.borrow_mut();
+            if let Some(at) = waiters.iter().position(|w| w.will_wake(&registered)) {
+                waiters.swap_remove(at);
+            }
+        }
+    }
+}
+
+impl Drop for ShutdownWait<'_> {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
 /// A message waiting for room in a full queue.
 enum Parked {
     Core(usize, CoreMsg),
@@ -477,15 +509,20 @@ impl Core {
         }
     }
 
-    /// Resolves when the core begins to shut down.
+    /// Resolves when the core begins to shut down. Every upgrade waits on this while it
+    /// runs, so its waker is registered once and leaves the list when the wait ends or is
+    /// dropped: the list would otherwise keep one waker per connection ever accepted.
     pub async fn shutdown_started(&self) {
+        let mut waiting = ShutdownWait {
+            waiters: &self.shutdown_waiters,
+            registered: None,
+        };
         poll_fn(|cx| {
             if self.shutting_down.get() {
-                Poll::Ready(())
-            } else {
-                self.shutdown_waiters.borrow_mut().push(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(());
             }
+            waiting.register(cx.waker());
+            Poll::Pending
         })
         .await
     }
