@@ -637,3 +637,47 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Task;
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_shutdown_wait_keeps_one_waker_in_the_list_while_it_waits() {
+        let waiters = RefCell::new(Vec::new());
+        let first = Waker::from(Arc::new(Task));
+        let other = Waker::from(Arc::new(Task));
+        let mut wait = ShutdownWait {
+            waiters: &waiters,
+            registered: None,
+        };
+        wait.register(&first);
+        wait.register(&first);
+        assert_eq!(waiters.borrow().len(), 1, "polled twice, registered once");
+        wait.register(&other);
+        assert_eq!(waiters.borrow().len(), 1);
+        assert!(
+            waiters.borrow()[0].will_wake(&other),
+            "the task's new waker"
+        );
+        let mut second = ShutdownWait {
+            waiters: &waiters,
+            registered: None,
+        };
+        second.register(&first);
+        drop(wait);
+        assert_eq!(waiters.borrow().len(), 1, "a finished wait leaves the list");
+        assert!(waiters.borrow()[0].will_wake(&first));
+        drop(second);
+        assert!(waiters.borrow().is_empty());
+    }
+}
