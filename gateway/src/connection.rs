@@ -212,10 +212,8 @@ async fn open(
         decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
         pending: Vec::new(),
         paused_mid_read: false,
-        writing: VecDeque::new(),
-        written: 0,
+        writing: None,
         outbox,
-        origin,
         close_sent: None,
         closing: Closing::AwaitPeerClose,
     };
@@ -366,20 +364,22 @@ struct Session {
     pending: Vec<u8>,
     /// Whether `pending` may hold whole messages, left when the session fell behind.
     paused_mid_read: bool,
-    /// Frames taken from the outbox for the write under way; empty (no allocation) when
-    /// nothing is being written.
-    writing: VecDeque<(Bytes, Option<Arc<Delivery>>)>,
-    /// How much of the first frame in `writing` went out.
-    written: usize,
+    /// The write under way; allocated only while one is.
+    writing: Option<Box<Writing>>,
     bucket: TokenBucket,
     /// The user's budget, shared with its other connections; `None` without a user limit.
     user_budget: Option<UserBudgetHandle>,
     outbox: Rc<Outbox>,
-    origin: Origin,
     /// The close code once our close frame is queued.
     close_sent: Option<CloseCode>,
     /// What the closing handshake waits for once our close frame is written.
     closing: Closing,
+}
+
+/// Frames taken from the outbox for one write, and how much of the first went out.
+struct Writing {
+    frames: VecDeque<(Bytes, Option<Arc<Delivery>>)>,
+    written: usize,
 }
 
 /// Why the poll loop stops: the session is over with this code.
@@ -409,15 +409,19 @@ enum Closing {
 impl Session {
     /// Unregisters the ended session.
     fn finish(self, code: CloseCode) {
-        let Session {
-            core,
-            outbox,
-            origin,
-            ..
-        } = self;
+        let origin = self.origin();
+        let Session { core, outbox, .. } = self;
         core.metrics.close(code.0);
         core.close_session(&outbox);
         core.with_engine(|engine| engine.disconnected(&core, origin));
+    }
+
+    /// Who this session is, for the engine: kept in the outbox alone.
+    fn origin(&self) -> Origin {
+        Origin {
+            user_id: self.outbox.user_id,
+            connection_id: self.outbox.connection_id,
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
@@ -436,7 +440,7 @@ impl Session {
                     self.outbox.push_final(frame, &self.core.metrics);
                     continue;
                 }
-                if self.writing.is_empty() && self.outbox.is_empty() {
+                if self.writing.is_none() && self.outbox.is_empty() {
                     return Poll::Ready(Ended::CloseWritten(code));
                 }
                 return Poll::Pending;
@@ -552,19 +556,17 @@ impl Session {
     /// receipts costs the core one system call and the kernel one send, not one per frame.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         loop {
-            if self.writing.is_empty() && !self.take_frames() {
-                // Drained: an idle session keeps no queue memory.
-                self.writing = VecDeque::new();
-                self.outbox.compact();
+            self.take_frames();
+            let Some(writing) = self.writing.as_deref() else {
                 return match Pin::new(&mut self.io).poll_flush(cx) {
                     Poll::Ready(Err(_)) => Poll::Ready(Err(CloseCode(1006))),
                     _ => Poll::Ready(Ok(())),
                 };
-            }
+            };
             let mut slices = [io::IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
-            let count = self.writing.len().min(MAX_FRAMES_PER_WRITE);
-            for (i, (slice, (bytes, _))) in slices.iter_mut().zip(&self.writing).enumerate() {
-                let from = if i == 0 { self.written } else { 0 };
+            let count = writing.frames.len().min(MAX_FRAMES_PER_WRITE);
+            for (i, (slice, (bytes, _))) in slices.iter_mut().zip(&writing.frames).enumerate() {
+                let from = if i == 0 { writing.written } else { 0 };
                 *slice = io::IoSlice::new(&bytes[from..]);
             }
             let sent = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
@@ -583,37 +585,47 @@ impl Session {
         }
     }
 
-    /// Moves frames from the outbox into `writing`, up to a write's worth; whether any came.
-    fn take_frames(&mut self) -> bool {
-        let mut bytes = 0;
-        while self.writing.len() < MAX_FRAMES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
-            let Some(frame) = self.outbox.pop(&self.core.metrics) else {
-                break;
-            };
-            bytes += frame.0.len();
-            self.writing.push_back(frame);
+    /// Starts a write of frames from the outbox, up to a write's worth, unless one is under
+    /// way.
+    fn take_frames(&mut self) {
+        if self.writing.is_none() {
+            let mut frames = VecDeque::new();
+            let mut bytes = 0;
+            while frames.len() < MAX_FRAMES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
+                let Some(frame) = self.outbox.pop(&self.core.metrics) else {
+                    break;
+                };
+                bytes += frame.0.len();
+                frames.push_back(frame);
+            }
+            if !frames.is_empty() {
+                self.writing = Some(Box::new(Writing { frames, written: 0 }));
+            }
         }
-        self.written = 0;
-        !self.writing.is_empty()
     }
 
-    /// Accounts for `sent` bytes of `writing` having gone out.
+    /// Accounts for `sent` bytes of the write under way having gone out, and frees it once
+    /// all of it has: an idle session holds no write.
     fn advance(&mut self, mut sent: usize) {
-        while let Some((bytes, _)) = self.writing.front() {
-            let left = bytes.len() - self.written;
+        let Some(writing) = self.writing.as_mut() else {
+            return;
+        };
+        while let Some((bytes, _)) = writing.frames.front() {
+            let left = bytes.len() - writing.written;
             if sent < left {
-                self.written += sent;
+                writing.written += sent;
                 return;
             }
             sent -= left;
-            self.written = 0;
-            if let Some((_, Some(delivery))) = self.writing.pop_front() {
+            writing.written = 0;
+            if let Some((_, Some(delivery))) = writing.frames.pop_front() {
                 self.core
                     .metrics
                     .delivery_latency
                     .observe(delivery.received_at.elapsed());
             }
         }
+        self.writing = None;
     }
 
     /// One read, when the socket has something, and everything it completes.
@@ -656,6 +668,7 @@ impl Session {
     /// behind, the rest is kept for when it has caught up: one read of many requests cannot
     /// queue many replies.
     fn consume(&mut self, bytes: &mut [u8], now: Instant) {
+        let origin = self.origin();
         let mut start = 0;
         let result = loop {
             if self.outbox.is_behind() {
@@ -665,7 +678,7 @@ impl Session {
             let decoded = match self.decoder.decode(&mut bytes[start..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {
-                    tracing::debug!(%error, user = self.origin.user_id, "WebSocket protocol error");
+                    tracing::debug!(%error, user = self.outbox.user_id, "WebSocket protocol error");
                     self.closing = Closing::Discard;
                     break Err(CloseCode(error.close_code()));
                 }
@@ -685,7 +698,7 @@ impl Session {
                     bucket: &mut self.bucket,
                     user: self.user_budget.as_ref(),
                 },
-                self.origin,
+                origin,
                 message,
                 now,
             ) {
@@ -819,4 +832,24 @@ fn on_message(
     }
     core.with_engine(|engine| engine.client_frame(core, origin, frame, &raw, now));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn size_of_output<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_sessions_task_stays_small() {
+        // What every open session's task holds for its whole life (bench/RESULTS.md,
+        // "Bytes per idle socket"): the socket alone is 80 bytes of it.
+        let session = std::mem::size_of::<Session>();
+        assert!(session <= 216, "a session is {session} bytes");
+        let task = size_of_output(serve);
+        assert!(task <= 248, "a session's future is {task} bytes");
+    }
 }

@@ -121,6 +121,38 @@ impl Drop for UpgradeGuard {
     }
 }
 
+/// One wait for the shutdown: its waker in the core's list while it waits.
+struct ShutdownWait<'a> {
+    waiters: &'a RefCell<Waiters>,
+    registered: Option<Waker>,
+}
+
+impl ShutdownWait<'_> {
+    fn register(&mut self, waker: &Waker) {
+        if self.registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        self.deregister();
+        self.waiters.borrow_mut().shutdown.push(waker.clone());
+        self.registered = Some(waker.clone());
+    }
+
+    fn deregister(&mut self) {
+        if let Some(registered) = self.registered.take() {
+            let shutdown = &mut self.waiters.borrow_mut().shutdown;
+            if let Some(at) = shutdown.iter().position(|w| w.will_wake(&registered)) {
+                shutdown.swap_remove(at);
+            }
+        }
+    }
+}
+
+impl Drop for ShutdownWait<'_> {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
 /// A message for another core or for the bridge.
 enum Outbound {
     Core(usize, CoreMsg),
@@ -193,6 +225,8 @@ pub struct Core {
     /// This core's counters.
     pub metrics: Arc<CoreMetrics>,
     registry: RefCell<Registry>,
+    /// The outbound queue limits, one copy for all of the core's sessions.
+    queue_limits: Rc<QueueLimits>,
     engine: RefCell<Box<dyn Engine>>,
     parked: RefCell<Parked>,
     waiters: RefCell<Waiters>,
@@ -215,11 +249,20 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// A core's state with its engine shard.
     pub fn new(index: usize, node: Arc<Node>, engine: Box<dyn Engine>) -> Core {
+        let queue_limits = Rc::new(QueueLimits {
+            frames: node.config.outbound_queue,
+            bytes: node.config.outbound_queue_bytes,
+            max_frames: node.config.outbound_queue_max,
+            max_bytes: node.config.outbound_queue_max_bytes,
+            stall: node.config.slow_consumer_stall,
+            behind_for: node.config.slow_consumer_behind,
+        });
         Core {
             index,
             metrics: node.metrics[index].clone(),
             node,
             registry: RefCell::new(Registry::new(index, SWEEP_SLOTS, first_connection_number())),
+            queue_limits,
             engine: RefCell::new(engine),
             parked: RefCell::new(Parked {
                 frames: ParkedQueue::new(PARKED_FRAMES),
@@ -268,14 +311,7 @@ impl Core {
             user_id,
             expires_at,
             text,
-            QueueLimits {
-                frames: self.node.config.outbound_queue,
-                bytes: self.node.config.outbound_queue_bytes,
-                max_frames: self.node.config.outbound_queue_max,
-                max_bytes: self.node.config.outbound_queue_max_bytes,
-                stall: self.node.config.slow_consumer_stall,
-                behind_for: self.node.config.slow_consumer_behind,
-            },
+            self.queue_limits.clone(),
         ));
         self.registry.borrow_mut().insert(outbox.clone());
         self.metrics.connections.fetch_add(1, Relaxed);
@@ -539,15 +575,20 @@ impl Core {
         }
     }
 
-    /// Resolves when the core begins to shut down.
+    /// Resolves when the core begins to shut down. Every upgrade waits on this while it
+    /// runs, so its waker is registered once and leaves the list when the wait ends or is
+    /// dropped: the list would otherwise keep one waker per connection ever accepted.
     pub async fn shutdown_started(&self) {
+        let mut waiting = ShutdownWait {
+            waiters: &self.waiters,
+            registered: None,
+        };
         poll_fn(|cx| {
             if self.is_shutting_down() {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().shutdown.push(cx.waker().clone());
-                Poll::Pending
+                return Poll::Ready(());
             }
+            waiting.register(cx.waker());
+            Poll::Pending
         })
         .await
     }
@@ -697,7 +738,6 @@ impl SessionSweep {
         if outbox.drains_too_slowly(self.now, metrics) {
             return;
         }
-        outbox.compact();
         if self.not_reading {
             outbox.touch(self.now);
             return;
@@ -729,6 +769,8 @@ async fn yield_to_other_tasks() {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Wake;
+
     use super::*;
     use crate::outbox::QueueLimits;
 
@@ -744,7 +786,7 @@ mod tests {
             stall: Duration::from_secs(2),
             behind_for: Duration::from_secs(30),
         };
-        Outbox::new(1, 1, expires_at, false, limits)
+        Outbox::new(1, 1, expires_at, false, Rc::new(limits))
     }
 
     /// The sweep as it runs `after` the session last read, at Unix second 1,000.
@@ -798,5 +840,49 @@ mod tests {
         assert!(!outbox.is_aborted());
         sweep(&outbox, CLOSE_GRACE + Duration::from_secs(1), false);
         assert!(outbox.is_aborted());
+    }
+
+    struct Task;
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_shutdown_wait_keeps_one_waker_in_the_list_while_it_waits() {
+        let waiters = RefCell::new(Waiters::default());
+        let first = Waker::from(Arc::new(Task));
+        let other = Waker::from(Arc::new(Task));
+        let mut wait = ShutdownWait {
+            waiters: &waiters,
+            registered: None,
+        };
+        wait.register(&first);
+        wait.register(&first);
+        assert_eq!(
+            waiters.borrow().shutdown.len(),
+            1,
+            "polled twice, registered once"
+        );
+        wait.register(&other);
+        assert_eq!(waiters.borrow().shutdown.len(), 1);
+        assert!(
+            waiters.borrow().shutdown[0].will_wake(&other),
+            "the task's new waker"
+        );
+        let mut second = ShutdownWait {
+            waiters: &waiters,
+            registered: None,
+        };
+        second.register(&first);
+        drop(wait);
+        assert_eq!(
+            waiters.borrow().shutdown.len(),
+            1,
+            "a finished wait leaves the list"
+        );
+        assert!(waiters.borrow().shutdown[0].will_wake(&first));
+        drop(second);
+        assert!(waiters.borrow().shutdown.is_empty());
     }
 }

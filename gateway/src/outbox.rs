@@ -22,8 +22,9 @@
 //! for it faster than it takes them, which is what bounds a never-reading sync flooder to
 //! about one mark of bytes until the stall rule closes it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::Waker;
@@ -74,8 +75,30 @@ pub struct QueueLimits {
     pub behind_for: Duration,
 }
 
-/// One session's queue and the flags its task polls.
+/// What waits in an outbox, boxed and allocated only while something waits: an idle
+/// session holds one pointer for it, not the queue's bookkeeping.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    /// What the queued frames pin, in bytes.
+    bytes: usize,
+    /// Since when the queue is behind its marks.
+    behind_since: Option<Instant>,
+    /// When the socket last took bytes while the queue was behind.
+    progress_at: Option<Instant>,
+}
+
+/// A close asked for, once per session.
 #[derive(Debug)]
+struct CloseRequest {
+    code: CloseCode,
+    /// When: a client that does not take its close frame in time is dropped without it.
+    at: Instant,
+}
+
+/// One session's queue and the flags its task polls. One lives per open session, so what
+/// only a busy or closing session needs is boxed and allocated only then, and the limits
+/// are the core's, shared.
 pub struct Outbox {
     /// The session's connection id.
     pub connection_id: u64,
@@ -83,23 +106,25 @@ pub struct Outbox {
     pub user_id: UserId,
     /// When the session's token expires (Unix seconds): the session ends then with 4002.
     pub expires_at: u64,
-    queue: RefCell<VecDeque<Outgoing>>,
-    /// What the queued frames pin, in bytes.
-    queued_bytes: Cell<usize>,
-    waker: RefCell<Option<Waker>>,
-    close: Cell<Option<CloseCode>>,
-    /// When the close was asked for: a client that does not take its close frame in time
-    /// is dropped without it.
-    close_requested_at: Cell<Option<Instant>>,
+    queue: RefCell<Option<Box<Queue>>>,
+    waker: Cell<Option<Waker>>,
+    close: OnceCell<Box<CloseRequest>>,
+    limits: Rc<QueueLimits>,
+    last_read: Cell<Instant>,
     aborted: Cell<bool>,
     text: Cell<bool>,
-    limits: QueueLimits,
-    /// Since when the queue is behind its marks.
-    behind_since: Cell<Option<Instant>>,
-    /// When the socket last took bytes while the queue was behind.
-    progress_at: Cell<Option<Instant>>,
-    last_read: Cell<Instant>,
     pinged: Cell<bool>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("connection_id", &self.connection_id)
+            .field("user_id", &self.user_id)
+            .field("queued", &self.len())
+            .field("close", &self.close_requested())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Outbox {
@@ -109,23 +134,19 @@ impl Outbox {
         user_id: UserId,
         expires_at: u64,
         text: bool,
-        limits: QueueLimits,
+        limits: Rc<QueueLimits>,
     ) -> Outbox {
         Outbox {
             connection_id,
             user_id,
             expires_at,
-            queue: RefCell::new(VecDeque::new()),
-            queued_bytes: Cell::new(0),
-            waker: RefCell::new(None),
-            close: Cell::new(None),
-            close_requested_at: Cell::new(None),
+            queue: RefCell::new(None),
+            waker: Cell::new(None),
+            close: OnceCell::new(),
+            limits,
+            last_read: Cell::new(Instant::now()),
             aborted: Cell::new(false),
             text: Cell::new(text),
-            limits,
-            behind_since: Cell::new(None),
-            progress_at: Cell::new(None),
-            last_read: Cell::new(Instant::now()),
             pinged: Cell::new(false),
         }
     }
@@ -168,18 +189,19 @@ impl Outbox {
             return;
         }
         let bytes = frame.pinned_bytes();
-        let mut queue = self.queue.borrow_mut();
-        if queue.len() >= self.limits.max_frames
-            || self.queued_bytes.get() + bytes > self.limits.max_bytes
+        let mut slot = self.queue.borrow_mut();
+        let queue = slot.get_or_insert_default();
+        if queue.frames.len() >= self.limits.max_frames
+            || queue.bytes + bytes > self.limits.max_bytes
         {
-            drop(queue);
+            drop(slot);
             self.close_slow_consumer(metrics);
             return;
         }
-        queue.push_back(frame);
-        metrics.queue_depth(queue.len(), bytes);
-        self.queued_bytes.set(self.queued_bytes.get() + bytes);
-        drop(queue);
+        queue.frames.push_back(frame);
+        queue.bytes += bytes;
+        metrics.queue_depth(queue.frames.len(), bytes);
+        drop(slot);
         if self.is_behind() && self.drains_too_slowly(Instant::now(), metrics) {
             return;
         }
@@ -188,22 +210,35 @@ impl Outbox {
 
     /// Whether the queue is past either mark.
     pub fn is_behind(&self) -> bool {
-        self.len() > self.limits.frames || self.queued_bytes.get() > self.limits.bytes
+        self.queue
+            .borrow()
+            .as_ref()
+            .is_some_and(|queue| self.past_marks(queue))
+    }
+
+    fn past_marks(&self, queue: &Queue) -> bool {
+        queue.frames.len() > self.limits.frames || queue.bytes > self.limits.bytes
     }
 
     /// Notes that the socket took bytes. Only the time matters, and only while behind, so
     /// the clock is read only then.
     pub fn wrote(&self) {
-        if self.behind_since.get().is_some() {
+        if self.behind_since().is_some() {
             self.wrote_at(Instant::now());
         }
     }
 
     /// Notes that the socket took bytes at `now`.
     pub fn wrote_at(&self, now: Instant) {
-        if self.behind_since.get().is_some() {
-            self.progress_at.set(Some(now));
+        if let Some(queue) = self.queue.borrow_mut().as_mut()
+            && queue.behind_since.is_some()
+        {
+            queue.progress_at = Some(now);
         }
+    }
+
+    fn behind_since(&self) -> Option<Instant> {
+        self.queue.borrow().as_ref()?.behind_since
     }
 
     /// Applies the drain rules at `now`: a queue behind with nothing written for
@@ -213,17 +248,21 @@ impl Outbox {
         if self.close.get().is_some() {
             return false;
         }
-        if !self.is_behind() {
-            self.behind_since.set(None);
-            self.progress_at.set(None);
+        let mut slot = self.queue.borrow_mut();
+        let Some(queue) = slot.as_mut() else {
+            return false;
+        };
+        if !self.past_marks(queue) {
+            queue.behind_since = None;
+            queue.progress_at = None;
             return false;
         }
-        let since = *self.behind_since.get().get_or_insert(now);
-        self.behind_since.set(Some(since));
+        let since = *queue.behind_since.get_or_insert(now);
         // Falling behind starts the stall clock: a burst gets a whole stall to be drained.
-        let progress = self.progress_at.get().unwrap_or(since).max(since);
+        let progress = queue.progress_at.unwrap_or(since).max(since);
         let stalled = now.saturating_duration_since(progress) >= self.limits.stall;
         let behind_too_long = now.saturating_duration_since(since) >= self.limits.behind_for;
+        drop(slot);
         if stalled || behind_too_long {
             self.close_slow_consumer(metrics);
             return true;
@@ -234,9 +273,6 @@ impl Outbox {
     /// Closes the session as a slow consumer and frees what it had queued.
     fn close_slow_consumer(&self, metrics: &CoreMetrics) {
         self.discard(metrics);
-        self.queue.borrow_mut().shrink_to_fit();
-        self.behind_since.set(None);
-        self.progress_at.set(None);
         metrics.slow_consumer_closes.fetch_add(1, Relaxed);
         self.close(CloseCode::SLOW_CONSUMER);
     }
@@ -246,28 +282,29 @@ impl Outbox {
     pub fn push_final(&self, frame: Bytes, metrics: &CoreMetrics) {
         let frame = Outgoing::Own(frame);
         let bytes = frame.pinned_bytes();
-        self.queue.borrow_mut().push_back(frame);
-        self.queued_bytes.set(self.queued_bytes.get() + bytes);
-        metrics.queue_depth(self.len(), bytes);
+        let mut slot = self.queue.borrow_mut();
+        let queue = slot.get_or_insert_default();
+        queue.frames.push_back(frame);
+        queue.bytes += bytes;
+        metrics.queue_depth(queue.frames.len(), bytes);
     }
 
-    /// The next frame to write, in this session's encoding.
+    /// The next frame to write, in this session's encoding. The queue that this empties is
+    /// freed: an idle session holds none.
     pub fn pop(&self, metrics: &CoreMetrics) -> Option<(Bytes, Option<Arc<Delivery>>)> {
-        let mut queue = self.queue.borrow_mut();
-        let next = queue.pop_front()?;
+        let mut slot = self.queue.borrow_mut();
+        let queue = slot.as_mut()?;
+        let next = queue.frames.pop_front()?;
         let bytes = next.pinned_bytes();
-        self.queued_bytes.set(self.queued_bytes.get() - bytes);
+        queue.bytes -= bytes;
         metrics.dequeued(1, bytes);
-        drop(queue);
-        if self.behind_since.get().is_some() && !self.is_behind() {
-            self.behind_since.set(None);
-            self.progress_at.set(None);
+        if queue.frames.is_empty() {
+            *slot = None;
+        } else if queue.behind_since.is_some() && !self.past_marks(queue) {
+            queue.behind_since = None;
+            queue.progress_at = None;
         }
-        let mut queue = self.queue.borrow_mut();
-        if queue.is_empty() && queue.capacity() > 16 {
-            // A burst is over: give its memory back rather than keep it per idle session.
-            queue.shrink_to_fit();
-        }
+        drop(slot);
         Some(match next {
             Outgoing::Shared(delivery) => (delivery.frame(self.text.get()), Some(delivery)),
             Outgoing::Own(bytes) => (bytes, None),
@@ -277,8 +314,10 @@ impl Outbox {
     /// Asks the session to close with `code` after what is queued.
     pub fn close(&self, code: CloseCode) {
         if self.close.get().is_none() {
-            self.close.set(Some(code));
-            self.close_requested_at.set(Some(Instant::now()));
+            let _ = self.close.set(Box::new(CloseRequest {
+                code,
+                at: Instant::now(),
+            }));
         }
         self.wake();
     }
@@ -286,8 +325,8 @@ impl Outbox {
     /// Drops the session without waiting for its close frame to be written, once the close
     /// has been pending for longer than `grace`. Returns whether it did.
     pub fn abort_if_stuck(&self, now: Instant, grace: std::time::Duration) -> bool {
-        match self.close_requested_at.get() {
-            Some(at) if now.saturating_duration_since(at) >= grace => {
+        match self.close.get() {
+            Some(close) if now.saturating_duration_since(close.at) >= grace => {
                 self.aborted.set(true);
                 self.wake();
                 true
@@ -303,51 +342,46 @@ impl Outbox {
 
     /// The close the session was asked for, if any.
     pub fn close_requested(&self) -> Option<CloseCode> {
-        self.close.get()
+        self.close.get().map(|close| close.code)
     }
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        self.queue.borrow().len()
+        self.queue
+            .borrow()
+            .as_ref()
+            .map_or(0, |queue| queue.frames.len())
     }
 
     /// Bytes the waiting frames pin.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
+        self.queue.borrow().as_ref().map_or(0, |queue| queue.bytes)
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.borrow().is_empty()
+        self.len() == 0
     }
 
-    /// Gives back the memory of an empty queue: an idle session should hold none.
-    pub fn compact(&self) {
-        let mut queue = self.queue.borrow_mut();
-        if queue.is_empty() && queue.capacity() > 0 {
-            *queue = VecDeque::new();
-        }
-    }
-
-    /// Drops what is queued (the session is gone), keeping the gauge right.
+    /// Drops what is queued (the session is gone, or closed as a slow consumer), keeping
+    /// the gauge right, and frees the queue.
     pub fn discard(&self, metrics: &CoreMetrics) {
-        let mut queue = self.queue.borrow_mut();
-        metrics.dequeued(queue.len(), self.queued_bytes.get());
-        self.queued_bytes.set(0);
-        queue.clear();
+        if let Some(queue) = self.queue.borrow_mut().take() {
+            metrics.dequeued(queue.frames.len(), queue.bytes);
+        }
     }
 
     /// Registers the session task to be woken by the next push or close.
     pub fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        match slot.as_ref() {
-            Some(current) if current.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        let current = self.waker.take();
+        self.waker.set(match current {
+            Some(current) if current.will_wake(waker) => Some(current),
+            _ => Some(waker.clone()),
+        });
     }
 
     fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
@@ -369,7 +403,7 @@ mod tests {
             stall: STALL,
             behind_for: BEHIND_FOR,
         };
-        Outbox::new(1, 1, u64::MAX, false, limits)
+        Outbox::new(1, 1, u64::MAX, false, Rc::new(limits))
     }
 
     fn own(bytes: usize) -> Outgoing {
@@ -408,7 +442,7 @@ mod tests {
             None,
             "a burst alone closes nothing"
         );
-        let start = outbox.behind_since.get().expect("behind");
+        let start = outbox.behind_since().expect("behind");
         // The client drains a frame every half stall: never stalled, and it catches up.
         let mut now = start;
         while outbox.is_behind() {
@@ -417,7 +451,7 @@ mod tests {
             outbox.wrote_at(now);
             assert!(!outbox.drains_too_slowly(now, &metrics));
         }
-        assert_eq!(outbox.behind_since.get(), None);
+        assert_eq!(outbox.behind_since(), None);
         assert_eq!(outbox.close_requested(), None);
     }
 
@@ -426,7 +460,7 @@ mod tests {
         let metrics = CoreMetrics::default();
         let outbox = outbox(8, 10_000);
         outbox.push(own(12_000), &metrics);
-        let start = outbox.behind_since.get().expect("behind");
+        let start = outbox.behind_since().expect("behind");
         assert!(!outbox.drains_too_slowly(start + STALL / 2, &metrics));
         outbox.wrote_at(start + STALL / 2);
         assert!(!outbox.drains_too_slowly(start + STALL, &metrics));
@@ -443,7 +477,7 @@ mod tests {
         for _ in 0..20 {
             outbox.push(own(1000), &metrics);
         }
-        let start = outbox.behind_since.get().expect("behind");
+        let start = outbox.behind_since().expect("behind");
         let mut now = start;
         // It takes a little every second and gets a frame a second: never catches up.
         while now < start + BEHIND_FOR {
@@ -479,5 +513,18 @@ mod tests {
         outbox.discard(&metrics);
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(metrics.outbound_queued_bytes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn an_idle_outbox_is_small() {
+        // One lives per open session: its queue, its close and the limits are pointers.
+        let size = std::mem::size_of::<Outbox>();
+        assert!(size <= 96, "an outbox is {size} bytes");
+        let outbox = outbox(8, 10_000);
+        let metrics = CoreMetrics::default();
+        outbox.push(own(10), &metrics);
+        assert!(outbox.queue.borrow().is_some());
+        outbox.pop(&metrics);
+        assert!(outbox.queue.borrow().is_none(), "an emptied queue is freed");
     }
 }

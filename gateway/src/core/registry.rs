@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use smallvec::SmallVec;
 use wire::UserId;
 
 use crate::outbox::Outbox;
@@ -18,8 +19,8 @@ pub struct Registry {
     opened: u64,
     /// Session by connection id, in slot `id % slots.len()`.
     slots: Box<[HashMap<u64, Rc<Outbox>>]>,
-    /// Each user's connections on this core.
-    users: HashMap<UserId, Vec<u64>>,
+    /// Each user's connections on this core; almost always one, held inline.
+    users: HashMap<UserId, SmallVec<[u64; 1]>>,
     len: usize,
 }
 
@@ -58,7 +59,7 @@ impl Registry {
             self.len -= 1;
         }
         if let Some(ids) = self.users.get_mut(&outbox.user_id) {
-            ids.retain(|&other| other != id);
+            ids.retain(|other| *other != id);
             if ids.is_empty() {
                 self.users.remove(&outbox.user_id);
             }
@@ -72,7 +73,7 @@ impl Registry {
 
     /// The connections of `user` on this core.
     pub fn user_connections(&self, user: UserId) -> &[u64] {
-        self.users.get(&user).map_or(&[], Vec::as_slice)
+        self.users.get(&user).map_or(&[], |ids| ids.as_slice())
     }
 
     /// Every session, in no particular order.
@@ -126,7 +127,7 @@ mod tests {
             stall: Duration::from_secs(1),
             behind_for: Duration::from_secs(1),
         };
-        Rc::new(Outbox::new(id, user, u64::MAX, false, limits))
+        Rc::new(Outbox::new(id, user, u64::MAX, false, Rc::new(limits)))
     }
 
     #[test]
