@@ -317,13 +317,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ACK_WINDOW", value_parser = parse_duration, default_value = "20ms")]
     pub ack_window: Duration,
 
-    /// How long the bridge lets frames gather before it publishes them. With `0ms`, frames
-    /// go out at once while no publish awaits its confirm, and otherwise gather until the
-    /// round in flight is confirmed, so batches grow with the load and a lone frame never
-    /// waits. A few milliseconds make broker messages and backend batches larger at moderate
-    /// load, for less broker and database CPU per message, at the price of that much
-    /// latency (bench/RESULTS.md measures both).
-    #[arg(long, env = "GATEWAY_PUBLISH_LINGER", value_parser = parse_duration, default_value = "0ms")]
+    /// How long the bridge lets frames gather before it publishes them while the node is
+    /// busy (its last round to the broker carried 16 frames or more). Frames always go out
+    /// at once while no publish awaits its confirm and the node is not busy, and otherwise
+    /// gather until the round in flight is confirmed, so batches grow with the load and a
+    /// lone frame never waits. Near capacity a few milliseconds make broker messages and
+    /// backend batches larger, for less broker and database CPU per message, at the price
+    /// of that much latency under load only (bench/RESULTS.md measures both). `0ms` never
+    /// lingers.
+    #[arg(long, env = "GATEWAY_PUBLISH_LINGER", value_parser = parse_duration, default_value = "5ms")]
     pub publish_linger: Duration,
 
     /// The I/O driver of the core runtimes.

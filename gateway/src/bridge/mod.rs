@@ -40,7 +40,7 @@ use wire::UserId;
 
 use crate::node::Node;
 use deliver::Router;
-use publish::Publisher;
+use publish::{NextRound, Publisher};
 use registry::Sessions;
 
 /// Frames the cores hand the bridge before they park theirs and pause reading.
@@ -384,17 +384,19 @@ async fn session(
                 router.retry(&node.mailboxes);
             }
             _ = inbox.publish_ready.notified(), if !paused && publish_at.is_none() => {
-                if *stopping || (settings.publish_linger.is_zero() && publisher.takes_now(inbox.publishes.len())) {
-                    in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
-                    if !inbox.publishes.is_empty() {
-                        // More waits than this round took: come back for it.
-                        inbox.publish_ready.notify_one();
+                let next = if *stopping { NextRound::Now } else { publisher.next_round(inbox.publishes.len()) };
+                match next {
+                    NextRound::Now => {
+                        in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
+                        if !inbox.publishes.is_empty() {
+                            // More waits than this round took: come back for it.
+                            inbox.publish_ready.notify_one();
+                        }
                     }
-                } else if !settings.publish_linger.is_zero() {
-                    publish_at = Some(tokio::time::Instant::now() + settings.publish_linger);
+                    NextRound::After(linger) => publish_at = Some(tokio::time::Instant::now() + linger),
+                    // The round in flight's confirm wakes this branch again.
+                    NextRound::OnConfirm => {}
                 }
-                // Otherwise the frames wait for the round in flight: its confirm wakes this
-                // branch again.
             }
             _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if !paused && publish_at.is_some() => {
                 publish_at = None;

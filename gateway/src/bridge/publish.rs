@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use broker::Topology;
@@ -30,6 +31,23 @@ pub(super) const MAX_BATCH_BYTES: usize = 128 * 1024;
 /// deliveries get their turn too.
 const MAX_FRAMES_PER_TURN: usize = 8 * MAX_BATCH_FRAMES;
 
+/// Frames in a round from which the node counts as busy, and a publish linger, if set,
+/// holds the next frames to gather more. Under light load a round carries one or two frames
+/// and the next frame leaves at once; at a few hundred messages a second what arrives
+/// within one confirm's round trip already passes this.
+const BUSY_ROUND_FRAMES: usize = 16;
+
+/// When the frames queued now go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NextRound {
+    /// At once.
+    Now,
+    /// After the linger, with whatever else arrives meanwhile.
+    After(Duration),
+    /// When the round in flight is confirmed (its confirm wakes the bridge).
+    OnConfirm,
+}
+
 /// A publish on its way: its id and, once written and confirmed, the broker's answer.
 pub(super) type InFlight = Pin<Box<dyn Future<Output = (u64, lapin::Result<Confirmation>)>>>;
 
@@ -38,6 +56,9 @@ pub(super) struct Publisher {
     node_id: u32,
     topology: Topology,
     max_unconfirmed: usize,
+    linger: Duration,
+    /// Frames the last round took from the inbox.
+    last_round_frames: usize,
     next_id: u64,
     pending: BTreeMap<u64, (u16, Arc<[u8]>)>,
 }
@@ -48,6 +69,8 @@ impl Publisher {
             node_id: settings.node_id,
             topology: settings.topology.clone(),
             max_unconfirmed: settings.max_unconfirmed.max(1),
+            linger: settings.publish_linger,
+            last_round_frames: 0,
             next_id: 0,
             pending: BTreeMap::new(),
         }
@@ -58,16 +81,26 @@ impl Publisher {
         self.pending.len()
     }
 
-    /// Whether frames queued now (`queued` of them) go out at once, without a linger.
+    /// When frames queued now (`queued` of them) go out.
     ///
-    /// They do when no publish awaits its confirm, or when they fill a batch; otherwise they
-    /// wait for the round in flight to be confirmed (Nagle's rule, with the confirm as the
-    /// acknowledgement). Under light load nothing is in flight, so a frame leaves at once and
-    /// waits for no company; under load, what arrives during one confirm's round trip (the
-    /// quorum queue's fsync) travels together in the next round, so batches grow with the
-    /// load by themselves, as the backend's do, and the broker's cost per frame falls.
-    pub(super) fn takes_now(&self, queued: usize) -> bool {
-        self.pending.is_empty() || queued >= MAX_BATCH_FRAMES
+    /// At once when they fill a batch. Otherwise, while the node is busy (the last round
+    /// carried [`BUSY_ROUND_FRAMES`] or more) and a linger is set, after the linger: larger
+    /// rounds cost the broker and the backend less per frame near capacity. Otherwise at
+    /// once when no publish awaits its confirm, and else when the round in flight is
+    /// confirmed (Nagle's rule, with the confirm as the acknowledgement). So under light
+    /// load a frame leaves at once and waits for no company, linger or not; under load, what
+    /// arrives during one confirm's round trip (the quorum queue's fsync), or during the
+    /// linger, travels together, so batches grow with the load by themselves.
+    pub(super) fn next_round(&self, queued: usize) -> NextRound {
+        if queued >= MAX_BATCH_FRAMES {
+            NextRound::Now
+        } else if !self.linger.is_zero() && self.last_round_frames >= BUSY_ROUND_FRAMES {
+            NextRound::After(self.linger)
+        } else if self.pending.is_empty() {
+            NextRound::Now
+        } else {
+            NextRound::OnConfirm
+        }
     }
 
     /// Whether the node must stop taking frames until confirms come back.
@@ -99,12 +132,15 @@ impl Publisher {
         queue: &ArrayQueue<(u16, InboundFrame)>,
     ) -> Result<Vec<InFlight>> {
         let mut per_shard: HashMap<u16, Vec<InboundFrame>> = HashMap::new();
-        for _ in 0..MAX_FRAMES_PER_TURN {
+        let mut taken = 0;
+        while taken < MAX_FRAMES_PER_TURN {
             let Some((shard, frame)) = queue.pop() else {
                 break;
             };
             per_shard.entry(shard).or_default().push(frame);
+            taken += 1;
         }
+        self.last_round_frames = taken;
         let mut started = Vec::new();
         for (shard, frames) in per_shard {
             for batch in cut(&frames) {
@@ -218,9 +254,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn queued_frames_wait_for_the_round_in_flight_unless_they_fill_a_batch() {
-        let settings = BridgeSettings {
+    fn settings(publish_linger: Duration) -> BridgeSettings {
+        BridgeSettings {
             node_id: 1,
             topology: Topology {
                 prefix: "edge".into(),
@@ -231,19 +266,47 @@ mod tests {
             redis_prefix: String::new(),
             max_unconfirmed: 1000,
             prefetch: 1,
-            registry_ttl: std::time::Duration::from_secs(90),
-            publish_linger: std::time::Duration::ZERO,
-        };
-        let mut publisher = Publisher::new(&settings);
+            registry_ttl: Duration::from_secs(90),
+            publish_linger,
+        }
+    }
+
+    #[test]
+    fn queued_frames_wait_for_the_round_in_flight_unless_they_fill_a_batch() {
+        let mut publisher = Publisher::new(&settings(Duration::ZERO));
         // Nothing in flight: a lone frame leaves at once.
-        assert!(publisher.takes_now(1));
+        assert_eq!(publisher.next_round(1), NextRound::Now);
         publisher.pending.insert(0, (0, Arc::from(Vec::new())));
         // A round awaits its confirm: frames gather, until they fill a batch.
-        assert!(!publisher.takes_now(1));
-        assert!(!publisher.takes_now(MAX_BATCH_FRAMES - 1));
-        assert!(publisher.takes_now(MAX_BATCH_FRAMES));
+        assert_eq!(publisher.next_round(1), NextRound::OnConfirm);
+        assert_eq!(
+            publisher.next_round(MAX_BATCH_FRAMES - 1),
+            NextRound::OnConfirm
+        );
+        assert_eq!(publisher.next_round(MAX_BATCH_FRAMES), NextRound::Now);
+        // Without a linger, a busy node still sends at once when nothing is in flight.
+        publisher.last_round_frames = MAX_BATCH_FRAMES;
         publisher.pending.clear();
-        assert!(publisher.takes_now(1));
+        assert_eq!(publisher.next_round(1), NextRound::Now);
+    }
+
+    #[test]
+    fn a_linger_holds_frames_only_while_the_node_is_busy() {
+        let linger = Duration::from_millis(5);
+        let mut publisher = Publisher::new(&settings(linger));
+        // Light load: small rounds, so a frame leaves at once or on the confirm, as without
+        // a linger.
+        publisher.last_round_frames = 1;
+        assert_eq!(publisher.next_round(1), NextRound::Now);
+        publisher.pending.insert(0, (0, Arc::from(Vec::new())));
+        assert_eq!(publisher.next_round(1), NextRound::OnConfirm);
+        // Busy: the next frames gather for the linger, whether a round is in flight or not.
+        publisher.last_round_frames = BUSY_ROUND_FRAMES;
+        assert_eq!(publisher.next_round(1), NextRound::After(linger));
+        publisher.pending.clear();
+        assert_eq!(publisher.next_round(1), NextRound::After(linger));
+        // A full batch never waits.
+        assert_eq!(publisher.next_round(MAX_BATCH_FRAMES), NextRound::Now);
     }
 
     #[test]
