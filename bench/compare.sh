@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Our gateway beside its peers, in one run: the same loads against our gateway (memory
 # engine), a fastwebsockets server and a tokio-tungstenite server (both in bench/src/bin),
-# a server on the ringio io_uring completion loop (ringio/src/bin/peer_ringio),
+# a server on our ringio io_uring completion loop (bench/src/bin/peer_ringio),
 # and Node's `ws` (bench/peers/node) when node and npm are here; then the full persisted
 # path (scripts/demo.sh) at rising offered load; then the report (tables, ratios, knee,
 # plots) from bench's `compare_report`.
@@ -43,7 +43,7 @@ LOADS=(
 scripts/toolchain.sh
 command -v cargo >/dev/null || . "$HOME/.cargo/env"
 echo "compare: building in release (the first build takes a few minutes)"
-cargo build --release --locked -p gateway -p loadtest -p bench -p ringio --bins
+cargo build --release --locked -p gateway -p loadtest -p bench --bins
 
 have_node() { command -v node >/dev/null && command -v npm >/dev/null; }
 if [[ " $SERVERS " == *" node "* ]]; then

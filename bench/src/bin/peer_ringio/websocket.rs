@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use bench::peer::group_of;
 use bytes::Bytes;
 use ringio::{ConnId, Handler, Outbox};
 use wsproto::handshake::{self, HandshakeLimits};
@@ -242,19 +243,6 @@ impl Handler for Peer {
     }
 }
 
-/// The broadcast group an upgrade request's query string asks for: the first `group`
-/// parameter's value as a `u64` in decimal digits, or 0 when there is none or it is anything
-/// else (the contract of the peers in bench/).
-pub fn group_of(query: Option<&str>) -> u64 {
-    query
-        .into_iter()
-        .flat_map(|query| query.split('&'))
-        .find_map(|pair| pair.strip_prefix("group="))
-        .filter(|group| group.bytes().all(|byte| byte.is_ascii_digit()))
-        .and_then(|group| group.parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,13 +398,5 @@ mod tests {
             panic!("not upgraded");
         };
         assert_eq!(partial.capacity(), 0);
-    }
-
-    #[test]
-    fn group_of_reads_the_group_parameter_or_defaults_to_0() {
-        assert_eq!(group_of(None), 0);
-        assert_eq!(group_of(Some("token=a&group=7")), 7);
-        assert_eq!(group_of(Some("group=+3")), 0);
-        assert_eq!(group_of(Some("group=x&group=5")), 0);
     }
 }
