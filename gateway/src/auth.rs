@@ -250,8 +250,9 @@ fn check_low_s(token: &str) -> Result<(), AuthError> {
     }
 }
 
-/// Mints an HS256 token for `user_id` expiring at `exp_unix_secs`. For the load tester and
-/// tests, which share the gateway's secret.
+/// Mints an HS256 token for `user_id` expiring at `exp_unix_secs`. For `gateway token`, the
+/// examples and the tests, which share the gateway's secret. (The load tester mints its own,
+/// so that it shares no code with the server it tests.)
 pub fn mint_hs256(secret: &[u8], user_id: UserId, exp_unix_secs: u64) -> String {
     install_crypto_provider();
     let claims = TokenClaimsOut {

@@ -21,7 +21,6 @@ pub struct Registry {
     slots: Box<[HashMap<u64, Rc<Outbox>>]>,
     /// Each user's connections on this core; almost always one, held inline.
     users: HashMap<UserId, SmallVec<[u64; 1]>>,
-    len: usize,
 }
 
 impl Registry {
@@ -33,7 +32,6 @@ impl Registry {
             opened: first_number,
             slots: (0..slots.max(1)).map(|_| HashMap::new()).collect(),
             users: HashMap::new(),
-            len: 0,
         }
     }
 
@@ -47,17 +45,13 @@ impl Registry {
     pub fn insert(&mut self, outbox: Rc<Outbox>) {
         let id = outbox.connection_id;
         self.users.entry(outbox.user_id).or_default().push(id);
-        if self.slot_mut(id).insert(id, outbox).is_none() {
-            self.len += 1;
-        }
+        self.slot_mut(id).insert(id, outbox);
     }
 
     /// Forgets a session.
     pub fn remove(&mut self, outbox: &Outbox) {
         let id = outbox.connection_id;
-        if self.slot_mut(id).remove(&id).is_some() {
-            self.len -= 1;
-        }
+        self.slot_mut(id).remove(&id);
         if let Some(ids) = self.users.get_mut(&outbox.user_id) {
             ids.retain(|other| *other != id);
             if ids.is_empty() {
@@ -93,12 +87,12 @@ impl Registry {
 
     /// How many sessions are open.
     pub fn len(&self) -> usize {
-        self.len
+        self.slots.iter().map(HashMap::len).sum()
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slots.iter().all(HashMap::is_empty)
     }
 
     fn slot_of(&self, id: u64) -> usize {
