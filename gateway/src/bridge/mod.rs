@@ -386,13 +386,7 @@ async fn session(
             _ = inbox.publish_ready.notified(), if !paused && publish_at.is_none() => {
                 let next = if *stopping { NextRound::Now } else { publisher.next_round(inbox.publishes.len()) };
                 match next {
-                    NextRound::Now => {
-                        in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
-                        if !inbox.publishes.is_empty() {
-                            // More waits than this round took: come back for it.
-                            inbox.publish_ready.notify_one();
-                        }
-                    }
+                    NextRound::Now => in_flight.extend(publisher.publish_queued(&channel, inbox).await?),
                     NextRound::After(linger) => publish_at = Some(tokio::time::Instant::now() + linger),
                     // The round in flight's confirm wakes this branch again.
                     NextRound::OnConfirm => {}
@@ -400,10 +394,7 @@ async fn session(
             }
             _ = tokio::time::sleep_until(publish_at.unwrap_or_else(tokio::time::Instant::now)), if !paused && publish_at.is_some() => {
                 publish_at = None;
-                in_flight.extend(publisher.publish_queued(&channel, &inbox.publishes).await?);
-                if !inbox.publishes.is_empty() {
-                    inbox.publish_ready.notify_one();
-                }
+                in_flight.extend(publisher.publish_queued(&channel, inbox).await?);
             }
             _ = release_memory.tick() => crate::core::release_freed_memory(),
             _ = stop.notified(), if !*stopping => {

@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use broker::Topology;
-use crossbeam_queue::ArrayQueue;
 use futures_util::stream::FuturesUnordered;
 use lapin::{BasicProperties, Channel, Confirmation};
 use wire::envelope::{Inbound, InboundBatch};
 
-use super::{BridgeSettings, InboundFrame};
+use super::{BridgeInbox, BridgeSettings, InboundFrame};
 
 /// Most frames in one batch. The backend runs a batch's frames in one transaction; this
 /// keeps one envelope a modest part of it.
@@ -125,16 +124,17 @@ impl Publisher {
     }
 
     /// Takes what the cores queued (up to a turn's worth), batches it per shard and
-    /// publishes the batches.
+    /// publishes the batches. If more waits than the turn took, the inbox is told to come
+    /// back for it.
     pub(super) async fn publish_queued(
         &mut self,
         channel: &Channel,
-        queue: &ArrayQueue<(u16, InboundFrame)>,
+        inbox: &BridgeInbox,
     ) -> Result<Vec<InFlight>> {
         let mut per_shard: HashMap<u16, Vec<InboundFrame>> = HashMap::new();
         let mut taken = 0;
         while taken < MAX_FRAMES_PER_TURN {
-            let Some((shard, frame)) = queue.pop() else {
+            let Some((shard, frame)) = inbox.publishes.pop() else {
                 break;
             };
             per_shard.entry(shard).or_default().push(frame);
@@ -150,6 +150,9 @@ impl Publisher {
                 self.pending.insert(id, (shard, body.clone()));
                 started.push(start(channel, &self.topology, id, shard, body).await);
             }
+        }
+        if !inbox.publishes.is_empty() {
+            inbox.publish_ready.notify_one();
         }
         Ok(started)
     }
