@@ -1,27 +1,41 @@
 //! A per-core completion loop on io_uring, for servers that keep many mostly idle sockets:
 //!
-//! - one multishot accept on a `SO_REUSEPORT` listener (one listener and one loop per core);
+//! - one multishot accept per listener: a `SO_REUSEPORT` listener the loop binds
+//!   ([`EventLoop::new`]), or listeners the caller bound or was passed by systemd
+//!   ([`EventLoop::with_listeners`]); [`EventLoop::stop_accepting`] ends them;
 //! - one multishot receive per connection, filling buffers from a provided-buffer ring that
 //!   all connections share, so an idle connection holds no buffer and a read costs no
-//!   system call of its own (the kernel completes it when data arrives);
+//!   system call of its own (the kernel completes it when data arrives); a handler can
+//!   pause and resume it per connection ([`Outbox::pause_reading`]);
 //! - per connection, a queue of refcounted frames ([`Bytes`]) written with one vectored
-//!   write per loop turn, at most one in flight, short writes resumed;
-//! - connection state in a slab, found by the compact index each operation carries.
+//!   write per loop turn, at most one in flight, short writes resumed, and
+//!   [`Handler::on_sent`] once the queue is empty, so a handler can feed it a batch at a time;
+//! - connection state in a slab, found by the compact index each operation carries;
+//! - wake-ups: a per-connection [`Waker`] for code on the loop's own thread
+//!   ([`EventLoop::conn_waker`], [`conn_waker`]) that makes the loop call
+//!   [`Handler::on_wake`], and one for other threads ([`EventLoop::waker`]) that ends the
+//!   loop's wait so its owner can look at what those threads sent.
 //!
 //! The protocol lives behind [`Handler`]: it gets bytes and answers with frames to send and
-//! connections to close, and never sees the ring. All `unsafe` is in the `ring` module.
+//! connections to close, and never sees the ring. All `unsafe` is in the `ring` module, but
+//! for building the per-connection wakers in `wake`.
 //!
 //! [`EventLoop::new`] fails with [`Error::Unsupported`] when the kernel lacks what the loop
 //! needs, so a caller can fall back to a readiness (epoll) loop.
 
 mod batch;
+mod notify;
 #[allow(unsafe_code)]
 mod ring;
+#[allow(unsafe_code)]
+mod wake;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +43,9 @@ use slab::Slab;
 use socket2::{Domain, SockRef, Socket, Type};
 
 pub use batch::MAX_FRAMES_PER_WRITE;
-use ring::{Event, Ring, RingConfig};
+use notify::Notifier;
+use ring::{Buffer, Event, Ring, RingConfig, WriteId};
+use wake::Registration;
 
 /// Why a loop could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +74,9 @@ pub const DEFAULT_BUFFER_SIZE: u32 = 4096;
 /// Sizes and bounds of one loop.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on; the listener sets `SO_REUSEPORT`, so one loop per core can bind
-    /// the same address and the kernel spreads connections over them.
+    /// Address [`EventLoop::new`] listens on; the listener sets `SO_REUSEPORT`, so one loop
+    /// per core can bind the same address and the kernel spreads connections over them.
+    /// [`EventLoop::with_listeners`] ignores it.
     pub listen: SocketAddr,
     /// Submission queue entries.
     pub ring_entries: u32,
@@ -108,12 +125,23 @@ impl ConnId {
     }
 }
 
-/// What a handler asks the loop to do: frames to queue and connections to close. Applied by
-/// the loop after the callback returns, in order.
+/// A change to whether a connection's bytes reach [`Handler::on_data`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// See [`Outbox::pause_reading`].
+    Paused,
+    /// See [`Outbox::resume_reading`].
+    Resumed,
+}
+
+/// What a handler asks the loop to do: frames to queue, connections to close, reading to
+/// pause or resume. Applied by the loop after the callback returns: sends, then closes,
+/// then reading changes, each in the order asked.
 #[derive(Debug, Default)]
 pub struct Outbox {
     sends: Vec<(ConnId, Bytes)>,
     closes: Vec<ConnId>,
+    reading: Vec<(ConnId, Reading)>,
 }
 
 impl Outbox {
@@ -127,6 +155,21 @@ impl Outbox {
         self.closes.push(conn);
     }
 
+    /// Stops handing `conn`'s bytes to [`Handler::on_data`] until
+    /// [`Outbox::resume_reading`]: the loop cancels its receive, so the kernel's socket
+    /// buffer fills and TCP slows the peer down. What the kernel had already received is
+    /// held, in order, with an end of stream or error that arrives meanwhile, and handed
+    /// over after the resume (or dropped if the connection closes first).
+    pub fn pause_reading(&mut self, conn: ConnId) {
+        self.reading.push((conn, Reading::Paused));
+    }
+
+    /// Undoes [`Outbox::pause_reading`]: the held bytes go to [`Handler::on_data`] in this
+    /// turn, then the receive is armed again.
+    pub fn resume_reading(&mut self, conn: ConnId) {
+        self.reading.push((conn, Reading::Resumed));
+    }
+
     /// The frames queued since the loop last applied the outbox.
     pub fn sends(&self) -> &[(ConnId, Bytes)] {
         &self.sends
@@ -136,15 +179,22 @@ impl Outbox {
     pub fn closes(&self) -> &[ConnId] {
         &self.closes
     }
+
+    /// The reading changes asked for since the loop last applied the outbox.
+    pub fn reading(&self) -> &[(ConnId, Reading)] {
+        &self.reading
+    }
 }
 
-/// The protocol on top of the loop: plain callbacks, no I/O.
+/// The protocol on top of the loop: plain callbacks, no I/O. Every callback runs on the
+/// loop's thread, inside [`EventLoop::turn`].
 pub trait Handler {
     /// Per-connection state, kept in the loop's slab.
     type Session;
 
-    /// A connection was accepted.
-    fn on_open(&mut self, conn: ConnId) -> Self::Session;
+    /// A connection from `peer` was accepted. The handler may already send to it and close
+    /// it (to refuse it with an answer, say).
+    fn on_open(&mut self, conn: ConnId, peer: SocketAddr, out: &mut Outbox) -> Self::Session;
 
     /// Bytes arrived on `conn`. `data` is a buffer of the shared ring, lent for this call
     /// only (a handler copies out what it must keep, such as an incomplete frame) and
@@ -160,6 +210,40 @@ pub trait Handler {
     /// `conn` is closing (the peer closed, an error, a close the handler asked for, or a
     /// full send queue); frames sent to it from here on are dropped.
     fn on_close(&mut self, conn: ConnId, session: &mut Self::Session);
+
+    /// A waker of `conn`'s ([`EventLoop::conn_waker`], [`conn_waker`]) was woken since the
+    /// loop last looked: called once however many wakes there were. Not called once `conn`
+    /// is closing. Wakes are by slot, so a connection that got a closed one's slot may get a
+    /// wake meant for the old one: handlers must tolerate spurious wakes.
+    fn on_wake(&mut self, conn: ConnId, session: &mut Self::Session, out: &mut Outbox) {
+        let _ = (conn, session, out);
+    }
+
+    /// Everything queued to `conn` has been written: a write completed and neither frames
+    /// nor a write are left. A handler that keeps its own outbound queue hands the loop the
+    /// next batch here.
+    fn on_sent(&mut self, conn: ConnId, session: &mut Self::Session, out: &mut Outbox) {
+        let _ = (conn, session, out);
+    }
+
+    /// An accept failed (`EMFILE` when the process is out of descriptors, most likely);
+    /// the loop pauses accepting for a moment after this. Clients wait in the backlog.
+    fn on_accept_error(&mut self, error: &io::Error) {
+        let _ = error;
+    }
+}
+
+/// A waker for connection `conn` of the loop whose callback is running: for a [`Handler`]
+/// to hand out (to a channel, a timer, another session). Waking it on the loop's thread,
+/// inside or outside a turn, makes the loop call [`Handler::on_wake`] in its next turn;
+/// waking it on another thread, or after the loop is dropped, does nothing (other threads
+/// use [`EventLoop::waker`]). It allocates nothing, and cloning it copies two words.
+///
+/// Outside the loop's callbacks there is no running loop to name: use
+/// [`EventLoop::conn_waker`] there (debug builds panic; release builds return a waker that
+/// does nothing).
+pub fn conn_waker(conn: ConnId) -> Waker {
+    wake::current_waker(conn.0)
 }
 
 /// One connection's I/O state beside the handler's session.
@@ -171,7 +255,7 @@ struct Conn<S> {
     /// Bytes in `queue`, bounded by [`Config::max_queued_bytes`].
     queued_bytes: usize,
     /// The write in flight, if any.
-    writing: Option<u32>,
+    writing: Option<WriteId>,
     recv_armed: bool,
     /// Close once the queue is written (the handler asked for it).
     draining: bool,
@@ -179,12 +263,34 @@ struct Conn<S> {
     closing: bool,
     /// In the loop's list of connections to write to this turn.
     listed_for_write: bool,
+    /// The handler paused reading: receives are held, not delivered, and not re-armed.
+    paused: bool,
+    /// Receives are held for it in [`EventLoop::held`]: new ones queue behind them.
+    holding: bool,
 }
 
-/// One core's loop: a ring, a listener, the connections and their handler.
+/// A receive completion kept for a paused connection.
+#[derive(Debug)]
+enum Held {
+    Data(Buffer),
+    /// End of stream or an error: the connection closes when it is reached.
+    Ended,
+}
+
+/// One of the loop's listeners and whether its multishot accept is armed.
+struct Listener {
+    /// Closed (`None`) once accepting stopped and its accept ended.
+    socket: Option<TcpListener>,
+    accept_armed: bool,
+}
+
+/// One core's loop: a ring, its listeners, the connections and their handler.
+///
+/// Not `Send`: a loop lives on the thread that built it.
 pub struct EventLoop<H: Handler> {
+    // Declared first so that it is dropped first: it waits out every operation in flight.
     ring: Ring,
-    listener: Socket,
+    listeners: Vec<Listener>,
     config: Config,
     conns: Slab<Conn<H::Session>>,
     handler: H,
@@ -194,7 +300,16 @@ pub struct EventLoop<H: Handler> {
     to_write: Vec<u32>,
     /// Connections whose multishot receive ended and must be armed again.
     to_rearm: Vec<u32>,
-    accept_armed: bool,
+    /// Connections resumed with receives held for them.
+    to_resume: Vec<u32>,
+    /// Receives held for paused connections, per connection in arrival order.
+    held: HashMap<u32, VecDeque<Held>>,
+    /// This loop's per-connection wakes.
+    wakes: Registration,
+    /// The connections taken from `wakes`, kept for its capacity.
+    woken: Vec<u32>,
+    notifier: Arc<Notifier>,
+    accepting: bool,
     backing_off: bool,
     /// Connections refused because `max_connections` were open.
     refused: u64,
@@ -203,26 +318,46 @@ pub struct EventLoop<H: Handler> {
 }
 
 impl<H: Handler> EventLoop<H> {
-    /// Builds the ring (checking the kernel supports it), binds the listener and arms the
-    /// first accept.
+    /// Builds the ring (checking the kernel supports it), binds a `SO_REUSEPORT` listener
+    /// on [`Config::listen`] and serves it (see [`EventLoop::with_listeners`]).
     pub fn new(config: Config, handler: H) -> Result<EventLoop<H>, Error> {
-        if config.max_connections > u32::MAX as usize {
-            return Err(Error::Config("max_connections must fit in 32 bits"));
+        let listener = Socket::new(Domain::for_address(config.listen), Type::STREAM, None)?;
+        listener.set_reuse_address(true)?;
+        listener.set_reuse_port(true)?;
+        listener.bind(&config.listen.into())?;
+        listener.listen(4096)?;
+        EventLoop::with_listeners(config, vec![listener.into()], handler)
+    }
+
+    /// Builds the ring (checking the kernel supports it) and serves `listeners`, already
+    /// bound and listening (by the caller, or passed by systemd), with one multishot accept
+    /// each, armed by the first [`EventLoop::turn`]. [`Config::listen`] is not used.
+    pub fn with_listeners(
+        config: Config,
+        listeners: Vec<TcpListener>,
+        handler: H,
+    ) -> Result<EventLoop<H>, Error> {
+        let max_connections = u32::try_from(config.max_connections)
+            .map_err(|_| Error::Config("max_connections must fit in 32 bits"))?;
+        if u32::try_from(listeners.len()).is_err() {
+            return Err(Error::Config("too many listeners"));
         }
         let mut ring = Ring::new(RingConfig {
             entries: config.ring_entries,
             buffers: config.buffers,
             buffer_size: config.buffer_size,
         })?;
-        let listener = Socket::new(Domain::for_address(config.listen), Type::STREAM, None)?;
-        listener.set_reuse_address(true)?;
-        listener.set_reuse_port(true)?;
-        listener.bind(&config.listen.into())?;
-        listener.listen(4096)?;
-        ring.arm_accept(listener.as_raw_fd())?;
+        let notifier = Notifier::new()?;
+        ring.arm_notify(notifier.fd())?;
         Ok(EventLoop {
             ring,
-            listener,
+            listeners: listeners
+                .into_iter()
+                .map(|socket| Listener {
+                    socket: Some(socket),
+                    accept_armed: false,
+                })
+                .collect(),
             config,
             conns: Slab::new(),
             handler,
@@ -230,24 +365,68 @@ impl<H: Handler> EventLoop<H> {
             events: Vec::new(),
             to_write: Vec::new(),
             to_rearm: Vec::new(),
-            accept_armed: true,
+            to_resume: Vec::new(),
+            held: HashMap::new(),
+            wakes: Registration::new(max_connections),
+            woken: Vec::new(),
+            notifier,
+            accepting: true,
             backing_off: false,
             refused: 0,
             buffer_ring_dry: 0,
         })
     }
 
-    /// The address the listener is bound to (useful with port 0).
+    /// The address the first listener is bound to (useful with port 0). Fails once
+    /// [`EventLoop::stop_accepting`] has closed it.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("the listener has no IP address"))
+        self.listeners
+            .first()
+            .and_then(|listener| listener.socket.as_ref())
+            .ok_or_else(|| io::Error::other("the loop has no open listener"))?
+            .local_addr()
     }
 
     /// The handler.
     pub fn handler(&self) -> &H {
         &self.handler
+    }
+
+    /// The handler, to change between turns (what other threads sent it, say).
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// A waker for connection `conn`, as [`conn_waker`] makes inside callbacks, for code
+    /// on this loop's thread outside them. Waking it makes the next [`EventLoop::turn`]
+    /// call [`Handler::on_wake`] for `conn` before it waits for I/O.
+    pub fn conn_waker(&self, conn: ConnId) -> Waker {
+        self.wakes.waker(conn.0)
+    }
+
+    /// A waker for other threads (`Send + Sync`): waking it ends the wait of this loop's
+    /// current or next [`EventLoop::turn`] promptly, so whatever runs the loop can look at
+    /// what those threads sent. It calls no handler. Wakes between two turns coalesce into
+    /// one write to the loop's eventfd.
+    pub fn waker(&self) -> Waker {
+        Waker::from(Arc::clone(&self.notifier))
+    }
+
+    /// Stops accepting for good: cancels every listener's accept and closes the listener
+    /// once its accept has ended, so clients still in its backlog are reset rather than
+    /// left waiting (and, with `SO_REUSEPORT`, new ones go to the listeners still open).
+    /// A connection the kernel accepted before the cancellation is still opened; after
+    /// that, [`Handler::on_open`] is not called again. Open connections are served on.
+    pub fn stop_accepting(&mut self) -> io::Result<()> {
+        self.accepting = false;
+        for (index, listener) in (0u32..).zip(&mut self.listeners) {
+            if listener.accept_armed {
+                self.ring.cancel_accept(index)?;
+            } else {
+                listener.socket = None;
+            }
+        }
+        Ok(())
     }
 
     /// Connections open or closing.
@@ -279,9 +458,24 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    /// One turn: submits what the last turn queued, waits for a completion (or `timeout`),
-    /// handles every completion, then queues this turn's writes and re-arms.
+    /// One turn:
+    ///
+    /// 1. calls [`Handler::on_wake`] for the connections woken since the last turn, and
+    ///    queues the writes and re-arms that and the last turn asked for;
+    /// 2. submits, and waits for a completion, for `timeout`, or (if connections were
+    ///    woken again meanwhile) not at all;
+    /// 3. handles every completion;
+    /// 4. calls [`Handler::on_wake`] for the connections woken meanwhile, and queues writes
+    ///    and re-arms (submitted by the next turn).
     pub fn turn(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let _entered = self.wakes.enter();
+        self.serve_wakes()?;
+        self.queue_io()?;
+        let timeout = if self.wakes.pending() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         self.ring.submit_and_wait(timeout)?;
         let mut events = std::mem::take(&mut self.events);
         let conns = &self.conns;
@@ -297,88 +491,150 @@ impl<H: Handler> EventLoop<H> {
             self.handle(event)?;
         }
         self.events = events;
-        self.end_turn()
+        self.serve_wakes()?;
+        self.queue_io()
     }
 
     fn handle(&mut self, event: Event) -> io::Result<()> {
         match event {
-            Event::Accepted { result, more } => {
-                self.accept_armed = more;
-                match result {
-                    Ok(socket) => self.open(socket),
-                    Err(_) => {
-                        // Out of descriptors, most likely: pause instead of spinning. The
-                        // pending clients wait in the backlog meanwhile.
-                        if !self.backing_off && !more {
-                            self.backing_off = true;
-                            self.ring.arm_backoff(ACCEPT_BACKOFF)?;
-                        }
-                    }
-                }
-            }
+            Event::Accepted {
+                listener,
+                result,
+                more,
+            } => self.accepted(listener, result, more)?,
             Event::BackoffOver => self.backing_off = false,
-            Event::Received { conn, result, more } => {
-                let Some(state) = self.conns.get_mut(conn as usize) else {
-                    if let Ok(Some(buffer)) = result {
-                        self.ring.recycle(buffer);
-                    }
-                    return Ok(());
-                };
-                state.recv_armed = more;
-                match result {
-                    Ok(Some(buffer)) => {
-                        if !state.closing && !state.draining {
-                            let data = self.ring.bytes(&buffer);
-                            self.handler.on_data(
-                                ConnId(conn),
-                                &mut state.session,
-                                data,
-                                &mut self.outbox,
-                            );
-                        }
-                        self.ring.recycle(buffer);
-                        self.apply_outbox()?;
-                        if !more {
-                            self.to_rearm.push(conn);
-                        }
-                    }
-                    // The ring ran dry: this turn gives buffers back, then it is re-armed.
-                    Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                        self.buffer_ring_dry += 1;
-                        self.to_rearm.push(conn);
-                    }
-                    Ok(None) | Err(_) => self.close(conn)?,
-                }
-                self.free_if_done(conn);
-            }
+            Event::Received { conn, result, more } => self.received(conn, result, more)?,
             Event::Wrote { conn, result } => {
                 let Some(state) = self.conns.get_mut(conn as usize) else {
                     return Ok(());
                 };
                 state.writing = None;
                 match result {
+                    Ok(()) if state.closing => {}
                     Ok(()) if !state.queue.is_empty() => self.list_for_write(conn),
                     Ok(()) if state.draining => self.close(conn)?,
-                    Ok(()) => {}
+                    Ok(()) => {
+                        self.handler
+                            .on_sent(ConnId(conn), &mut state.session, &mut self.outbox);
+                        self.apply_outbox()?;
+                    }
                     Err(_) => self.close(conn)?,
                 }
                 self.free_if_done(conn);
+            }
+            Event::Notified(result) => {
+                result.map_err(|err| {
+                    io::Error::new(err.kind(), format!("reading the loop's eventfd: {err}"))
+                })?;
+                self.notifier.drained();
+                self.ring.arm_notify(self.notifier.fd())?;
             }
         }
         Ok(())
     }
 
-    fn open(&mut self, socket: OwnedFd) {
+    fn accepted(
+        &mut self,
+        listener: u32,
+        result: io::Result<OwnedFd>,
+        more: bool,
+    ) -> io::Result<()> {
+        if let Some(state) = self.listeners.get_mut(listener as usize) {
+            state.accept_armed = more;
+            if !more && !self.accepting {
+                state.socket = None;
+            }
+        }
+        match result {
+            // Accepted before a cancellation took effect: served all the same.
+            Ok(socket) => self.open(socket)?,
+            Err(err) if !self.accepting && err.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(err) => {
+                self.handler.on_accept_error(&err);
+                // Out of descriptors, most likely: pause instead of spinning. The pending
+                // clients wait in the backlog meanwhile.
+                if !self.backing_off && !more && self.accepting {
+                    self.backing_off = true;
+                    self.ring.arm_backoff(ACCEPT_BACKOFF)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn received(
+        &mut self,
+        conn: u32,
+        result: io::Result<Option<Buffer>>,
+        more: bool,
+    ) -> io::Result<()> {
+        let Some(state) = self.conns.get_mut(conn as usize) else {
+            if let Ok(Some(buffer)) = result {
+                self.ring.recycle(buffer);
+            }
+            return Ok(());
+        };
+        state.recv_armed = more;
+        if state.closing {
+            if let Ok(Some(buffer)) = result {
+                self.ring.recycle(buffer);
+            }
+            self.free_if_done(conn);
+            return Ok(());
+        }
+        // Paused, or resumed with receives still held: this one queues behind them.
+        let hold = state.paused || state.holding;
+        match result {
+            Ok(Some(buffer)) if hold => self.hold(conn, Held::Data(buffer)),
+            Ok(Some(buffer)) => {
+                if !state.draining {
+                    let data = self.ring.bytes(&buffer);
+                    self.handler
+                        .on_data(ConnId(conn), &mut state.session, data, &mut self.outbox);
+                }
+                self.ring.recycle(buffer);
+                self.apply_outbox()?;
+            }
+            // The ring ran dry: this turn gives buffers back, then it is re-armed.
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => self.buffer_ring_dry += 1,
+            // A pause cancelled it; re-armed below if reading resumed meanwhile.
+            Err(err) if err.raw_os_error() == Some(libc::ECANCELED) => {}
+            Ok(None) | Err(_) if hold => self.hold(conn, Held::Ended),
+            Ok(None) | Err(_) => self.close(conn)?,
+        }
+        if !more {
+            // Re-armed at the end of the turn unless it closed, is paused or holds an end.
+            self.to_rearm.push(conn);
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, conn: u32, held: Held) {
+        if let Some(state) = self.conns.get_mut(conn as usize) {
+            state.holding = true;
+            self.held.entry(conn).or_default().push_back(held);
+        }
+    }
+
+    fn open(&mut self, socket: OwnedFd) -> io::Result<()> {
         if self.conns.len() >= self.config.max_connections {
             // Dropping the descriptor closes it: the client sees the connection end.
             self.refused += 1;
-            return;
+            return Ok(());
         }
+        let Some(peer) = SockRef::from(&socket)
+            .peer_addr()
+            .ok()
+            .and_then(|peer| peer.as_socket())
+        else {
+            // The client is gone already (ENOTCONN): nothing to serve.
+            return Ok(());
+        };
         // Small frames go out at once instead of waiting for the previous segment's ACK.
         let _ = SockRef::from(&socket).set_tcp_nodelay(true);
         let entry = self.conns.vacant_entry();
         let conn = ConnId(entry.key() as u32);
-        let session = self.handler.on_open(conn);
+        let session = self.handler.on_open(conn, peer, &mut self.outbox);
         entry.insert(Conn {
             socket,
             session,
@@ -389,11 +645,34 @@ impl<H: Handler> EventLoop<H> {
             draining: false,
             closing: false,
             listed_for_write: false,
+            paused: false,
+            holding: false,
         });
         self.to_rearm.push(conn.0);
+        self.apply_outbox()
     }
 
-    /// Moves the handler's sends into the connections' queues and starts its closes.
+    /// Calls [`Handler::on_wake`] for each connection woken since the last call.
+    fn serve_wakes(&mut self) -> io::Result<()> {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.wakes.take(&mut woken);
+        for conn in woken.drain(..) {
+            let Some(state) = self.conns.get_mut(conn as usize) else {
+                continue;
+            };
+            if state.closing || state.draining {
+                continue;
+            }
+            self.handler
+                .on_wake(ConnId(conn), &mut state.session, &mut self.outbox);
+            self.apply_outbox()?;
+        }
+        self.woken = woken;
+        Ok(())
+    }
+
+    /// Moves the handler's sends into the connections' queues, starts its closes and
+    /// pauses or resumes reading.
     fn apply_outbox(&mut self) -> io::Result<()> {
         let mut sends = std::mem::take(&mut self.outbox.sends);
         for (to, frame) in sends.drain(..) {
@@ -424,6 +703,62 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         self.outbox.closes = closes;
+        let mut reading = std::mem::take(&mut self.outbox.reading);
+        for (conn, change) in reading.drain(..) {
+            let Some(state) = self.conns.get_mut(conn.0 as usize) else {
+                continue;
+            };
+            match change {
+                Reading::Paused if !state.paused && !state.closing => {
+                    state.paused = true;
+                    // Completions the kernel posts before the cancellation lands are held.
+                    if state.recv_armed {
+                        self.ring.cancel_recv(conn.0)?;
+                    }
+                }
+                Reading::Resumed if state.paused => {
+                    state.paused = false;
+                    self.to_resume.push(conn.0);
+                }
+                Reading::Paused | Reading::Resumed => {}
+            }
+        }
+        self.outbox.reading = reading;
+        Ok(())
+    }
+
+    /// Hands the receives held for resumed connections to the handler, in order, and has
+    /// their receive re-armed once none are left.
+    fn deliver_held(&mut self) -> io::Result<()> {
+        while let Some(conn) = self.to_resume.pop() {
+            while let Some(state) = self.conns.get_mut(conn as usize)
+                && !state.paused
+                && !state.closing
+            {
+                let Some(held) = self.held.get_mut(&conn).and_then(VecDeque::pop_front) else {
+                    state.holding = false;
+                    self.held.remove(&conn);
+                    self.to_rearm.push(conn);
+                    break;
+                };
+                match held {
+                    Held::Data(buffer) => {
+                        if !state.draining {
+                            let data = self.ring.bytes(&buffer);
+                            self.handler.on_data(
+                                ConnId(conn),
+                                &mut state.session,
+                                data,
+                                &mut self.outbox,
+                            );
+                        }
+                        self.ring.recycle(buffer);
+                        self.apply_outbox()?;
+                    }
+                    Held::Ended => self.close(conn)?,
+                }
+            }
+        }
         Ok(())
     }
 
@@ -436,8 +771,8 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    /// Tells the handler, drops the queue and cancels what is in flight; the slot goes when
-    /// the last operation completes ([`Self::free_if_done`]).
+    /// Tells the handler, drops the queue and what is held, and cancels what is in flight;
+    /// the slot goes now or when the last operation completes ([`Self::free_if_done`]).
     fn close(&mut self, conn: u32) -> io::Result<()> {
         let Some(state) = self.conns.get_mut(conn as usize) else {
             return Ok(());
@@ -449,12 +784,23 @@ impl<H: Handler> EventLoop<H> {
         state.queue = VecDeque::new();
         state.queued_bytes = 0;
         self.handler.on_close(ConnId(conn), &mut state.session);
+        if state.holding {
+            state.holding = false;
+            for held in self.held.remove(&conn).unwrap_or_default() {
+                if let Held::Data(buffer) = held {
+                    self.ring.recycle(buffer);
+                }
+            }
+        }
         if state.recv_armed {
             self.ring.cancel_recv(conn)?;
         }
         if let Some(write) = state.writing {
             self.ring.cancel_write(write)?;
         }
+        // With nothing in flight (paused, in `on_open`, or a receive ended by a dry buffer
+        // ring) no completion would come to free the slot.
+        self.free_if_done(conn);
         Ok(())
     }
 
@@ -469,8 +815,10 @@ impl<H: Handler> EventLoop<H> {
         }
     }
 
-    /// Queues this turn's writes (one per connection) and re-arms receives and the accept.
-    fn end_turn(&mut self) -> io::Result<()> {
+    /// Delivers what resumed connections held, then queues the writes asked for (one per
+    /// connection) and re-arms receives and accepts.
+    fn queue_io(&mut self) -> io::Result<()> {
+        self.deliver_held()?;
         let mut to_write = std::mem::take(&mut self.to_write);
         for conn in to_write.drain(..) {
             let Some(state) = self.conns.get_mut(conn as usize) else {
@@ -495,7 +843,7 @@ impl<H: Handler> EventLoop<H> {
             let Some(state) = self.conns.get_mut(conn as usize) else {
                 continue;
             };
-            if state.closing || state.recv_armed {
+            if state.closing || state.recv_armed || state.paused || state.holding {
                 continue;
             }
             state.recv_armed = true;
@@ -503,9 +851,15 @@ impl<H: Handler> EventLoop<H> {
             self.ring.arm_recv(conn, fd)?;
         }
         self.to_rearm = to_rearm;
-        if !self.accept_armed && !self.backing_off {
-            self.accept_armed = true;
-            self.ring.arm_accept(self.listener.as_raw_fd())?;
+        if self.accepting && !self.backing_off {
+            for (index, listener) in (0u32..).zip(&mut self.listeners) {
+                if let Some(socket) = &listener.socket
+                    && !listener.accept_armed
+                {
+                    listener.accept_armed = true;
+                    self.ring.arm_accept(index, socket.as_raw_fd())?;
+                }
+            }
         }
         Ok(())
     }

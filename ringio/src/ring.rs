@@ -9,7 +9,7 @@
 //! - Vectored writes: the frames and the vector array of each write in flight live here, in
 //!   a slab keyed by the operation's id, until the kernel reports the write complete; a
 //!   short write is resubmitted from where it stopped.
-//! - The accept back-off's timespec.
+//! - The accept back-off's timespec, and the counter an eventfd read fills.
 //!
 //! Every operation that may touch that memory is counted while in flight, and dropping the
 //! ring cancels them all and waits for their last completions before freeing anything.
@@ -17,6 +17,7 @@
 use std::alloc::{self, Layout};
 use std::collections::VecDeque;
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -37,7 +38,8 @@ const BUFFER_GROUP: u16 = 0;
 const SPARE_BATCHES: usize = 256;
 
 /// The operation an SQE or CQE belongs to: the top byte of its user data. The low 32 bits
-/// hold a connection index (receives), a write id (writes) or nothing.
+/// hold a listener index (accepts), a connection index (receives), a write's slab key
+/// (writes) or nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Kind {
@@ -47,6 +49,8 @@ enum Kind {
     Backoff = 4,
     /// A cancellation request; its own completion carries nothing of interest.
     Cancel = 5,
+    /// A read of the loop's eventfd: another thread woke the loop.
+    Notify = 6,
 }
 
 impl Kind {
@@ -61,6 +65,7 @@ impl Kind {
             3 => Kind::Write,
             4 => Kind::Backoff,
             5 => Kind::Cancel,
+            6 => Kind::Notify,
             _ => return None,
         };
         // Truncation intended: the low 32 bits are the index.
@@ -77,11 +82,24 @@ pub struct Buffer {
     len: usize,
 }
 
+/// A write in flight, as [`Ring::write`] names it: its slab key plus one, so that an
+/// `Option<WriteId>` in every connection costs four bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteId(NonZeroU32);
+
+impl WriteId {
+    fn key(self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
 /// What one completion means to the loop.
 #[derive(Debug)]
 pub enum Event {
-    /// The multishot accept produced a connection or failed; `more` says it stays armed.
+    /// Listener `listener`'s multishot accept produced a connection or failed; `more` says
+    /// it stays armed.
     Accepted {
+        listener: u32,
         result: io::Result<OwnedFd>,
         more: bool,
     },
@@ -97,6 +115,9 @@ pub enum Event {
     Wrote { conn: u32, result: io::Result<()> },
     /// The accept back-off elapsed.
     BackoffOver,
+    /// The eventfd read completed: another thread woke the loop (the read drained the
+    /// counter), or the read failed.
+    Notified(io::Result<()>),
 }
 
 /// A write in flight: its frames and the vector array the kernel reads.
@@ -235,6 +256,19 @@ impl Drop for BufferRing {
     }
 }
 
+/// A new eventfd with its counter at zero, for another thread to wake the loop through
+/// [`Ring::arm_notify`]. Blocking on purpose: io_uring fails a read of a non-blocking
+/// descriptor with `EAGAIN` instead of waiting for it to become readable.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative result is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Sizes of a [`Ring`].
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
@@ -252,6 +286,9 @@ pub struct Ring {
     spare: Vec<Write>,
     /// Boxed so its address stays put while a back-off timeout is in flight.
     backoff: Box<Timespec>,
+    /// Where the eventfd read puts the counter; boxed so its address stays put while the
+    /// read is in flight. Nothing reads it: the completion is the news.
+    notified: Box<u64>,
     /// Operations that may still touch memory owned here (accept and receive count until
     /// their multishot ends).
     in_flight: usize,
@@ -299,6 +336,7 @@ impl Ring {
             (opcode::AcceptMulti::CODE, "accept"),
             (opcode::RecvMulti::CODE, "recv"),
             (opcode::Writev::CODE, "writev"),
+            (opcode::Read::CODE, "read"),
             (opcode::AsyncCancel::CODE, "async cancel"),
             (opcode::Timeout::CODE, "timeout"),
         ] {
@@ -327,6 +365,7 @@ impl Ring {
             writes: Slab::new(),
             spare: Vec::new(),
             backoff: Box::new(Timespec::new()),
+            notified: Box::new(0),
             in_flight: 0,
             completions: Vec::new(),
             short_writes: 0,
@@ -348,12 +387,13 @@ impl Ring {
         }
     }
 
-    /// Arms a multishot accept on `listener`.
-    pub fn arm_accept(&mut self, listener: RawFd) -> io::Result<()> {
-        let entry = opcode::AcceptMulti::new(Fd(listener))
+    /// Arms a multishot accept on the socket of listener `listener` (an index of the
+    /// loop's, carried back in its completions).
+    pub fn arm_accept(&mut self, listener: u32, fd: RawFd) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
-            .user_data(Kind::Accept.user_data(0));
+            .user_data(Kind::Accept.user_data(listener));
         // SAFETY: the entry points at no memory.
         unsafe { self.push(&entry) }?;
         self.in_flight += 1;
@@ -378,8 +418,28 @@ impl Ring {
     }
 
     /// Asks the kernel to end a write in flight; its completion reports the outcome.
-    pub fn cancel_write(&mut self, write: u32) -> io::Result<()> {
-        self.cancel(Kind::Write.user_data(write))
+    pub fn cancel_write(&mut self, write: WriteId) -> io::Result<()> {
+        self.cancel(Kind::Write.user_data(write.key()))
+    }
+
+    /// Asks the kernel to end listener `listener`'s multishot accept; its last completion
+    /// comes with `ECANCELED`. Connections it completed before are still reported.
+    pub fn cancel_accept(&mut self, listener: u32) -> io::Result<()> {
+        self.cancel(Kind::Accept.user_data(listener))
+    }
+
+    /// Arms one read of the eventfd `fd` (see [`eventfd`]); [`Event::Notified`] arrives
+    /// when another thread writes it. One read is armed at a time.
+    pub fn arm_notify(&mut self, fd: RawFd) -> io::Result<()> {
+        let counter = ptr::from_mut::<u64>(&mut self.notified).cast::<u8>();
+        let entry = opcode::Read::new(Fd(fd), counter, 8)
+            .build()
+            .user_data(Kind::Notify.user_data(0));
+        // SAFETY: the counter is boxed in `self`, which outlives the read (see Drop), and
+        // nothing else touches it; one read is armed at a time, so two never share it.
+        unsafe { self.push(&entry) }?;
+        self.in_flight += 1;
+        Ok(())
     }
 
     fn cancel(&mut self, target: u64) -> io::Result<()> {
@@ -406,14 +466,23 @@ impl Ring {
     /// Starts one vectored write of up to a batch of frames from the front of `queue` to
     /// connection `conn`'s socket. The frames move here until the kernel has written them
     /// all; returns the write's id (for [`Ring::cancel_write`]).
-    pub fn write(&mut self, conn: u32, fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<u32> {
+    pub fn write(
+        &mut self,
+        conn: u32,
+        fd: RawFd,
+        queue: &mut VecDeque<Bytes>,
+    ) -> io::Result<WriteId> {
         let mut write = self.spare.pop().unwrap_or_default();
         write.conn = conn;
         write.frames.take_from(queue);
         let key = self.writes.insert(write);
-        let id = u32::try_from(key).map_err(|_| io::Error::other("too many writes"))?;
-        self.submit_write(id, fd)?;
-        Ok(id)
+        let id = u32::try_from(key)
+            .ok()
+            .and_then(|key| key.checked_add(1))
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| io::Error::other("too many writes"))?;
+        self.submit_write(id.get() - 1, fd)?;
+        Ok(WriteId(id))
     }
 
     fn submit_write(&mut self, id: u32, fd: RawFd) -> io::Result<()> {
@@ -433,10 +502,12 @@ impl Ring {
         Ok(())
     }
 
-    /// Submits what is queued and waits for at least one completion, or for `timeout`.
+    /// Submits what is queued and waits for at least one completion, or for `timeout`; a
+    /// zero timeout submits without waiting.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let submitter = self.uring.submitter();
         let result = match timeout {
+            Some(Duration::ZERO) => submitter.submit(),
             Some(timeout) => {
                 let timespec = Timespec::from(timeout);
                 submitter.submit_with_args(1, &SubmitArgs::new().timespec(&timespec))
@@ -478,6 +549,7 @@ impl Ring {
             let error = (result < 0).then(|| io::Error::from_raw_os_error(-result));
             match kind {
                 Kind::Accept => events.push(Event::Accepted {
+                    listener: index,
                     result: match error {
                         Some(error) => Err(error),
                         // SAFETY: a successful accept returns a new descriptor that nothing
@@ -508,6 +580,7 @@ impl Ring {
                 }
                 Kind::Write => self.write_completed(index, error, result, events, &fd_of),
                 Kind::Backoff => events.push(Event::BackoffOver),
+                Kind::Notify => events.push(Event::Notified(error.map_or(Ok(()), Err))),
                 Kind::Cancel => {}
             }
         }
@@ -592,6 +665,7 @@ impl Drop for Ring {
         } else {
             // The kernel may still use these: leaking is the only safe choice.
             std::mem::forget(std::mem::take(&mut self.writes));
+            std::mem::forget(std::mem::replace(&mut self.notified, Box::new(0)));
             self.buffers.leaked = true;
         }
     }
@@ -609,6 +683,7 @@ mod tests {
             Kind::Write,
             Kind::Backoff,
             Kind::Cancel,
+            Kind::Notify,
         ] {
             for index in [0, 1, 12_345, u32::MAX] {
                 assert_eq!(Kind::of(kind.user_data(index)), Some((kind, index)));

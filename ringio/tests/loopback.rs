@@ -21,7 +21,7 @@ struct Echo {
 impl Handler for Echo {
     type Session = ();
 
-    fn on_open(&mut self, _: ConnId) {
+    fn on_open(&mut self, _: ConnId, _: SocketAddr, _: &mut Outbox) {
         self.opened += 1;
     }
 
@@ -46,7 +46,7 @@ struct Flood {
 impl Handler for Flood {
     type Session = ();
 
-    fn on_open(&mut self, _: ConnId) {}
+    fn on_open(&mut self, _: ConnId, _: SocketAddr, _: &mut Outbox) {}
 
     fn on_data(&mut self, conn: ConnId, _: &mut (), _: &mut [u8], out: &mut Outbox) {
         let pattern: Vec<u8> = (0..self.reply_len).map(|i| (i % 251) as u8).collect();
@@ -67,7 +67,7 @@ struct Fanout {
 impl Handler for Fanout {
     type Session = ();
 
-    fn on_open(&mut self, conn: ConnId) {
+    fn on_open(&mut self, conn: ConnId, _: SocketAddr, _: &mut Outbox) {
         self.members.push(conn);
     }
 

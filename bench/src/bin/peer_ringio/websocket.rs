@@ -3,6 +3,7 @@
 //! out: nothing here touches a socket, so the tests below drive it directly.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use bench::peer::group_of;
 use bytes::Bytes;
@@ -155,7 +156,7 @@ enum Upgrade {
 impl Handler for Peer {
     type Session = Session;
 
-    fn on_open(&mut self, _: ConnId) -> Session {
+    fn on_open(&mut self, _: ConnId, _: SocketAddr, _: &mut Outbox) -> Session {
         Session::Upgrading { head: Vec::new() }
     }
 
@@ -252,6 +253,9 @@ mod tests {
         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
     fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         encode_frame(Role::Client, opcode, true, payload, &mut frame);
@@ -261,8 +265,8 @@ mod tests {
     /// Feeds `chunks` to a new connection `conn` and returns what it sent and closed.
     fn feed(peer: &mut Peer, conn: u32, chunks: &[&[u8]]) -> (Vec<(ConnId, Bytes)>, Vec<ConnId>) {
         let conn = ConnId::from_index(conn);
-        let mut session = peer.on_open(conn);
         let mut out = Outbox::default();
+        let mut session = peer.on_open(conn, PEER, &mut out);
         for chunk in chunks {
             peer.on_data(conn, &mut session, &mut chunk.to_vec(), &mut out);
         }
@@ -355,7 +359,7 @@ mod tests {
         let mut out = Outbox::default();
         for (index, request) in [UPGRADE, UPGRADE, other_group].into_iter().enumerate() {
             let conn = ConnId::from_index(index as u32);
-            let mut session = peer.on_open(conn);
+            let mut session = peer.on_open(conn, PEER, &mut out);
             peer.on_data(conn, &mut session, &mut request.to_vec(), &mut out);
             sessions.push(session);
         }
@@ -387,7 +391,7 @@ mod tests {
         assert!(size <= 72, "Session grew to {size} bytes");
         let mut peer = Peer::new(Mode::Echo);
         let conn = ConnId::from_index(0);
-        let mut session = peer.on_open(conn);
+        let mut session = peer.on_open(conn, PEER, &mut Outbox::default());
         peer.on_data(
             conn,
             &mut session,
