@@ -277,6 +277,15 @@ enum Held {
     Ended,
 }
 
+/// Whether the loop accepts connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    Yes,
+    /// [`EventLoop::stop_accepting`] was called: the next turn cancels the accepts.
+    Stopping,
+    Stopped,
+}
+
 /// One of the loop's listeners and whether its multishot accept is armed.
 struct Listener {
     /// Closed (`None`) once accepting stopped and its accept ended.
@@ -309,7 +318,7 @@ pub struct EventLoop<H: Handler> {
     /// The connections taken from `wakes`, kept for its capacity.
     woken: Vec<u32>,
     notifier: Arc<Notifier>,
-    accepting: bool,
+    accepting: Accepting,
     backing_off: bool,
     /// Connections refused because `max_connections` were open.
     refused: u64,
@@ -370,7 +379,7 @@ impl<H: Handler> EventLoop<H> {
             wakes: Registration::new(max_connections),
             woken: Vec::new(),
             notifier,
-            accepting: true,
+            accepting: Accepting::Yes,
             backing_off: false,
             refused: 0,
             buffer_ring_dry: 0,
@@ -412,21 +421,16 @@ impl<H: Handler> EventLoop<H> {
         Waker::from(Arc::clone(&self.notifier))
     }
 
-    /// Stops accepting for good: cancels every listener's accept and closes the listener
-    /// once its accept has ended, so clients still in its backlog are reset rather than
-    /// left waiting (and, with `SO_REUSEPORT`, new ones go to the listeners still open).
-    /// A connection the kernel accepted before the cancellation is still opened; after
-    /// that, [`Handler::on_open`] is not called again. Open connections are served on.
-    pub fn stop_accepting(&mut self) -> io::Result<()> {
-        self.accepting = false;
-        for (index, listener) in (0u32..).zip(&mut self.listeners) {
-            if listener.accept_armed {
-                self.ring.cancel_accept(index)?;
-            } else {
-                listener.socket = None;
-            }
+    /// Stops accepting for good: the next turn cancels every listener's accept, and each
+    /// listener is closed once its accept has ended, so clients still in its backlog are
+    /// reset rather than left waiting (and, with `SO_REUSEPORT`, new ones go to the
+    /// listeners still open). A connection the kernel accepted before the cancellation is
+    /// still opened; after that, [`Handler::on_open`] is not called again. Open
+    /// connections are served on.
+    pub fn stop_accepting(&mut self) {
+        if self.accepting == Accepting::Yes {
+            self.accepting = Accepting::Stopping;
         }
-        Ok(())
     }
 
     /// Connections open or closing.
@@ -541,19 +545,21 @@ impl<H: Handler> EventLoop<H> {
     ) -> io::Result<()> {
         if let Some(state) = self.listeners.get_mut(listener as usize) {
             state.accept_armed = more;
-            if !more && !self.accepting {
+            if !more && self.accepting != Accepting::Yes {
                 state.socket = None;
             }
         }
         match result {
             // Accepted before a cancellation took effect: served all the same.
             Ok(socket) => self.open(socket)?,
-            Err(err) if !self.accepting && err.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(err)
+                if self.accepting != Accepting::Yes
+                    && err.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(err) => {
                 self.handler.on_accept_error(&err);
                 // Out of descriptors, most likely: pause instead of spinning. The pending
                 // clients wait in the backlog meanwhile.
-                if !self.backing_off && !more && self.accepting {
+                if !self.backing_off && !more && self.accepting == Accepting::Yes {
                     self.backing_off = true;
                     self.ring.arm_backoff(ACCEPT_BACKOFF)?;
                 }
@@ -816,7 +822,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Delivers what resumed connections held, then queues the writes asked for (one per
-    /// connection) and re-arms receives and accepts.
+    /// connection), re-arms receives and accepts, or cancels the accepts once stopped.
     fn queue_io(&mut self) -> io::Result<()> {
         self.deliver_held()?;
         let mut to_write = std::mem::take(&mut self.to_write);
@@ -851,15 +857,28 @@ impl<H: Handler> EventLoop<H> {
             self.ring.arm_recv(conn, fd)?;
         }
         self.to_rearm = to_rearm;
-        if self.accepting && !self.backing_off {
-            for (index, listener) in (0u32..).zip(&mut self.listeners) {
-                if let Some(socket) = &listener.socket
-                    && !listener.accept_armed
-                {
-                    listener.accept_armed = true;
-                    self.ring.arm_accept(index, socket.as_raw_fd())?;
+        match self.accepting {
+            Accepting::Yes if !self.backing_off => {
+                for (index, listener) in (0u32..).zip(&mut self.listeners) {
+                    if let Some(socket) = &listener.socket
+                        && !listener.accept_armed
+                    {
+                        listener.accept_armed = true;
+                        self.ring.arm_accept(index, socket.as_raw_fd())?;
+                    }
                 }
             }
+            Accepting::Stopping => {
+                self.accepting = Accepting::Stopped;
+                for (index, listener) in (0u32..).zip(&mut self.listeners) {
+                    if listener.accept_armed {
+                        self.ring.cancel_accept(index)?;
+                    } else {
+                        listener.socket = None;
+                    }
+                }
+            }
+            Accepting::Yes | Accepting::Stopped => {}
         }
         Ok(())
     }

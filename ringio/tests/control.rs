@@ -637,7 +637,7 @@ fn after_stop_accepting_open_connections_are_served_and_no_new_one_is_opened() {
     let mut kept = connect(driven.addr);
     kept.write_all(b"a").unwrap();
     assert_eq!(read_exactly(&mut kept, 1), b"a");
-    driven.call(|event_loop| event_loop.stop_accepting().unwrap());
+    driven.call(EventLoop::stop_accepting);
     driven.eventually("the listener closes", |event_loop| {
         event_loop.local_addr().is_err()
     });
