@@ -24,7 +24,12 @@ pub enum EngineKind {
 /// How each core's runtime waits for its sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum IoDriver {
-    /// io_uring where the kernel allows it, epoll otherwise (with a warning).
+    /// The completion loop on io_uring (`ringio`): multishot receives into one
+    /// provided-buffer ring per core, so an idle connection holds no buffer, no task and no
+    /// timer, only a slot. Without TLS; with TLS, or where the kernel lacks what it needs,
+    /// the core runs `io-uring` instead (with a warning).
+    Completion,
+    /// monoio on io_uring where the kernel allows it, epoll otherwise (with a warning).
     IoUring,
     /// epoll only. Sessions are readiness-driven either way (an idle socket holds no read
     /// buffer); on io_uring monoio reaches their readiness through an epoll instance the

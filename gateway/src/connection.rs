@@ -2,7 +2,6 @@
 //! poll loop that reads only when the socket is readable, into the core's shared buffer,
 //! and writes the session's queue in order, then the closing handshake.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
@@ -10,43 +9,24 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::io::IntoPollIo;
 use monoio::net::TcpStream;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use wire::server::{Pong, Welcome};
-use wire::{ClientFrameRef, CloseCode, ErrorCode, Refusal, ServerFrame, limits::MAX_FRAME_BYTES};
+use wire::CloseCode;
 
 use crate::core::{Core, UpgradeGuard};
 use crate::handshake::{self, UpgradeRequest};
-use crate::outbox::{Outbox, Outgoing};
-use crate::router::{Delivery, Origin};
-use crate::session::{self, RateDecision, TokenBucket};
-use crate::user_limit::UserBudgetHandle;
+use crate::open_session::{
+    self, CLOSE_LINGER, CloseProgress, Closing, MAX_FRAMES_PER_WRITE, OpenSession,
+};
+use crate::router::Delivery;
 
 /// Reads one session may do per poll before it yields to the core's other sessions.
 const READS_PER_POLL: usize = 16;
-
-/// A pending partial frame above this size is not kept in a grown buffer once consumed.
-const PENDING_KEEP_BYTES: usize = 1024;
-
-/// How long the server waits for the peer's close frame after sending its own before it
-/// closes TCP (RFC 6455 section 7.1.1). Closing at once would meet the peer's reply with a
-/// reset, and a reset can cost the peer the close frame it has not read yet (browsers then
-/// report 1006 instead of the server's code).
-pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Most frames handed to the kernel in one write.
-const MAX_FRAMES_PER_WRITE: usize = 32;
-
-/// Frame bytes taken from the outbox for one write; past them, the rest waits in the outbox
-/// (where the slow-consumer bounds count it).
-const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
 
 /// A plain or TLS socket in readiness mode: no buffer is held while it waits.
 pub enum Transport {
@@ -142,7 +122,7 @@ pub fn serve(
             }
             Ended::Gone(code) => code,
         };
-        session.finish(code);
+        session.state.finish(code);
     }
 }
 
@@ -174,7 +154,7 @@ async fn open(
         })
     };
     drop(upgrading);
-    let (io, request, claims, mut leftover) = match accepted {
+    let (io, request, claims, leftover) = match accepted {
         Ok(Some(accepted)) => accepted,
         Ok(None) => return None,
         Err(_) => {
@@ -183,53 +163,11 @@ async fn open(
             return None;
         }
     };
-    let user_id = claims.user_id;
-    let outbox = core.open_session(user_id, claims.exp, request.wants_json);
-    let origin = Origin {
-        user_id,
-        connection_id: outbox.connection_id,
-    };
-    let welcome = ServerFrame::Welcome(Welcome {
-        user_id,
-        connection_id: outbox.connection_id,
-        node_id: core.node.config.node_id,
-        server_time_us: core.now_us(),
-        heartbeat_ms: core.node.config.ping_interval.as_millis() as u32,
-        max_frame_bytes: MAX_FRAME_BYTES as u32,
-    });
-    push_own(&core, &outbox, &welcome);
-    if core.is_shutting_down() {
-        // The shutdown began while the 101 was being written, after the core closed its
-        // other sessions: greet, then send away like them.
-        outbox.close(CloseCode::GOING_AWAY);
-    }
-    core.with_engine(|engine| engine.connected(&core, origin));
-    let mut session = Session {
-        bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
-        user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
-        core,
+    Some(Session {
+        state: OpenSession::open(core, &request, &claims, leftover),
         io,
-        decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
-        pending: Vec::new(),
-        paused_mid_read: false,
         writing: None,
-        outbox,
-        close_sent: None,
-        closing: Closing::AwaitPeerClose,
-    };
-    // Frames the client pipelined behind its request head: act on them now, since no read
-    // may ever come to trigger it.
-    if !leftover.is_empty() {
-        let now = Instant::now();
-        session.outbox.touch(now);
-        session.consume(&mut leftover, now);
-    }
-    Some(session)
-}
-
-/// Whether the gateway is shutting down: refuse upgrades rather than welcome and close them.
-fn shutting_down(core: &Core) -> bool {
-    core.is_shutting_down() || core.node.stopping.load(Ordering::Acquire)
+    })
 }
 
 /// Answers a connection refused before its upgrade is even read (the per-IP limit).
@@ -288,47 +226,13 @@ async fn upgrade(
             }
         }
     };
-    let refuse = |status: u16, label: &'static str, reason: String| {
-        core.metrics.refuse(label);
-        wsproto::handshake::refusal(status, &reason)
-    };
-    if shutting_down(core) {
-        let refusal = refuse(
-            503,
-            "shutting_down",
-            "the gateway is shutting down".to_owned(),
-        );
-        let _ = io.write_all(&refusal).await;
-        let _ = io.shutdown().await;
-        return None;
-    }
-    let origin_ok =
-        handshake::origin_allowed(request.origin.as_deref(), &core.node.config.allowed_origins);
-    let refusal = (!origin_ok).then(|| refuse(403, "origin", "origin not allowed".to_owned()));
-    let claims = match (&refusal, request.token.as_deref()) {
-        (Some(_), _) => None,
-        (None, None) => {
-            let _ = io
-                .write_all(&refuse(401, "missing", "no token".to_owned()))
-                .await;
-            None
+    let claims = match open_session::answer_upgrade(core, &request) {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            let _ = io.write_all(&refusal).await;
+            let _ = io.shutdown().await;
+            return None;
         }
-        (None, Some(token)) => match core.node.verifier.verify(token) {
-            Ok(claims) => Some(claims),
-            Err(error) => {
-                let _ = io
-                    .write_all(&refuse(401, error.label(), error.to_string()))
-                    .await;
-                None
-            }
-        },
-    };
-    if let Some(refusal) = &refusal {
-        let _ = io.write_all(refusal).await;
-    }
-    let Some(claims) = claims else {
-        let _ = io.shutdown().await;
-        return None;
     };
     if io
         .write_all(&handshake::switching_protocols(&request))
@@ -342,38 +246,12 @@ async fn upgrade(
     Some((io, request, claims, leftover))
 }
 
-fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {
-    match session::own_frame(frame, outbox.is_text()) {
-        Ok(bytes) => {
-            core.metrics.frame_out(frame.kind() as u8);
-            outbox.push(Outgoing::Own(bytes), &core.metrics);
-        }
-        Err(error) => {
-            tracing::error!(%error, kind = frame.kind().name(), "could not encode a reply")
-        }
-    }
-}
-
+/// An open session on a readiness-driven socket.
 struct Session {
-    core: Rc<Core>,
+    state: OpenSession,
     io: Transport,
-    decoder: wsproto::Decoder,
-    /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
-    /// While the session is behind, also the whole messages of its last read not acted on
-    /// yet (at most one read, [`crate::core::SCRATCH_BYTES`]).
-    pending: Vec<u8>,
-    /// Whether `pending` may hold whole messages, left when the session fell behind.
-    paused_mid_read: bool,
     /// The write under way; allocated only while one is.
     writing: Option<Box<Writing>>,
-    bucket: TokenBucket,
-    /// The user's budget, shared with its other connections; `None` without a user limit.
-    user_budget: Option<UserBudgetHandle>,
-    outbox: Rc<Outbox>,
-    /// The close code once our close frame is queued.
-    close_sent: Option<CloseCode>,
-    /// What the closing handshake waits for once our close frame is written.
-    closing: Closing,
 }
 
 /// Frames taken from the outbox for one write, and how much of the first went out.
@@ -393,67 +271,26 @@ enum Ended {
     Gone(CloseCode),
 }
 
-/// What the closing handshake waits for once our close frame is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    /// The peer's close, for at most [`CLOSE_LINGER`], reading and dropping its other
-    /// frames meanwhile.
-    AwaitPeerClose,
-    /// Nothing: the peer closed first, and our close answered it.
-    PeerClosed,
-    /// The peer to hang up, for at most [`CLOSE_LINGER`]: its stream broke the protocol
-    /// and cannot be decoded any further, so what arrives is dropped unread.
-    Discard,
-}
-
 impl Session {
-    /// Unregisters the ended session.
-    fn finish(self, code: CloseCode) {
-        let origin = self.origin();
-        let Session { core, outbox, .. } = self;
-        core.metrics.close(code.0);
-        core.close_session(&outbox);
-        core.with_engine(|engine| engine.disconnected(&core, origin));
-    }
-
-    /// Who this session is, for the engine: kept in the outbox alone.
-    fn origin(&self) -> Origin {
-        Origin {
-            user_id: self.outbox.user_id,
-            connection_id: self.outbox.connection_id,
-        }
-    }
-
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
-        self.outbox.register(cx.waker());
+        self.state.outbox.register(cx.waker());
         for _ in 0..READS_PER_POLL {
             if let Err(code) = ready_or_pending(self.poll_write(cx)) {
                 return Poll::Ready(Ended::Gone(code));
             }
-            if let Some(code) = self.outbox.close_requested() {
-                if self.outbox.is_aborted() {
-                    return Poll::Ready(Ended::Gone(code));
-                }
-                if self.close_sent.is_none() {
-                    self.close_sent = Some(code);
-                    let frame = Bytes::from(wsproto::close_frame(code.0, ""));
-                    self.outbox.push_final(frame, &self.core.metrics);
-                    continue;
-                }
-                if self.writing.is_none() && self.outbox.is_empty() {
-                    return Poll::Ready(Ended::CloseWritten(code));
-                }
-                return Poll::Pending;
+            match self.state.close_progress(self.writing.is_some()) {
+                CloseProgress::Open => {}
+                CloseProgress::Aborted(code) => return Poll::Ready(Ended::Gone(code)),
+                CloseProgress::Queued => continue,
+                CloseProgress::Writing => return Poll::Pending,
+                CloseProgress::Written(code) => return Poll::Ready(Ended::CloseWritten(code)),
             }
             // A client behind on what it was sent is not read until it catches up (the
-            // socket's writability wakes this task): it cannot have replies queued faster
-            // than it takes them.
-            if self.outbox.is_behind() {
+            // socket's writability wakes this task).
+            if self.state.outbox.is_behind() {
                 return Poll::Pending;
             }
-            if self.paused_mid_read {
-                self.paused_mid_read = false;
-                self.resume_pending();
+            if self.state.resume_if_paused_mid_read() {
                 continue;
             }
             match self.poll_read(cx) {
@@ -469,13 +306,13 @@ impl Session {
 
     /// Our close frame is out: waits (bounded) for what [`Closing`] says, then closes TCP.
     async fn finish_closing_handshake(&mut self) {
-        let waiting = match self.closing {
+        let waiting = match self.state.closing() {
             Closing::PeerClosed => false,
             Closing::Discard => true,
             // The peer's close may already be among the bytes read before ours went out.
             Closing::AwaitPeerClose => {
-                let mut pending = std::mem::take(&mut self.pending);
-                !self.skip_to_peer_close(&mut pending)
+                let mut pending = self.state.take_pending();
+                !self.state.skip_to_peer_close(&mut pending)
             }
         };
         if waiting {
@@ -494,61 +331,25 @@ impl Session {
     /// before it.
     fn poll_peer_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // A shutdown that has waited long enough cuts the wait short.
-        self.outbox.register(cx.waker());
-        if self.outbox.is_aborted() {
+        self.state.outbox.register(cx.waker());
+        if self.state.outbox.is_aborted() {
             return Poll::Ready(());
         }
-        let core = self.core.clone();
+        let core = self.state.core.clone();
         let mut scratch = core.scratch.borrow_mut();
         for _ in 0..READS_PER_POLL {
-            let have = self.pending.len();
-            scratch[..have].copy_from_slice(&self.pending);
-            let mut read_buf = ReadBuf::new(&mut scratch[have..]);
+            let mut read_buf = ReadBuf::new(&mut scratch[..]);
             let read = match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(())) => read_buf.filled().len(),
             };
-            if read == 0 {
-                return Poll::Ready(());
-            }
-            if self.closing == Closing::AwaitPeerClose
-                && self.skip_to_peer_close(&mut scratch[..have + read])
-            {
+            if read == 0 || self.state.peer_close_received(&mut scratch[..read]) {
                 return Poll::Ready(());
             }
         }
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-
-    /// Decodes `bytes` past every message but the peer's close. True once that close has
-    /// come, or anything that breaks the protocol (which ends the wait as well); otherwise
-    /// the unfinished frame at the end is kept for the next read.
-    fn skip_to_peer_close(&mut self, bytes: &mut [u8]) -> bool {
-        let mut start = 0;
-        loop {
-            let Ok(decoded) = self.decoder.decode(&mut bytes[start..]) else {
-                return true;
-            };
-            start += decoded.consumed;
-            match decoded.message {
-                Some(wsproto::Message::Close { .. }) => return true,
-                Some(_) => {}
-                None => break,
-            }
-        }
-        self.keep_pending(&bytes[start..]);
-        false
-    }
-
-    /// Keeps `rest`, the start of a frame whose end has not arrived, for the next read.
-    fn keep_pending(&mut self, rest: &[u8]) {
-        self.pending.clear();
-        if self.pending.capacity() > PENDING_KEEP_BYTES {
-            self.pending = Vec::new();
-        }
-        self.pending.extend_from_slice(rest);
     }
 
     /// Writes queued frames until the queue is empty or the socket is full. What is queued
@@ -576,11 +377,6 @@ impl Session {
                 }
                 Poll::Ready(Ok(n)) => n,
             };
-            self.outbox.wrote();
-            self.core
-                .metrics
-                .bytes_out
-                .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
             self.advance(sent);
         }
     }
@@ -590,14 +386,8 @@ impl Session {
     fn take_frames(&mut self) {
         if self.writing.is_none() {
             let mut frames = VecDeque::new();
-            let mut bytes = 0;
-            while frames.len() < MAX_FRAMES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
-                let Some(frame) = self.outbox.pop(&self.core.metrics) else {
-                    break;
-                };
-                bytes += frame.0.len();
-                frames.push_back(frame);
-            }
+            self.state
+                .take_frames(|frame, delivery| frames.push_back((frame, delivery)));
             if !frames.is_empty() {
                 self.writing = Some(Box::new(Writing { frames, written: 0 }));
             }
@@ -610,6 +400,7 @@ impl Session {
         let Some(writing) = self.writing.as_mut() else {
             return;
         };
+        self.state.wrote(sent);
         while let Some((bytes, _)) = writing.frames.front() {
             let left = bytes.len() - writing.written;
             if sent < left {
@@ -619,10 +410,7 @@ impl Session {
             sent -= left;
             writing.written = 0;
             if let Some((_, Some(delivery))) = writing.frames.pop_front() {
-                self.core
-                    .metrics
-                    .delivery_latency
-                    .observe(delivery.received_at.elapsed());
+                self.state.delivered(&delivery);
             }
         }
         self.writing = None;
@@ -630,14 +418,14 @@ impl Session {
 
     /// One read, when the socket has something, and everything it completes.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
-        if self.core.is_backpressured() {
-            self.core.wait_for_room(cx.waker());
+        if self.state.core.is_backpressured() {
+            self.state.core.wait_for_room(cx.waker());
             return Poll::Pending;
         }
-        let core = self.core.clone();
+        let core = self.state.core.clone();
         let mut scratch = core.scratch.borrow_mut();
-        let have = self.pending.len();
-        scratch[..have].copy_from_slice(&self.pending);
+        let have = self.state.pending().len();
+        scratch[..have].copy_from_slice(self.state.pending());
         let mut read_buf = ReadBuf::new(&mut scratch[have..]);
         let read = match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
             Poll::Pending => return Poll::Pending,
@@ -647,77 +435,10 @@ impl Session {
         if read == 0 {
             return Poll::Ready(Err(CloseCode(1006)));
         }
-        let now = Instant::now();
-        self.outbox.touch(now);
-        self.consume(&mut scratch[..have + read], now);
+        let now = std::time::Instant::now();
+        self.state.outbox.touch(now);
+        self.state.consume(&mut scratch[..have + read], now);
         Poll::Ready(Ok(()))
-    }
-
-    /// Acts on the messages a read brought that were kept when the session fell behind.
-    fn resume_pending(&mut self) {
-        let core = self.core.clone();
-        let mut scratch = core.scratch.borrow_mut();
-        let have = self.pending.len();
-        scratch[..have].copy_from_slice(&self.pending);
-        self.consume(&mut scratch[..have], Instant::now());
-    }
-
-    /// Acts on every whole message in `bytes` (what was pending, then what was read) and
-    /// keeps the unfinished frame at the end. A close from the peer, a protocol error or a
-    /// message that ends the session asks the session to close. Once the session falls
-    /// behind, the rest is kept for when it has caught up: one read of many requests cannot
-    /// queue many replies.
-    fn consume(&mut self, bytes: &mut [u8], now: Instant) {
-        let origin = self.origin();
-        let mut start = 0;
-        let result = loop {
-            if self.outbox.is_behind() {
-                self.paused_mid_read = true;
-                break Ok(());
-            }
-            let decoded = match self.decoder.decode(&mut bytes[start..]) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    tracing::debug!(%error, user = self.outbox.user_id, "WebSocket protocol error");
-                    self.closing = Closing::Discard;
-                    break Err(CloseCode(error.close_code()));
-                }
-            };
-            start += decoded.consumed;
-            let Some(message) = decoded.message else {
-                break Ok(());
-            };
-            if let wsproto::Message::Close { code, .. } = message {
-                self.closing = Closing::PeerClosed;
-                break Err(code.map_or(CloseCode::NORMAL, CloseCode));
-            }
-            if let Err(code) = on_message(
-                &self.core,
-                &self.outbox,
-                Limits {
-                    bucket: &mut self.bucket,
-                    user: self.user_budget.as_ref(),
-                },
-                origin,
-                message,
-                now,
-            ) {
-                break Err(code);
-            }
-        };
-        match result {
-            Ok(()) => self.keep_pending(&bytes[start..]),
-            // What follows the last message is still in step: the closing handshake reads on
-            // from there.
-            Err(code) if self.closing == Closing::AwaitPeerClose => {
-                self.keep_pending(&bytes[start..]);
-                self.outbox.close(code);
-            }
-            Err(code) => {
-                self.pending = Vec::new();
-                self.outbox.close(code);
-            }
-        }
     }
 }
 
@@ -726,112 +447,6 @@ fn ready_or_pending(poll: Poll<Result<(), Closed>>) -> Result<(), Closed> {
         Poll::Ready(result) => result,
         Poll::Pending => Ok(()),
     }
-}
-
-/// The rate limits one session's frames go through.
-struct Limits<'s> {
-    bucket: &'s mut TokenBucket,
-    user: Option<&'s UserBudgetHandle>,
-}
-
-/// Which limit refused a frame.
-#[derive(Clone, Copy)]
-enum Limit {
-    Connection,
-    User,
-}
-
-impl Limits<'_> {
-    /// The connection's bucket first, then the user's shared budget.
-    fn take(&mut self, now: Instant, config: &crate::Config) -> (RateDecision, Limit) {
-        match self
-            .bucket
-            .take(now, config.frames_per_second, config.frame_burst)
-        {
-            RateDecision::Accept => {}
-            refused => return (refused, Limit::Connection),
-        }
-        match self.user {
-            Some(user) if !user.take(now) => (
-                self.bucket.refused_elsewhere(config.frame_burst),
-                Limit::User,
-            ),
-            _ => (RateDecision::Accept, Limit::User),
-        }
-    }
-}
-
-/// Acts on one WebSocket message. `Err` closes the session with that code.
-fn on_message(
-    core: &Core,
-    outbox: &Outbox,
-    mut limits: Limits<'_>,
-    origin: Origin,
-    message: wsproto::Message<'_>,
-    now: Instant,
-) -> Result<(), Closed> {
-    match message {
-        wsproto::Message::Ping(payload) => {
-            outbox.push(
-                Outgoing::Own(Bytes::from(wsproto::pong_frame(payload))),
-                &core.metrics,
-            );
-            return Ok(());
-        }
-        wsproto::Message::Pong(_) | wsproto::Message::Close { .. } => return Ok(()),
-        wsproto::Message::Text(_) => outbox.set_text(true),
-        wsproto::Message::Binary(_) => {}
-    }
-    let config = &core.node.config;
-    match limits.take(now, config) {
-        (RateDecision::Accept, _) => {}
-        (RateDecision::Refuse, by) => {
-            core.metrics.error(ErrorCode::RateLimited);
-            let reason = match by {
-                Limit::User => format!(
-                    "more than {} frames per second from this user",
-                    config.user_frame_limits().0
-                ),
-                Limit::Connection => {
-                    format!("more than {} frames per second", config.frames_per_second)
-                }
-            };
-            let id = session::client_msg_id_of(&message);
-            push_own(
-                core,
-                outbox,
-                &session::error_reply(ErrorCode::RateLimited, reason, id),
-            );
-            return Ok(());
-        }
-        (RateDecision::Disconnect, _) => return Err(CloseCode::POLICY_VIOLATION),
-    }
-    let refused = |refusal: Refusal| {
-        let code = refusal.error.code();
-        core.metrics.error(code);
-        let reply = session::error_reply(code, refusal.error.to_string(), refusal.client_msg_id);
-        push_own(core, outbox, &reply);
-        Ok(())
-    };
-    let raw: Cow<'_, [u8]> = match session::binary_form(&message) {
-        Ok(raw) => raw,
-        Err(refusal) => return refused(refusal),
-    };
-    let frame = match ClientFrameRef::check(&raw) {
-        Ok(frame) => frame,
-        Err(refusal) => return refused(refusal),
-    };
-    core.metrics.frame_in(frame.kind(), raw.len());
-    if let ClientFrameRef::Ping(ping) = frame {
-        let pong = ServerFrame::Pong(Pong {
-            nonce: ping.nonce.to_native(),
-            server_time_us: core.now_us(),
-        });
-        push_own(core, outbox, &pong);
-        return Ok(());
-    }
-    core.with_engine(|engine| engine.client_frame(core, origin, frame, &raw, now));
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wire::envelope::Target;
@@ -593,6 +593,11 @@ impl Core {
         .await
     }
 
+    /// Whether the shutdown's drain is over: what is still open is cut.
+    pub fn drain_is_over(&self) -> bool {
+        self.lifecycle.get() == Lifecycle::Drained
+    }
+
     /// Whether every session, and every connection still upgrading, has gone.
     pub fn is_idle(&self) -> bool {
         self.registry.borrow().is_empty() && self.upgrading.get() == 0
@@ -607,25 +612,25 @@ impl Core {
     /// Drains this core's mailbox for as long as the core runs, [`MAILBOX_BATCH`] messages
     /// at a time: between batches the sessions write what the batch queued for them.
     pub async fn pump_mailbox(self: Rc<Self>) {
-        let mailbox = &self.node.mailboxes[self.index];
-        let mut handled = 0;
         loop {
-            let msg = poll_fn(|cx| {
-                let polled = mailbox.poll_recv(cx);
-                if polled.is_pending() {
-                    // Waiting is a yield of its own: the next batch starts afresh.
-                    handled = 0;
-                }
-                polled
-            })
-            .await;
-            self.handle(msg);
-            handled += 1;
-            if handled == MAILBOX_BATCH {
-                handled = 0;
-                yield_to_other_tasks().await;
+            poll_fn(|cx| self.handle_mailbox(cx)).await;
+            yield_to_other_tasks().await;
+        }
+    }
+
+    /// Handles up to [`MAILBOX_BATCH`] messages from this core's mailbox. `Ready` once a
+    /// whole batch was handled (more may wait: come back after the sessions have written);
+    /// `Pending` once the mailbox is empty, with `cx`'s waker registered for the next
+    /// message.
+    pub fn handle_mailbox(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mailbox = &self.node.mailboxes[self.index];
+        for _ in 0..MAILBOX_BATCH {
+            match mailbox.poll_recv(cx) {
+                Poll::Ready(msg) => self.handle(msg),
+                Poll::Pending => return Poll::Pending,
             }
         }
+        Poll::Ready(())
     }
 
     /// Retries parked messages while any wait, ticks the engine, and lets paused sessions
@@ -637,13 +642,25 @@ impl Core {
             } else {
                 self.idle_until_needed().await;
             }
-            self.node.core_beats[self.index].fetch_add(1, Relaxed);
-            self.cut_sessions_after_the_drain();
-            self.retry_parked();
-            self.engine.borrow_mut().tick(&self);
-            if !self.is_backpressured() {
-                self.resume_readers();
-            }
+            self.housekeeping_tick();
+        }
+    }
+
+    /// How long until the next [`Core::housekeeping_tick`]: a millisecond while anything
+    /// waits for it, [`IDLE_TICK`] otherwise.
+    pub fn housekeeping_interval(&self) -> Duration {
+        if self.timer_needed() { TICK } else { IDLE_TICK }
+    }
+
+    /// One turn of the housekeeping: the watchdog's beat, the end of a shutdown's drain,
+    /// parked messages retried, the engine's tick, paused readers resumed.
+    pub fn housekeeping_tick(&self) {
+        self.node.core_beats[self.index].fetch_add(1, Relaxed);
+        self.cut_sessions_after_the_drain();
+        self.retry_parked();
+        self.engine.borrow_mut().tick(self);
+        if !self.is_backpressured() {
+            self.resume_readers();
         }
     }
 
@@ -668,13 +685,12 @@ impl Core {
     pub async fn sweep_idle(self: Rc<Self>) {
         let ping = crate::router::ws_frame(wsproto::OpCode::Ping, b"");
         let slots = self.registry.borrow().slots();
-        let tick = SWEEP_INTERVAL / slots as u32;
         // The slot's connection ids: the registry may change while the sweep yields.
         let mut due = Vec::new();
         let mut deepest = 0;
         loop {
             for slot in 0..slots {
-                monoio::time::sleep(tick).await;
+                monoio::time::sleep(self.sweep_tick()).await;
                 due.clear();
                 self.registry.borrow().slot_connections(slot, &mut due);
                 for (i, batch) in due.chunks(SWEEP_BATCH).enumerate() {
@@ -684,10 +700,38 @@ impl Core {
                     deepest = deepest.max(self.sweep_batch(batch, &ping));
                 }
             }
-            self.metrics.end_sweep_window(deepest);
+            self.end_sweep_round(deepest);
             deepest = 0;
-            release_freed_memory();
         }
+    }
+
+    /// How often the sweep visits its next wheel slot.
+    pub fn sweep_tick(&self) -> Duration {
+        SWEEP_INTERVAL / self.registry.borrow().slots() as u32
+    }
+
+    /// Sweeps the wheel's next slot at once, for a driver that runs the sweep from its own
+    /// timer: its sessions are a fiftieth of the core's, so no yield is needed.
+    pub fn sweep_next_slot(&self, sweep: &mut SweepState) {
+        sweep.due.clear();
+        self.registry
+            .borrow()
+            .slot_connections(sweep.slot, &mut sweep.due);
+        let due = std::mem::take(&mut sweep.due);
+        sweep.deepest = sweep.deepest.max(self.sweep_batch(&due, &sweep.ping));
+        sweep.due = due;
+        sweep.slot += 1;
+        if sweep.slot == self.registry.borrow().slots() {
+            sweep.slot = 0;
+            self.end_sweep_round(std::mem::take(&mut sweep.deepest));
+        }
+    }
+
+    /// Once per turn of the sweep's wheel: the queue-depth window closes, and freed memory
+    /// goes back to the OS.
+    fn end_sweep_round(&self, deepest: usize) {
+        self.metrics.end_sweep_window(deepest);
+        release_freed_memory();
     }
 
     /// Applies [`SessionSweep`] to the sessions `ids` still open; returns the deepest queue
@@ -709,6 +753,26 @@ impl Core {
             sweep.visit(outbox, ping, &self.metrics);
         }
         deepest
+    }
+}
+
+/// Where a driver's sweep is on its wheel ([`Core::sweep_next_slot`]).
+pub struct SweepState {
+    slot: usize,
+    deepest: usize,
+    /// The slot's connection ids, kept for reuse.
+    due: Vec<u64>,
+    ping: bytes::Bytes,
+}
+
+impl Default for SweepState {
+    fn default() -> SweepState {
+        SweepState {
+            slot: 0,
+            deepest: 0,
+            due: Vec::new(),
+            ping: crate::router::ws_frame(wsproto::OpCode::Ping, b""),
+        }
     }
 }
 

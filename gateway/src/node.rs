@@ -273,17 +273,8 @@ impl Gateway {
             Some(listener) => admin::spawn(listener, node.clone())?,
             None => bind_admin_when_free(node.clone())?,
         }
-        match node.config.io_driver {
-            IoDriver::Epoll => {
-                tracing::info!(cores, %local_addr, %admin_addr, "starting on epoll");
-            }
-            IoDriver::IoUring if monoio::utils::detect_uring() => {
-                tracing::info!(cores, %local_addr, %admin_addr, "starting on io_uring");
-            }
-            IoDriver::IoUring => {
-                tracing::warn!(cores, %local_addr, %admin_addr, "io_uring is unavailable here: falling back to epoll");
-            }
-        }
+        let driver = effective_driver(&node.config);
+        tracing::info!(cores, %local_addr, %admin_addr, driver = driver.name(), "starting");
         let mut handles = Vec::with_capacity(cores);
         for (index, (listeners, cpu)) in listeners.into_iter().zip(cpus).enumerate() {
             let node = node.clone();
@@ -292,7 +283,7 @@ impl Gateway {
                 .name(format!("core-{index}"))
                 .spawn(move || {
                     affinity::pin_current_thread(index, cpu);
-                    if let Err(error) = run_core(index, node, listeners, bridge) {
+                    if let Err(error) = run_core(index, node, listeners, bridge, driver) {
                         tracing::error!(core = index, error = format!("{error:#}"), "core stopped");
                     }
                 })
@@ -456,25 +447,83 @@ fn bridge_settings(config: &Config) -> BridgeSettings {
     }
 }
 
+/// The driver the cores run: the one configured, or the nearest this host and
+/// configuration allow (with a warning).
+fn effective_driver(config: &Config) -> IoDriver {
+    let mut driver = config.io_driver;
+    if driver == IoDriver::Completion && config.tls_cert.is_some() {
+        tracing::warn!("the completion driver serves no TLS yet: running on monoio's io_uring");
+        driver = IoDriver::IoUring;
+    }
+    if driver == IoDriver::Completion
+        && let Err(error) = crate::completion::supported()
+    {
+        tracing::warn!(%error, "the completion driver is unavailable here: running on monoio");
+        driver = IoDriver::IoUring;
+    }
+    if driver == IoDriver::IoUring && !monoio::utils::detect_uring() {
+        tracing::warn!("io_uring is unavailable here: falling back to epoll");
+        driver = IoDriver::Epoll;
+    }
+    driver
+}
+
+impl IoDriver {
+    /// The name the flag takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoDriver::Completion => "completion",
+            IoDriver::IoUring => "io-uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+}
+
 fn run_core(
     index: usize,
     node: Arc<Node>,
     listeners: Vec<StdListener>,
     bridge: Option<Arc<BridgeInbox>>,
+    driver: IoDriver,
 ) -> Result<()> {
-    let serve = serve_core(index, node.clone(), listeners, bridge);
-    match node.config.io_driver {
+    match driver {
+        IoDriver::Completion => {
+            let core = Rc::new(Core::new(index, node.clone(), engine(&node, bridge)));
+            crate::completion::serve_core(core, listeners)
+        }
         IoDriver::IoUring => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .with_entries(node.config.ring_entries)
             .enable_timer()
             .build()
             .context("building the runtime (io_uring needs locked memory: raise LimitMEMLOCK)")?
-            .block_on(serve),
+            .block_on(serve_core(index, node.clone(), listeners, bridge)),
         IoDriver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .context("building the epoll runtime")?
-            .block_on(serve),
+            .block_on(serve_core(index, node.clone(), listeners, bridge)),
+    }
+}
+
+/// This core's shard of the configured engine.
+fn engine(node: &Arc<Node>, bridge: Option<Arc<BridgeInbox>>) -> Box<dyn Engine> {
+    match (node.config.engine, bridge) {
+        (EngineKind::Amqp, Some(bridge)) => {
+            let topology = Topology {
+                prefix: node.config.amqp_prefix.clone(),
+                shards: node.config.shards,
+            };
+            Box::new(AmqpEngine::new(
+                bridge,
+                node.clone(),
+                topology,
+                node.config.ack_window,
+            ))
+        }
+        _ => Box::new(MemoryEngine::new(
+            node.config.history_per_chat,
+            node.config.max_chats_per_user,
+        )),
     }
 }
 
@@ -541,25 +590,7 @@ async fn serve_core(
             Ok((listener, spare))
         })
         .collect::<Result<Vec<_>>>()?;
-    let engine: Box<dyn Engine> = match (node.config.engine, bridge) {
-        (EngineKind::Amqp, Some(bridge)) => {
-            let topology = Topology {
-                prefix: node.config.amqp_prefix.clone(),
-                shards: node.config.shards,
-            };
-            Box::new(AmqpEngine::new(
-                bridge,
-                node.clone(),
-                topology,
-                node.config.ack_window,
-            ))
-        }
-        _ => Box::new(MemoryEngine::new(
-            node.config.history_per_chat,
-            node.config.max_chats_per_user,
-        )),
-    };
-    let core = Rc::new(Core::new(index, node.clone(), engine));
+    let core = Rc::new(Core::new(index, node.clone(), engine(&node, bridge)));
     monoio::spawn(core.clone().pump_mailbox());
     monoio::spawn(core.clone().housekeeping());
     monoio::spawn(core.clone().sweep_idle());

@@ -595,7 +595,7 @@ fn the_protocol_document_quotes_the_gateway_s_numbers() {
         format!("`Retry-After: {}`", wsproto::handshake::RETRY_AFTER_SECS),
         format!(
             "waits up to {} second",
-            gateway::connection::CLOSE_LINGER.as_secs()
+            gateway::open_session::CLOSE_LINGER.as_secs()
         ),
         format!("per {} seconds", gateway::session::REFUSAL_WINDOW.as_secs()),
         format!(

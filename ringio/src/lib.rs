@@ -134,13 +134,14 @@ pub enum Reading {
     Resumed,
 }
 
-/// What a handler asks the loop to do: frames to queue, connections to close, reading to
-/// pause or resume. Applied by the loop after the callback returns: sends, then closes,
-/// then reading changes, each in the order asked.
+/// What a handler asks the loop to do: frames to queue, connections to close or abort,
+/// reading to pause or resume. Applied by the loop after the callback returns: sends, then
+/// closes, then aborts, then reading changes, each in the order asked.
 #[derive(Debug, Default)]
 pub struct Outbox {
     sends: Vec<(ConnId, Bytes)>,
     closes: Vec<ConnId>,
+    aborts: Vec<ConnId>,
     reading: Vec<(ConnId, Reading)>,
 }
 
@@ -153,6 +154,12 @@ impl Outbox {
     /// Closes `conn` once the frames queued to it so far have gone out; it reads no more.
     pub fn close(&mut self, conn: ConnId) {
         self.closes.push(conn);
+    }
+
+    /// Closes `conn` now: the frames queued to it and the write in flight are dropped. For a
+    /// peer that stopped reading, whose queued frames would never go out.
+    pub fn abort(&mut self, conn: ConnId) {
+        self.aborts.push(conn);
     }
 
     /// Stops handing `conn`'s bytes to [`Handler::on_data`] until
@@ -178,6 +185,11 @@ impl Outbox {
     /// The closes asked for since the loop last applied the outbox.
     pub fn closes(&self) -> &[ConnId] {
         &self.closes
+    }
+
+    /// The aborts asked for since the loop last applied the outbox.
+    pub fn aborts(&self) -> &[ConnId] {
+        &self.aborts
     }
 
     /// The reading changes asked for since the loop last applied the outbox.
@@ -231,6 +243,18 @@ pub trait Handler {
     fn on_accept_error(&mut self, error: &io::Error) {
         let _ = error;
     }
+}
+
+/// Whether this kernel runs the loop: builds a small ring with a provided-buffer ring and
+/// checks its operations, as [`EventLoop::new`] does, without a listener. A caller picks
+/// its fallback (a readiness loop) on [`Error::Unsupported`].
+pub fn probe() -> Result<(), Error> {
+    Ring::new(RingConfig {
+        entries: 8,
+        buffers: 2,
+        buffer_size: 64,
+    })
+    .map(drop)
 }
 
 /// A waker for connection `conn` of the loop whose callback is running: for a [`Handler`]
@@ -709,6 +733,11 @@ impl<H: Handler> EventLoop<H> {
             }
         }
         self.outbox.closes = closes;
+        let mut aborts = std::mem::take(&mut self.outbox.aborts);
+        for conn in aborts.drain(..) {
+            self.close(conn.0)?;
+        }
+        self.outbox.aborts = aborts;
         let mut reading = std::mem::take(&mut self.outbox.reading);
         for (conn, change) in reading.drain(..) {
             let Some(state) = self.conns.get_mut(conn.0 as usize) else {

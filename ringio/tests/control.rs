@@ -655,3 +655,61 @@ fn after_stop_accepting_open_connections_are_served_and_no_new_one_is_opened() {
         1
     );
 }
+
+/// Answers any bytes with 64 MiB, more than any socket buffer: a client that does not read
+/// keeps that write in flight. `a` then closes after the write, `x` aborts at once.
+#[derive(Default)]
+struct Flooder {
+    closed: usize,
+}
+
+impl Handler for Flooder {
+    type Session = ();
+
+    fn on_open(&mut self, _: ConnId, _: SocketAddr, _: &mut Outbox) {}
+
+    fn on_data(&mut self, conn: ConnId, _: &mut (), data: &mut [u8], out: &mut Outbox) {
+        for &byte in data.iter() {
+            match byte {
+                b'f' => out.send(conn, Bytes::from(vec![7u8; 64 << 20])),
+                b'x' => out.abort(conn),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_close(&mut self, _: ConnId, _: &mut ()) {
+        self.closed += 1;
+    }
+}
+
+#[test]
+fn an_abort_ends_a_connection_whose_write_cannot_finish() {
+    let driven = Driven::start(|| {
+        let config = Config {
+            max_queued_bytes: 128 << 20,
+            ..local_config("127.0.0.1:0")
+        };
+        EventLoop::new(config, Flooder::default()).unwrap()
+    });
+    let mut client = connect(driven.addr);
+    client.write_all(b"f").unwrap();
+    // The write fills both socket buffers and stays in flight while the client reads nothing.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(driven.call(|event_loop| event_loop.handler().closed), 0);
+    client.write_all(b"x").unwrap();
+    driven.eventually("the aborted connection is gone", |event_loop| {
+        event_loop.handler().closed == 1 && event_loop.connections() == 0
+    });
+    // The client sees the end (a reset or an end of stream) after what had reached it.
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut sink = vec![0; 1 << 20];
+    let mut received = 0usize;
+    loop {
+        match client.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => received += read,
+        }
+    }
+    assert!(received < 64 << 20, "the aborted frame was not sent whole");
+}

@@ -1,0 +1,492 @@
+//! A core on the completion loop ([`ringio`]): one multishot receive per connection into a
+//! provided-buffer ring the core's connections share, so an idle connection holds no
+//! buffer, no task and no future, only its slot: [`Slot`] beside the loop's own few dozen
+//! bytes. What a connection says is decided by [`OpenSession`], as on the monoio driver;
+//! this module moves bytes and keeps time.
+//!
+//! - Reads arrive as completions ([`Handler::on_data`]); the upgrade is parsed from them,
+//!   then the session's frames, in place in the ring's buffer when nothing was pending.
+//! - Writes: one batch of the session's outbox at a time is handed to the loop, which
+//!   writes it with one vectored write; the next batch is taken when it is written
+//!   ([`Handler::on_sent`]), so the outbox's slow-consumer rules see what the client takes.
+//! - The core's other work wakes a connection through its outbox ([`ringio::conn_waker`]):
+//!   a delivery, a close, the end of backpressure. The loop then serves it once per turn.
+//! - Time: the driver's turn waits at most until the next housekeeping tick, sweep slot or
+//!   upgrade or close deadline. Deadlines of upgrades and closing handshakes are constant
+//!   after their start, so each list is in deadline order and only its front is checked.
+//! - Other cores and the bridge wake the loop through its eventfd ([`EventLoop::waker`]).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use ringio::{ConnId, EventLoop, Handler, Outbox as LoopOutbox};
+use telemetry::descriptors::DescriptorReserve;
+use wsproto::handshake::HandshakeLimits;
+
+use crate::core::{Core, SweepState, UpgradeGuard};
+use crate::descriptors;
+use crate::handshake;
+use crate::open_session::{self, CLOSE_LINGER, CloseProgress, Closing, OpenSession};
+use crate::router::Delivery;
+
+/// Buffers in each core's provided-buffer ring, and their size: 2 MiB per core, which
+/// every connection shares. They bound the reads completed between two turns, not the
+/// connections: a receive that finds the ring empty waits for the next turn's buffers.
+const RING_BUFFERS: u16 = 512;
+const RING_BUFFER_SIZE: u32 = 4096;
+
+/// What one connection holds in the loop's slab.
+pub enum Slot {
+    /// Reading the HTTP upgrade: its head so far, boxed, since few connections are here.
+    Upgrading(Box<Upgrade>),
+    /// An open WebSocket session.
+    Open(Box<Served>),
+    /// Refused or ended: waiting for the loop to close it.
+    Done,
+}
+
+/// A connection whose upgrade is under way.
+pub struct Upgrade {
+    head: Vec<u8>,
+    deadline: Instant,
+    /// Counts the connection as upgrading for a stopping core.
+    _upgrading: UpgradeGuard,
+}
+
+/// An open session and where its I/O stands.
+pub struct Served {
+    session: OpenSession,
+    /// The batch handed to the loop and not yet written, if any.
+    in_flight: Option<InFlight>,
+    /// Whether the loop was asked to stop reading (backpressure, or a client behind).
+    paused: bool,
+    /// Once our close frame is written: waiting for the peer's close until then.
+    linger_until: Option<Instant>,
+}
+
+/// A batch with the loop: its bytes, and the deliveries in it for the latency histogram.
+pub struct InFlight {
+    bytes: usize,
+    deliveries: Vec<Arc<Delivery>>,
+}
+
+/// The core's connections, as the loop's [`Handler`].
+pub struct Sessions {
+    core: Rc<Core>,
+    limits: HandshakeLimits,
+    /// Upgrades in start order, hence in deadline order.
+    upgrade_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Closing handshakes in the order their close frame went out, hence in deadline order.
+    linger_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Duplicates of the listeners, for answering clients at the descriptor limit.
+    spare_listeners: Vec<StdListener>,
+    reserve: DescriptorReserve,
+    /// Whether the upgrades were all woken to be cut once the shutdown's drain was over.
+    upgrades_cut: bool,
+}
+
+impl Sessions {
+    fn new(core: Rc<Core>, spare_listeners: Vec<StdListener>) -> Sessions {
+        let limits = HandshakeLimits {
+            max_header_bytes: core.node.config.max_header_bytes,
+            ..Default::default()
+        };
+        Sessions {
+            core,
+            limits,
+            upgrade_deadlines: VecDeque::new(),
+            linger_deadlines: VecDeque::new(),
+            spare_listeners,
+            reserve: DescriptorReserve::new(),
+            upgrades_cut: false,
+        }
+    }
+
+    /// The earliest deadline waiting, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        let upgrade = self.upgrade_deadlines.front().map(|(at, _)| *at);
+        let linger = self.linger_deadlines.front().map(|(at, _)| *at);
+        upgrade.into_iter().chain(linger).min()
+    }
+
+    /// Hands `wake` the connections whose deadline has passed; each checks its own
+    /// deadline when served, so a slot reused since is not cut early. Once a shutdown's
+    /// drain is over, every upgrade still under way is handed over to be cut.
+    fn expired(&mut self, now: Instant, mut wake: impl FnMut(ConnId)) {
+        if self.core.drain_is_over() && !self.upgrades_cut {
+            self.upgrades_cut = true;
+            self.upgrade_deadlines
+                .drain(..)
+                .for_each(|(_, conn)| wake(conn));
+        }
+        for deadlines in [&mut self.upgrade_deadlines, &mut self.linger_deadlines] {
+            while let Some(&(at, conn)) = deadlines.front() {
+                if at > now {
+                    break;
+                }
+                deadlines.pop_front();
+                wake(conn);
+            }
+        }
+    }
+
+    /// Reads the upgrade from `data`; answers it once whole.
+    fn upgrade(&mut self, conn: ConnId, slot: &mut Slot, data: &[u8], out: &mut LoopOutbox) {
+        let Slot::Upgrading(upgrade) = slot else {
+            return;
+        };
+        upgrade.head.extend_from_slice(data);
+        let (request, consumed) = match handshake::parse_upgrade(&upgrade.head, &self.limits) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return,
+            Err(error) => {
+                self.core.metrics.refuse(error.label());
+                refuse(conn, slot, Bytes::from(error.refusal()), out);
+                return;
+            }
+        };
+        let claims = match open_session::answer_upgrade(&self.core, &request) {
+            Ok(claims) => claims,
+            Err(refusal) => {
+                refuse(conn, slot, Bytes::from(refusal), out);
+                return;
+            }
+        };
+        out.send(conn, Bytes::from(handshake::switching_protocols(&request)));
+        // What the client sent after its head is the start of the WebSocket stream.
+        let leftover = upgrade.head.split_off(consumed);
+        let session = OpenSession::open(self.core.clone(), &request, &claims, leftover);
+        let mut served = Box::new(Served {
+            session,
+            in_flight: None,
+            paused: false,
+            linger_until: None,
+        });
+        self.serve(conn, &mut served, out);
+        *slot = Slot::Open(served);
+    }
+
+    /// Moves an open session on: hands the loop its next batch if none is with it, sends
+    /// its close and ends it once written, and pauses or resumes its reads.
+    fn serve(&mut self, conn: ConnId, served: &mut Served, out: &mut LoopOutbox) {
+        // An outbox wakes its session once per registration, like a task.
+        served.session.outbox.register(&ringio::conn_waker(conn));
+        loop {
+            if served.in_flight.is_none() {
+                let mut batch = InFlight {
+                    bytes: 0,
+                    deliveries: Vec::new(),
+                };
+                let mut frames = 0;
+                served.session.take_frames(|frame, delivery| {
+                    frames += 1;
+                    batch.bytes += frame.len();
+                    batch.deliveries.extend(delivery);
+                    out.send(conn, frame);
+                });
+                if frames > 0 {
+                    served.in_flight = Some(batch);
+                }
+            }
+            if served.linger_until.is_some() {
+                return;
+            }
+            match served.session.close_progress(served.in_flight.is_some()) {
+                CloseProgress::Open => {}
+                CloseProgress::Aborted(_) => {
+                    out.abort(conn);
+                    return;
+                }
+                CloseProgress::Queued => continue,
+                CloseProgress::Writing => return,
+                CloseProgress::Written(_) => {
+                    self.linger(conn, served, out);
+                    return;
+                }
+            }
+            if !served.session.may_read() {
+                if served.session.core.is_backpressured() {
+                    self.core.wait_for_room(&ringio::conn_waker(conn));
+                }
+                if !served.paused {
+                    served.paused = true;
+                    out.pause_reading(conn);
+                }
+                return;
+            }
+            if served.paused {
+                served.paused = false;
+                out.resume_reading(conn);
+            }
+            if !served.session.resume_if_paused_mid_read() {
+                return;
+            }
+        }
+    }
+
+    /// Our close frame is written: closes at once if the peer closed first, else reads on
+    /// for its close until [`CLOSE_LINGER`] is over.
+    fn linger(&mut self, conn: ConnId, served: &mut Served, out: &mut LoopOutbox) {
+        let peer_closed = match served.session.closing() {
+            Closing::PeerClosed => true,
+            Closing::Discard => false,
+            // The peer's close may already be among the bytes read before ours went out.
+            Closing::AwaitPeerClose => {
+                let mut pending = served.session.take_pending();
+                served.session.skip_to_peer_close(&mut pending)
+            }
+        };
+        if peer_closed {
+            out.close(conn);
+            return;
+        }
+        let until = Instant::now() + CLOSE_LINGER;
+        served.linger_until = Some(until);
+        self.linger_deadlines.push_back((until, conn));
+        if served.paused {
+            served.paused = false;
+            out.resume_reading(conn);
+        }
+    }
+}
+
+/// Answers `conn` with `refusal` and closes it once written.
+fn refuse(conn: ConnId, slot: &mut Slot, refusal: Bytes, out: &mut LoopOutbox) {
+    out.send(conn, refusal);
+    out.close(conn);
+    *slot = Slot::Done;
+}
+
+impl Handler for Sessions {
+    type Session = Slot;
+
+    fn on_open(&mut self, conn: ConnId, peer: SocketAddr, out: &mut LoopOutbox) -> Slot {
+        let admitted = self
+            .core
+            .node
+            .ip_limit
+            .as_ref()
+            .is_none_or(|limit| limit.admit(peer.ip(), Instant::now()));
+        if !admitted {
+            self.core.metrics.refuse("ip_rate");
+            let mut slot = Slot::Done;
+            let refusal =
+                wsproto::handshake::refusal(429, "too many new connections from this address");
+            refuse(conn, &mut slot, Bytes::from(refusal), out);
+            return slot;
+        }
+        let deadline = Instant::now() + self.core.node.config.handshake_timeout;
+        self.upgrade_deadlines.push_back((deadline, conn));
+        Slot::Upgrading(Box::new(Upgrade {
+            head: Vec::new(),
+            deadline,
+            _upgrading: self.core.upgrade_started(),
+        }))
+    }
+
+    fn on_data(&mut self, conn: ConnId, slot: &mut Slot, data: &mut [u8], out: &mut LoopOutbox) {
+        match slot {
+            Slot::Upgrading(_) => self.upgrade(conn, slot, data, out),
+            Slot::Open(served) if served.linger_until.is_some() => {
+                if served.session.peer_close_received(data) {
+                    out.close(conn);
+                }
+            }
+            Slot::Open(served) => {
+                served.session.received(data, Instant::now());
+                self.serve(conn, served, out);
+            }
+            Slot::Done => {}
+        }
+    }
+
+    fn on_wake(&mut self, conn: ConnId, slot: &mut Slot, out: &mut LoopOutbox) {
+        match slot {
+            Slot::Upgrading(upgrade) => {
+                let now = Instant::now();
+                if now >= upgrade.deadline {
+                    self.core.metrics.refuse("handshake_timeout");
+                    tracing::debug!(conn = conn.index(), "handshake timed out");
+                } else if !self.core.drain_is_over() {
+                    return;
+                }
+                *slot = Slot::Done;
+                out.abort(conn);
+            }
+            Slot::Open(served) => match served.linger_until {
+                Some(until) if Instant::now() >= until || served.session.outbox.is_aborted() => {
+                    out.close(conn);
+                }
+                // A shutdown that has waited long enough cuts the wait short.
+                Some(_) => served.session.outbox.register(&ringio::conn_waker(conn)),
+                None => self.serve(conn, served, out),
+            },
+            Slot::Done => {}
+        }
+    }
+
+    fn on_sent(&mut self, conn: ConnId, slot: &mut Slot, out: &mut LoopOutbox) {
+        let Slot::Open(served) = slot else {
+            return;
+        };
+        if let Some(batch) = served.in_flight.take() {
+            served.session.wrote(batch.bytes);
+            for delivery in &batch.deliveries {
+                served.session.delivered(delivery);
+            }
+        }
+        self.serve(conn, served, out);
+    }
+
+    fn on_close(&mut self, _conn: ConnId, slot: &mut Slot) {
+        if let Slot::Open(served) = std::mem::replace(slot, Slot::Done) {
+            let code = match served.session.outbox.close_requested() {
+                Some(code) if served.session.outbox.is_aborted() => code,
+                _ => served.session.end_code(),
+            };
+            served.session.finish(code);
+        }
+    }
+
+    fn on_accept_error(&mut self, error: &io::Error) {
+        if !telemetry::descriptors::is_exhaustion(error) {
+            tracing::warn!(%error, "accept failed");
+            return;
+        }
+        // The clients stay in the backlog: answer them (and those behind them) now rather
+        // than let them wait for a descriptor that may never free.
+        let answer = wsproto::handshake::refusal(503, "the server is at its connection limit");
+        let mut refused = 0;
+        for spare in &self.spare_listeners {
+            refused += descriptors::refuse_waiting(
+                &mut self.reserve,
+                spare,
+                &answer,
+                descriptors::MAX_REFUSALS_PER_EVENT,
+            )
+            .unwrap_or(0);
+        }
+        self.core.metrics.refuse_many("descriptors", refused as u64);
+        self.core.node.descriptors.accept_failed(refused);
+    }
+}
+
+/// Whether this host can run the completion loop (io_uring with provided-buffer rings and
+/// multishot receives); the node falls back to monoio otherwise.
+pub fn supported() -> Result<(), ringio::Error> {
+    ringio::probe()
+}
+
+/// Serves one core on the completion loop until its shutdown is over.
+pub fn serve_core(core: Rc<Core>, listeners: Vec<StdListener>) -> Result<()> {
+    let node = core.node.clone();
+    let spare_listeners = listeners
+        .iter()
+        .map(|listener| listener.try_clone())
+        .collect::<io::Result<Vec<_>>>()
+        .context("duplicating a listener for refusals")?;
+    let config = ringio::Config {
+        ring_entries: node.config.ring_entries,
+        buffers: RING_BUFFERS,
+        buffer_size: RING_BUFFER_SIZE,
+        // The descriptor limit bounds connections (see `on_accept_error`).
+        max_connections: u32::MAX as usize,
+        // The loop holds one batch per connection at most (the outbox bounds the rest).
+        max_queued_bytes: usize::MAX,
+        ..ringio::Config::new(listeners[0].local_addr()?)
+    };
+    let mut event_loop = EventLoop::with_listeners(
+        config,
+        listeners,
+        Sessions::new(core.clone(), spare_listeners),
+    )
+    .context("starting the completion loop")?;
+    let cross_core = event_loop.waker();
+    node.cores_ready.fetch_add(1, Ordering::AcqRel);
+    let mut timers = Timers::new(&core);
+    let mut mailbox_waiting = false;
+    let mut accepting = true;
+    loop {
+        let now = Instant::now();
+        let timeout = if mailbox_waiting {
+            Duration::ZERO
+        } else {
+            let due = timers
+                .next(&core)
+                .min(event_loop.handler().next_deadline().unwrap_or(timers.sweep));
+            due.saturating_duration_since(now)
+        };
+        event_loop.turn(Some(timeout))?;
+        mailbox_waiting = core
+            .handle_mailbox(&mut Context::from_waker(&cross_core))
+            .is_ready();
+        let now = Instant::now();
+        timers.run_due(&core, now);
+        let mut expired = Vec::new();
+        event_loop
+            .handler_mut()
+            .expired(now, |conn| expired.push(conn));
+        for conn in expired {
+            event_loop.conn_waker(conn).wake();
+        }
+        if core.is_shutting_down() {
+            if accepting {
+                accepting = false;
+                event_loop.stop_accepting();
+                // Their duplicates would keep the sockets listening, and new clients
+                // waiting in a backlog no one accepts from.
+                event_loop.handler_mut().spare_listeners.clear();
+                tracing::info!(core = core.index(), "stopped accepting");
+            }
+            if core.is_idle() || now >= node.stop_deadline() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The core's periodic work on the driver's clock.
+struct Timers {
+    /// When the housekeeping last ran.
+    housekept: Instant,
+    /// When the sweep visits its next slot.
+    sweep: Instant,
+    sweep_state: SweepState,
+}
+
+impl Timers {
+    fn new(core: &Core) -> Timers {
+        let now = Instant::now();
+        Timers {
+            housekept: now,
+            sweep: now + core.sweep_tick(),
+            sweep_state: SweepState::default(),
+        }
+    }
+
+    /// The earliest of the housekeeping's and the sweep's next runs. The housekeeping's
+    /// interval shortens as soon as work waits for it.
+    fn next(&self, core: &Core) -> Instant {
+        (self.housekept + core.housekeeping_interval()).min(self.sweep)
+    }
+
+    fn run_due(&mut self, core: &Core, now: Instant) {
+        if now >= self.housekept + core.housekeeping_interval() {
+            self.housekept = now;
+            core.housekeeping_tick();
+        }
+        if now >= self.sweep {
+            core.sweep_next_slot(&mut self.sweep_state);
+            // A late turn does not make the sweep hurry to catch up.
+            self.sweep = (self.sweep + core.sweep_tick()).max(now);
+        }
+    }
+}
