@@ -13,8 +13,9 @@ pub const OURS: &str = "gateway";
 pub const KNEE_P99_MS: f64 = 10.0;
 
 /// The servers in report order; unknown names follow, alphabetically.
-const SERVER_ORDER: [&str; 6] = [
+const SERVER_ORDER: [&str; 7] = [
     OURS,
+    "gateway_completion",
     "gateway_epoll",
     "ringio",
     "fastwebsockets",

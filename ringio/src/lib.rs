@@ -293,10 +293,12 @@ struct Conn<S> {
     holding: bool,
 }
 
-/// A receive completion kept for a paused connection.
+/// A receive completion kept for a paused connection. Its bytes are copied out of the
+/// ring's buffer, which goes back at once: a pause may last seconds, and connections that
+/// each held a buffer that long could leave the ring dry for every other connection.
 #[derive(Debug)]
 enum Held {
-    Data(Buffer),
+    Data(Vec<u8>),
     /// End of stream or an error: the connection closes when it is reached.
     Ended,
 }
@@ -615,7 +617,11 @@ impl<H: Handler> EventLoop<H> {
         // Paused, or resumed with receives still held: this one queues behind them.
         let hold = state.paused || state.holding;
         match result {
-            Ok(Some(buffer)) if hold => self.hold(conn, Held::Data(buffer)),
+            Ok(Some(buffer)) if hold => {
+                let data = self.ring.bytes(&buffer).to_vec();
+                self.ring.recycle(buffer);
+                self.hold(conn, Held::Data(data));
+            }
             Ok(Some(buffer)) => {
                 if !state.draining {
                     let data = self.ring.bytes(&buffer);
@@ -777,17 +783,15 @@ impl<H: Handler> EventLoop<H> {
                     break;
                 };
                 match held {
-                    Held::Data(buffer) => {
+                    Held::Data(mut data) => {
                         if !state.draining {
-                            let data = self.ring.bytes(&buffer);
                             self.handler.on_data(
                                 ConnId(conn),
                                 &mut state.session,
-                                data,
+                                &mut data,
                                 &mut self.outbox,
                             );
                         }
-                        self.ring.recycle(buffer);
                         self.apply_outbox()?;
                     }
                     Held::Ended => self.close(conn)?,
@@ -821,11 +825,7 @@ impl<H: Handler> EventLoop<H> {
         self.handler.on_close(ConnId(conn), &mut state.session);
         if state.holding {
             state.holding = false;
-            for held in self.held.remove(&conn).unwrap_or_default() {
-                if let Held::Data(buffer) = held {
-                    self.ring.recycle(buffer);
-                }
-            }
+            self.held.remove(&conn);
         }
         if state.recv_armed {
             self.ring.cancel_recv(conn)?;
@@ -867,8 +867,9 @@ impl<H: Handler> EventLoop<H> {
             let write = self.ring.write(conn, fd, &mut state.queue)?;
             state.writing = Some(write);
             state.queued_bytes = state.queue.iter().map(Bytes::len).sum();
-            if state.queue.capacity() > 2 * MAX_FRAMES_PER_WRITE && state.queue.is_empty() {
-                // A burst grew the queue: an idle connection should not keep that.
+            if state.queue.is_empty() {
+                // An idle connection holds no queue: a few hundred thousand of them would
+                // otherwise keep one allocation each for frames long written.
                 state.queue = VecDeque::new();
             }
         }
