@@ -9,15 +9,15 @@
 # Every server runs alone on CPU 0 (`taskset`, one thread or core), the load tester on
 # CPU 1, each load on a freshly started server so CPU and memory readings are its own.
 #
-# Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway gateway_completion
-# gateway_epoll fastwebsockets tungstenite ringio node"; gateway_completion and gateway_epoll
-# are ours with --io-driver completion and epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
+# Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway gateway_monoio
+# gateway_epoll fastwebsockets tungstenite ringio node"; gateway is ours on its default
+# completion driver, gateway_monoio and gateway_epoll with --io-driver io-uring and epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
 # rising), FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-peers fullpath}
-SERVERS=${SERVERS:-gateway gateway_completion gateway_epoll fastwebsockets tungstenite ringio node}
+SERVERS=${SERVERS:-gateway gateway_monoio gateway_epoll fastwebsockets tungstenite ringio node}
 DURATION=${DURATION:-15s}
 FULLPATH_RATES=${FULLPATH_RATES:-0.001 0.002 0.005 0.01 0.02 0.05 0.1}
 FULLPATH_DURATION=${FULLPATH_DURATION:-20s}
@@ -88,10 +88,10 @@ start_server() {
   local server=$1 mode=$2 log=$3
   local listen="127.0.0.1:$PORT"
   case $server in
-    gateway | gateway_epoll | gateway_completion)
-      local driver=io-uring
+    gateway | gateway_monoio | gateway_epoll)
+      local driver=completion
+      [[ $server == gateway_monoio ]] && driver=io-uring
       [[ $server == gateway_epoll ]] && driver=epoll
-      [[ $server == gateway_completion ]] && driver=completion
       # The per-session frame budget is a policy, not a cost: lifted so closed-loop echo
       # is not throttled (the token bucket is still charged for every frame).
       taskset -c 0 target/release/gateway --listen "$listen" --admin-listen "127.0.0.1:$ADMIN_PORT" \

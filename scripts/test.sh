@@ -10,9 +10,9 @@ scripts/toolchain.sh
 command -v cargo >/dev/null || . "$HOME/.cargo/env"
 scripts/services.sh
 cargo test --workspace --locked
-# The gateway's suite again with its cores on the completion driver: both drivers answer to
-# one set of tests.
-GATEWAY_IO_DRIVER=completion cargo test --locked -p gateway
+# The gateway's suite again with its cores on monoio (the driver TLS runs on): both drivers
+# answer to one set of tests.
+GATEWAY_IO_DRIVER=io-uring cargo test --locked -p gateway
 scripts/node.sh --chromium
 # The binaries the clients' tests start (already built by the tests above).
 cargo build --locked -p gateway -p backend

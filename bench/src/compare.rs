@@ -15,7 +15,7 @@ pub const KNEE_P99_MS: f64 = 10.0;
 /// The servers in report order; unknown names follow, alphabetically.
 const SERVER_ORDER: [&str; 7] = [
     OURS,
-    "gateway_completion",
+    "gateway_monoio",
     "gateway_epoll",
     "ringio",
     "fastwebsockets",

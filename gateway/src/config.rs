@@ -29,7 +29,8 @@ pub enum IoDriver {
     /// timer, only a slot. Without TLS; with TLS, or where the kernel lacks what it needs,
     /// the core runs `io-uring` instead (with a warning).
     Completion,
-    /// monoio on io_uring where the kernel allows it, epoll otherwise (with a warning).
+    /// monoio on io_uring where the kernel allows it, epoll otherwise (with a warning). A
+    /// task per session, woken by readiness; serves TLS.
     IoUring,
     /// epoll only. Sessions are readiness-driven either way (an idle socket holds no read
     /// buffer); on io_uring monoio reaches their readiness through an epoll instance the
@@ -334,7 +335,7 @@ pub struct Config {
     pub publish_linger: Duration,
 
     /// The I/O driver of the core runtimes.
-    #[arg(long, env = "GATEWAY_IO_DRIVER", value_enum, default_value_t = IoDriver::IoUring)]
+    #[arg(long, env = "GATEWAY_IO_DRIVER", value_enum, default_value_t = IoDriver::Completion)]
     pub io_driver: IoDriver,
 
     /// io_uring submission queue entries per core.

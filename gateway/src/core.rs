@@ -1,4 +1,4 @@
-//! One core: a pinned monoio runtime that owns its listener, its sessions, its engine shard
+//! One core: a pinned I/O loop that owns its listener, its sessions, its engine shard
 //! and its counters. It touches another core only by a message in that core's mailbox.
 //!
 //! Who may touch what: the [`Registry`] (sessions by connection and by user) is borrowed

@@ -1,9 +1,11 @@
 //! The edge gateway: a thread-per-core WebSocket server on io_uring.
 //!
-//! Each core runs a pinned monoio runtime with its own SO_REUSEPORT listener
-//! ([`node`], [`core`]); a connection is upgraded ([`handshake`] on top of [`wsproto::handshake`], [`auth`]), framed by a
-//! sans-IO codec ([`wsproto`]) and served by a readiness-driven task ([`connection`], [`session`])
-//! that holds no buffer while idle. Frames go to an [`engine`] shard; deliveries reach
+//! Each core runs a pinned loop with its own SO_REUSEPORT listener ([`node`], [`core`]): the
+//! io_uring completion loop ([`completion`], on `ringio`), or monoio's readiness-driven
+//! tasks ([`connection`]) for TLS and where io_uring is refused. A connection is upgraded
+//! ([`handshake`] on top of [`wsproto::handshake`], [`auth`]), framed by a sans-IO codec
+//! ([`wsproto`]) and served by the same protocol state on either driver ([`open_session`],
+//! [`session`]); an idle one holds no buffer. Frames go to an [`engine`] shard; deliveries reach
 //! sessions through per-session queues ([`outbox`]) and, across cores, through mailboxes
 //! ([`router`]).
 

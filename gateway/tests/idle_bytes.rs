@@ -22,9 +22,9 @@ static HEAP: dhat::Alloc = dhat::Alloc;
 const SESSIONS: u64 = 2000;
 
 /// Heap bytes (as requested, before the allocator rounds them to its size classes) one idle
-/// session may hold, everything on its core included: its task, its outbox, its entries
-/// in the core's maps, the presence replica and the user budgets, and the runtime's
-/// readiness entry for its socket.
+/// session may hold, everything on its core included: its slot in the completion loop's
+/// slab (or, on monoio, its task and the runtime's readiness entry for its socket), its
+/// outbox, its entries in the core's maps, the presence replica and the user budgets.
 const MAX_HEAP_BYTES_PER_SESSION: usize = 800;
 
 /// Upgrades a blocking socket by hand and reads the welcome, so that the session is open
