@@ -26,11 +26,11 @@ pub enum EngineKind {
 pub enum IoDriver {
     /// The completion loop on io_uring (`ringio`): multishot receives into one
     /// provided-buffer ring per core, so an idle connection holds no buffer, no task and no
-    /// timer, only a slot. Without TLS; with TLS, or where the kernel lacks what it needs,
-    /// the core runs `io-uring` instead (with a warning).
+    /// timer, only a slot; TLS is driven by hand (rustls). Where the kernel lacks what it
+    /// needs, the cores run `io-uring` instead (with a warning).
     Completion,
-    /// monoio on io_uring where the kernel allows it, epoll otherwise (with a warning). A
-    /// task per session, woken by readiness; serves TLS.
+    /// monoio on io_uring where the kernel allows it, epoll otherwise (with a warning): a
+    /// task per session, woken by readiness.
     IoUring,
     /// epoll only. Sessions are readiness-driven either way (an idle socket holds no read
     /// buffer); on io_uring monoio reaches their readiness through an epoll instance the

@@ -84,6 +84,9 @@ pub struct Node {
     pub descriptors: DescriptorPressure,
     /// When the graceful stop must be over; set when it begins.
     stop_deadline: OnceLock<Instant>,
+    /// Whether every core accepts on the same sockets (passed by systemd) rather than on a
+    /// SO_REUSEPORT socket of its own.
+    pub shared_listeners: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -221,9 +224,9 @@ impl Gateway {
             _ => (None, None),
         };
         let cores = config.core_count();
-        let listeners = match inherited_listeners(cores)? {
-            Some(listeners) => listeners,
-            None => bind_listeners(config.listen, cores)?,
+        let (listeners, shared_listeners) = match inherited_listeners(cores)? {
+            Some(listeners) => (listeners, true),
+            None => (bind_listeners(config.listen, cores)?, false),
         };
         let local_addr = listeners[0][0].local_addr()?;
         let cpus = affinity::plan(cores);
@@ -258,6 +261,7 @@ impl Gateway {
             core_alive: (0..cores).map(|_| AtomicBool::new(true)).collect(),
             descriptors: DescriptorPressure::new(),
             stop_deadline: OnceLock::new(),
+            shared_listeners,
         });
         let bridge = match node.config.engine {
             EngineKind::Memory => None,
@@ -451,10 +455,6 @@ fn bridge_settings(config: &Config) -> BridgeSettings {
 /// configuration allow (with a warning).
 fn effective_driver(config: &Config) -> IoDriver {
     let mut driver = config.io_driver;
-    if driver == IoDriver::Completion && config.tls_cert.is_some() {
-        tracing::warn!("the completion driver serves no TLS yet: running on monoio's io_uring");
-        driver = IoDriver::IoUring;
-    }
     if driver == IoDriver::Completion
         && let Err(error) = crate::completion::supported()
     {

@@ -90,6 +90,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Unsent bytes queued to one connection; past this, it is closed as too slow.
     pub max_queued_bytes: usize,
+    /// Whether each listener keeps one multishot accept armed (the default), or one accept
+    /// at a time. A listening socket that several loops share (sockets passed by systemd)
+    /// needs one at a time: the kernel wakes the accept that waited longest, and a
+    /// multishot accept never stops waiting, so one loop would take every connection. One
+    /// at a time, each loop's next accept queues behind the others'.
+    pub accept_multishot: bool,
 }
 
 impl Config {
@@ -103,6 +109,7 @@ impl Config {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_connections: 20_000,
             max_queued_bytes: 1 << 20,
+            accept_multishot: true,
         }
     }
 }
@@ -894,7 +901,11 @@ impl<H: Handler> EventLoop<H> {
                         && !listener.accept_armed
                     {
                         listener.accept_armed = true;
-                        self.ring.arm_accept(index, socket.as_raw_fd())?;
+                        self.ring.arm_accept(
+                            index,
+                            socket.as_raw_fd(),
+                            self.config.accept_multishot,
+                        )?;
                     }
                 }
             }

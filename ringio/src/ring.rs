@@ -387,13 +387,19 @@ impl Ring {
         }
     }
 
-    /// Arms a multishot accept on the socket of listener `listener` (an index of the
-    /// loop's, carried back in its completions).
-    pub fn arm_accept(&mut self, listener: u32, fd: RawFd) -> io::Result<()> {
-        let entry = opcode::AcceptMulti::new(Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(Kind::Accept.user_data(listener));
+    /// Arms an accept, multishot or single, on the socket of listener `listener` (an index
+    /// of the loop's, carried back in its completions).
+    pub fn arm_accept(&mut self, listener: u32, fd: RawFd, multishot: bool) -> io::Result<()> {
+        let entry = if multishot {
+            opcode::AcceptMulti::new(Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(Fd(fd), ptr::null_mut(), ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        .user_data(Kind::Accept.user_data(listener));
         // SAFETY: the entry points at no memory.
         unsafe { self.push(&entry) }?;
         self.in_flight += 1;

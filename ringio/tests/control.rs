@@ -713,3 +713,35 @@ fn an_abort_ends_a_connection_whose_write_cannot_finish() {
     }
     assert!(received < 64 << 20, "the aborted frame was not sent whole");
 }
+
+#[test]
+fn loops_sharing_a_socket_with_single_accepts_take_turns() {
+    let shared = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = shared.local_addr().unwrap();
+    let start = |listener: TcpListener| {
+        Driven::start(move || {
+            let config = Config {
+                accept_multishot: false,
+                ..local_config("0.0.0.0:1")
+            };
+            EventLoop::with_listeners(config, vec![listener], Peers::default()).unwrap()
+        })
+    };
+    let first = start(shared.try_clone().unwrap());
+    let second = start(shared);
+    // One at a time: each served client is answered before the next connects, so the
+    // accept that served it has queued again behind the other loop's.
+    for i in 0..20u8 {
+        let mut client = connect(addr);
+        client.write_all(&[i]).unwrap();
+        assert_eq!(read_exactly(&mut client, 1), [i]);
+    }
+    let opened =
+        |driven: &Driven<Peers>| driven.call(|event_loop| event_loop.handler().peers.len());
+    let (a, b) = (opened(&first), opened(&second));
+    assert_eq!(a + b, 20);
+    assert!(
+        a > 0 && b > 0,
+        "one loop took every connection: {a} and {b}"
+    );
+}

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,9 @@ use crate::descriptors;
 use crate::handshake;
 use crate::open_session::{self, CLOSE_LINGER, CloseProgress, Closing, OpenSession};
 use crate::router::Delivery;
+use tls::TlsSession;
+
+mod tls;
 
 /// Buffers in each core's provided-buffer ring, and their size: 2 MiB per core, which
 /// every connection shares. They bound the reads completed between two turns, not the
@@ -56,6 +60,8 @@ pub enum Slot {
 
 /// A connection whose upgrade is under way.
 pub struct Upgrade {
+    /// Its TLS session, on a wss:// listener.
+    tls: Option<TlsSession>,
     head: Vec<u8>,
     deadline: Instant,
     /// Counts the connection as upgrading for a stopping core.
@@ -65,13 +71,34 @@ pub struct Upgrade {
 /// An open session and where its I/O stands.
 pub struct Served {
     session: OpenSession,
+    /// Its TLS session, on a wss:// listener (rustls keeps its own buffers: TLS sessions
+    /// cost more memory).
+    tls: Option<Box<TlsSession>>,
     /// The batch handed to the loop and not yet written, if any; boxed, since an idle
     /// session has none.
     in_flight: Option<Box<InFlight>>,
     /// Whether the loop was asked to stop reading (backpressure, or a client behind).
     paused: bool,
     /// Once our close frame is written: waiting for the peer's close until then.
-    linger_until: Option<Instant>,
+    linger_until: Option<Millis>,
+}
+
+/// A time as milliseconds after the core's start, in 32 bits: a deadline a slot keeps for
+/// a second at most, in a quarter of an `Instant`'s room. Compared modulo 2^32, so it stays
+/// right past 49 days of uptime.
+#[derive(Debug, Clone, Copy)]
+pub struct Millis(NonZeroU32);
+
+impl Millis {
+    fn since(epoch: Instant, at: Instant) -> Millis {
+        let ms = at.saturating_duration_since(epoch).as_millis() as u32;
+        Millis(NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// Whether `now` is at or past this time.
+    fn reached(self, now: Millis) -> bool {
+        now.0.get().wrapping_sub(self.0.get()) < u32::MAX / 2
+    }
 }
 
 /// A batch with the loop: its bytes, and the deliveries in it for the latency histogram
@@ -94,6 +121,8 @@ pub struct Sessions {
     reserve: DescriptorReserve,
     /// Whether the upgrades were all woken to be cut once the shutdown's drain was over.
     upgrades_cut: bool,
+    /// The zero of the slots' [`Millis`].
+    epoch: Instant,
 }
 
 impl Sessions {
@@ -110,6 +139,7 @@ impl Sessions {
             spare_listeners,
             reserve: DescriptorReserve::new(),
             upgrades_cut: false,
+            epoch: Instant::now(),
         }
     }
 
@@ -141,12 +171,33 @@ impl Sessions {
         }
     }
 
-    /// Reads the upgrade from `data`; answers it once whole.
+    /// Reads the upgrade from `data` (decrypted first on wss://); answers it once whole.
     fn upgrade(&mut self, conn: ConnId, slot: &mut Slot, data: &[u8], out: &mut LoopOutbox) {
         let Slot::Upgrading(upgrade) = slot else {
             return;
         };
-        upgrade.head.extend_from_slice(data);
+        match upgrade.tls.as_mut() {
+            None => upgrade.head.extend_from_slice(data),
+            Some(tls) => {
+                let received = tls.receive(data, &mut upgrade.head);
+                flush(conn, Some(tls), out);
+                match received {
+                    Ok(received) if !received.peer_closed => {}
+                    Ok(_) => {
+                        *slot = Slot::Done;
+                        out.close(conn);
+                        return;
+                    }
+                    Err(error) => {
+                        self.core.metrics.refuse("tls");
+                        tracing::debug!(%error, "TLS handshake failed");
+                        *slot = Slot::Done;
+                        out.close(conn);
+                        return;
+                    }
+                }
+            }
+        }
         let (request, consumed) = match handshake::parse_upgrade(&upgrade.head, &self.limits) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return,
@@ -163,12 +214,19 @@ impl Sessions {
                 return;
             }
         };
-        out.send(conn, Bytes::from(handshake::switching_protocols(&request)));
+        let mut tls = upgrade.tls.take().map(Box::new);
+        send(
+            conn,
+            tls.as_deref_mut(),
+            Bytes::from(handshake::switching_protocols(&request)),
+            out,
+        );
         // What the client sent after its head is the start of the WebSocket stream.
         let leftover = upgrade.head.split_off(consumed);
         let session = OpenSession::open(self.core.clone(), &request, &claims, leftover);
         let mut served = Served {
             session,
+            tls,
             in_flight: None,
             paused: false,
             linger_until: None,
@@ -185,6 +243,7 @@ impl Sessions {
         loop {
             if served.in_flight.is_none() {
                 let mut batch: Option<Box<InFlight>> = None;
+                let mut tls = served.tls.as_deref_mut();
                 served.session.take_frames(|frame, delivery| {
                     let batch = batch.get_or_insert_with(|| {
                         Box::new(InFlight {
@@ -194,8 +253,15 @@ impl Sessions {
                     });
                     batch.bytes += frame.len();
                     batch.deliveries.extend(delivery);
-                    out.send(conn, frame);
+                    match tls.as_deref_mut() {
+                        None => out.send(conn, frame),
+                        // Sealed one by one, written as one record run below.
+                        Some(tls) => seal(tls, &frame),
+                    }
                 });
+                if batch.is_some() {
+                    flush(conn, tls, out);
+                }
                 served.in_flight = batch;
             }
             if served.linger_until.is_some() {
@@ -247,11 +313,11 @@ impl Sessions {
             }
         };
         if peer_closed {
-            out.close(conn);
+            close(conn, served, out);
             return;
         }
         let until = Instant::now() + CLOSE_LINGER;
-        served.linger_until = Some(until);
+        served.linger_until = Some(Millis::since(self.epoch, until));
         self.linger_deadlines.push_back((until, conn));
         if served.paused {
             served.paused = false;
@@ -260,11 +326,57 @@ impl Sessions {
     }
 }
 
-/// Answers `conn` with `refusal` and closes it once written.
+/// Answers `conn` with `refusal` (sealed on wss://) and closes it once written.
 fn refuse(conn: ConnId, slot: &mut Slot, refusal: Bytes, out: &mut LoopOutbox) {
-    out.send(conn, refusal);
+    let tls = match slot {
+        Slot::Upgrading(upgrade) => upgrade.tls.as_mut(),
+        _ => None,
+    };
+    match tls {
+        Some(tls) => {
+            seal(tls, &refusal);
+            tls.close_notify();
+            flush(conn, Some(tls), out);
+        }
+        None => out.send(conn, refusal),
+    }
     out.close(conn);
     *slot = Slot::Done;
+}
+
+/// Queues `bytes` to `conn`, sealed first on wss://.
+fn send(conn: ConnId, tls: Option<&mut TlsSession>, bytes: Bytes, out: &mut LoopOutbox) {
+    match tls {
+        None => out.send(conn, bytes),
+        Some(tls) => {
+            seal(tls, &bytes);
+            flush(conn, Some(tls), out);
+        }
+    }
+}
+
+/// Encrypts `plaintext` into the TLS session's pending records. rustls refuses only past
+/// its buffer limit, which it does not have here: the batch it seals is bounded.
+fn seal(tls: &mut TlsSession, plaintext: &[u8]) {
+    if let Err(error) = tls.seal(plaintext) {
+        tracing::warn!(%error, "could not seal a frame");
+    }
+}
+
+/// Queues what the TLS session has to write, if anything.
+fn flush(conn: ConnId, tls: Option<&mut TlsSession>, out: &mut LoopOutbox) {
+    if let Some(ciphertext) = tls.and_then(TlsSession::ciphertext) {
+        out.send(conn, ciphertext);
+    }
+}
+
+/// Closes an open session's connection once written, after a close_notify on wss://.
+fn close(conn: ConnId, served: &mut Served, out: &mut LoopOutbox) {
+    if let Some(tls) = served.tls.as_deref_mut() {
+        tls.close_notify();
+        flush(conn, Some(tls), out);
+    }
+    out.close(conn);
 }
 
 impl Handler for Sessions {
@@ -285,9 +397,25 @@ impl Handler for Sessions {
             refuse(conn, &mut slot, Bytes::from(refusal), out);
             return slot;
         }
+        let tls = match self
+            .core
+            .node
+            .tls
+            .as_ref()
+            .map(|tls| TlsSession::new(tls.config().clone()))
+        {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "could not start a TLS session");
+                out.close(conn);
+                return Slot::Done;
+            }
+        };
         let deadline = Instant::now() + self.core.node.config.handshake_timeout;
         self.upgrade_deadlines.push_back((deadline, conn));
         Slot::Upgrading(Box::new(Upgrade {
+            tls,
             head: Vec::new(),
             deadline,
             _upgrading: self.core.upgrade_started(),
@@ -297,13 +425,40 @@ impl Handler for Sessions {
     fn on_data(&mut self, conn: ConnId, slot: &mut Slot, data: &mut [u8], out: &mut LoopOutbox) {
         match slot {
             Slot::Upgrading(_) => self.upgrade(conn, slot, data, out),
-            Slot::Open(served) if served.linger_until.is_some() => {
-                if served.session.peer_close_received(data) {
-                    out.close(conn);
-                }
-            }
             Slot::Open(served) => {
-                served.session.received(data, Instant::now());
+                let mut plaintext = Vec::new();
+                let mut peer_ended = false;
+                let data = match served.tls.as_deref_mut() {
+                    None => data,
+                    Some(tls) => {
+                        let received = tls.receive(data, &mut plaintext);
+                        flush(conn, Some(tls), out);
+                        match received {
+                            Ok(received) => peer_ended = received.peer_closed,
+                            Err(error) => {
+                                tracing::debug!(%error, "TLS error");
+                                out.abort(conn);
+                                return;
+                            }
+                        }
+                        &mut plaintext[..]
+                    }
+                };
+                if served.linger_until.is_some() {
+                    if served.session.peer_close_received(data) || peer_ended {
+                        close(conn, served, out);
+                    }
+                    return;
+                }
+                if !data.is_empty() {
+                    served.session.received(data, Instant::now());
+                }
+                if peer_ended {
+                    // The client's close_notify: it sends nothing more, as at an end of
+                    // stream.
+                    out.abort(conn);
+                    return;
+                }
                 self.serve(conn, served, out);
             }
             Slot::Done => {}
@@ -324,8 +479,11 @@ impl Handler for Sessions {
                 out.abort(conn);
             }
             Slot::Open(served) => match served.linger_until {
-                Some(until) if Instant::now() >= until || served.session.outbox.is_aborted() => {
-                    out.close(conn);
+                Some(until)
+                    if until.reached(Millis::since(self.epoch, Instant::now()))
+                        || served.session.outbox.is_aborted() =>
+                {
+                    close(conn, served, out);
                 }
                 // A shutdown that has waited long enough cuts the wait short.
                 Some(_) => served.session.outbox.register(&ringio::conn_waker(conn)),
@@ -403,6 +561,8 @@ pub fn serve_core(core: Rc<Core>, listeners: Vec<StdListener>) -> Result<()> {
         max_connections: u32::MAX as usize,
         // The loop holds one batch per connection at most (the outbox bounds the rest).
         max_queued_bytes: usize::MAX,
+        // Cores that share sockets take turns at them (see `accept_multishot`).
+        accept_multishot: !node.shared_listeners,
         ..ringio::Config::new(listeners[0].local_addr()?)
     };
     let mut event_loop = EventLoop::with_listeners(
@@ -502,6 +662,20 @@ mod tests {
         // What every open session holds in the loop's slab beside the loop's own bytes
         // (bench/RESULTS.md, "Bytes per idle socket"): no task, no future, no timer.
         let slot = size_of::<Slot>();
-        assert!(slot <= 160, "a slot is {slot} bytes");
+        assert!(slot <= 152, "a slot is {slot} bytes");
+    }
+
+    #[test]
+    fn a_deadline_in_milliseconds_is_reached_across_the_wrap() {
+        let epoch = Instant::now();
+        let at = |ms: u64| Millis::since(epoch, epoch + Duration::from_millis(ms));
+        assert!(at(1_000).reached(at(1_000)));
+        assert!(at(1_000).reached(at(1_001)));
+        assert!(!at(1_001).reached(at(1_000)));
+        // A second before and after 2^32 milliseconds (49.7 days) of uptime.
+        let wrap = 1u64 << 32;
+        assert!(at(wrap + 500).reached(at(wrap + 600)));
+        assert!(at(wrap - 500).reached(at(wrap + 500)));
+        assert!(!at(wrap + 500).reached(at(wrap - 500)));
     }
 }
