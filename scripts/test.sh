@@ -10,7 +10,7 @@ scripts/toolchain.sh
 command -v cargo >/dev/null || . "$HOME/.cargo/env"
 scripts/services.sh
 cargo test --workspace --locked
-# The gateway's suite again with its cores on monoio (the driver TLS runs on): both drivers
+# The gateway's suite again with its cores on monoio (the fallback driver): both drivers
 # answer to one set of tests.
 GATEWAY_IO_DRIVER=io-uring cargo test --locked -p gateway
 scripts/node.sh --chromium

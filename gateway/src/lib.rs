@@ -2,7 +2,7 @@
 //!
 //! Each core runs a pinned loop with its own SO_REUSEPORT listener ([`node`], [`core`]): the
 //! io_uring completion loop ([`completion`], on `ringio`), or monoio's readiness-driven
-//! tasks ([`connection`]) for TLS and where io_uring is refused. A connection is upgraded
+//! tasks ([`connection`]) where the kernel refuses it. A connection is upgraded
 //! ([`handshake`] on top of [`wsproto::handshake`], [`auth`]), framed by a sans-IO codec
 //! ([`wsproto`]) and served by the same protocol state on either driver ([`open_session`],
 //! [`session`]); an idle one holds no buffer. Frames go to an [`engine`] shard; deliveries reach
