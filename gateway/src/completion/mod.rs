@@ -48,6 +48,9 @@ mod tls;
 const RING_BUFFERS: u16 = 512;
 const RING_BUFFER_SIZE: u32 = 4096;
 
+/// Deadline entries a queue keeps room for once empty: a few KiB.
+const DEADLINES_KEPT: usize = 256;
+
 /// What one connection holds in the loop's slab.
 pub enum Slot {
     /// Reading the HTTP upgrade: its head so far, boxed, since few connections are here.
@@ -167,6 +170,11 @@ impl Sessions {
                 }
                 deadlines.pop_front();
                 wake(conn);
+            }
+            // A burst (clients reconnecting at once) grows a queue to its size; once the
+            // burst is past, that buffer goes back rather than stay for the process's life.
+            if deadlines.is_empty() && deadlines.capacity() > DEADLINES_KEPT {
+                deadlines.shrink_to(DEADLINES_KEPT);
             }
         }
     }
