@@ -21,7 +21,7 @@ use wire::CloseCode;
 use crate::core::{Core, UpgradeGuard};
 use crate::handshake::{self, UpgradeRequest};
 use crate::open_session::{
-    self, CLOSE_LINGER, CloseProgress, Closing, MAX_FRAMES_PER_WRITE, OpenSession,
+    self, Accepted, CLOSE_LINGER, CloseProgress, MAX_FRAMES_PER_WRITE, OpenSession,
 };
 use crate::router::Delivery;
 
@@ -171,12 +171,10 @@ async fn open(
 }
 
 /// Answers a connection refused before its upgrade is even read (the per-IP limit).
-pub async fn refuse(stream: TcpStream, status: u16, reason: &'static str) {
+pub async fn refuse(stream: TcpStream, refusal: Vec<u8>) {
     use monoio::io::AsyncWriteRentExt;
     let mut stream = stream;
-    let (_, _) = stream
-        .write_all(wsproto::handshake::refusal(status, reason))
-        .await;
+    let (_, _) = stream.write_all(refusal).await;
 }
 
 /// Reads and answers the HTTP upgrade. `None` when the client was refused or went away.
@@ -207,7 +205,11 @@ async fn upgrade(
         ..Default::default()
     };
     let mut head = Vec::with_capacity(1024);
-    let (request, consumed) = loop {
+    let Accepted {
+        request,
+        head_len,
+        claims,
+    } = loop {
         if head.len() == head.capacity() {
             head.reserve(head.capacity());
         }
@@ -215,23 +217,14 @@ async fn upgrade(
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
-        match handshake::parse_upgrade(&head, &limits) {
-            Ok(Some(parsed)) => break parsed,
+        match open_session::read_upgrade(core, &head, &limits) {
+            Ok(Some(accepted)) => break accepted,
             Ok(None) => continue,
-            Err(error) => {
-                core.metrics.refuse(error.label());
-                let _ = io.write_all(&error.refusal()).await;
+            Err(refusal) => {
+                let _ = io.write_all(&refusal).await;
                 let _ = io.shutdown().await;
                 return None;
             }
-        }
-    };
-    let claims = match open_session::answer_upgrade(core, &request) {
-        Ok(claims) => claims,
-        Err(refusal) => {
-            let _ = io.write_all(&refusal).await;
-            let _ = io.shutdown().await;
-            return None;
         }
     };
     if io
@@ -242,7 +235,7 @@ async fn upgrade(
         return None;
     }
     // What the client sent after its head is the start of the WebSocket stream.
-    let leftover = head.split_off(consumed);
+    let leftover = head.split_off(head_len);
     Some((io, request, claims, leftover))
 }
 
@@ -304,18 +297,10 @@ impl Session {
         Poll::Pending
     }
 
-    /// Our close frame is out: waits (bounded) for what [`Closing`] says, then closes TCP.
+    /// Our close frame is out: waits (bounded) for the peer if the session says so
+    /// ([`OpenSession::awaits_peer`]), then closes TCP.
     async fn finish_closing_handshake(&mut self) {
-        let waiting = match self.state.closing() {
-            Closing::PeerClosed => false,
-            Closing::Discard => true,
-            // The peer's close may already be among the bytes read before ours went out.
-            Closing::AwaitPeerClose => {
-                let mut pending = self.state.take_pending();
-                !self.state.skip_to_peer_close(&mut pending)
-            }
-        };
-        if waiting {
+        if self.state.awaits_peer() {
             let wait = poll_fn(|cx| self.poll_peer_close(cx));
             let _ = monoio::time::timeout(CLOSE_LINGER, wait).await;
         }

@@ -12,12 +12,14 @@ mod registry;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use telemetry::descriptors::DescriptorReserve;
 use wire::envelope::Target;
 use wire::server::ErrorFrame;
 use wire::{ClientMsgId, CloseCode, ErrorCode, ServerFrame, UserId};
@@ -324,6 +326,50 @@ impl Core {
         outbox.discard(&self.metrics);
         self.registry.borrow_mut().remove(outbox);
         self.metrics.connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Whether a new connection from `peer` is within `--connections-per-ip-per-minute`;
+    /// when not, the refusal to answer it with (counted).
+    pub fn admit_connection(&self, peer: SocketAddr) -> Result<(), Vec<u8>> {
+        let admitted = self
+            .node
+            .ip_limit
+            .as_ref()
+            .is_none_or(|limit| limit.admit(peer.ip(), Instant::now()));
+        if admitted {
+            return Ok(());
+        }
+        self.metrics.refuse("ip_rate");
+        Err(wsproto::handshake::refusal(
+            429,
+            "too many new connections from this address",
+        ))
+    }
+
+    /// An accept failed for lack of a descriptor: answers the clients waiting in the
+    /// backlogs of `listeners` (non-blocking duplicates of the core's) with a 503 now,
+    /// rather than let them wait for a descriptor that may never free, through `reserve`;
+    /// counted, and logged by the node's [`DescriptorPressure`](crate::descriptors::DescriptorPressure).
+    pub fn refuse_at_descriptor_limit(
+        &self,
+        reserve: &mut DescriptorReserve,
+        listeners: &[StdListener],
+    ) {
+        let answer = wsproto::handshake::refusal(503, "the server is at its connection limit");
+        let refused: usize = listeners
+            .iter()
+            .map(|listener| {
+                crate::descriptors::refuse_waiting(
+                    reserve,
+                    listener,
+                    &answer,
+                    crate::descriptors::MAX_REFUSALS_PER_EVENT,
+                )
+                .unwrap_or(0)
+            })
+            .sum();
+        self.metrics.refuse_many("descriptors", refused as u64);
+        self.node.descriptors.accept_failed(refused);
     }
 
     /// Answers the session `origin` with an error frame, counted in the metrics.

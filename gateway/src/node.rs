@@ -623,8 +623,6 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener, spare: StdListener)
         drop(canceller.cancel());
     });
     let mut reserve = DescriptorReserve::new();
-    let out_of_descriptors =
-        wsproto::handshake::refusal(503, "the server is at its connection limit");
     loop {
         let accepted = listener.cancelable_accept(handle.clone()).await;
         if accepted.is_err() && core.is_shutting_down() {
@@ -633,17 +631,7 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener, spare: StdListener)
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) if telemetry::descriptors::is_exhaustion(&error) => {
-                // The client stays in the backlog: answer it (and those behind it) now
-                // rather than let it wait for a descriptor that may never free.
-                let refused = descriptors::refuse_waiting(
-                    &mut reserve,
-                    &spare,
-                    &out_of_descriptors,
-                    descriptors::MAX_REFUSALS_PER_EVENT,
-                )
-                .unwrap_or(0);
-                core.metrics.refuse_many("descriptors", refused as u64);
-                core.node.descriptors.accept_failed(refused);
+                core.refuse_at_descriptor_limit(&mut reserve, std::slice::from_ref(&spare));
                 monoio::time::sleep(descriptors::ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -654,18 +642,8 @@ async fn accept_loop(core: &Rc<Core>, listener: TcpListener, spare: StdListener)
                 continue;
             }
         };
-        let admitted = core
-            .node
-            .ip_limit
-            .as_ref()
-            .is_none_or(|limit| limit.admit(peer.ip(), Instant::now()));
-        if !admitted {
-            core.metrics.refuse("ip_rate");
-            monoio::spawn(connection::refuse(
-                stream,
-                429,
-                "too many new connections from this address",
-            ));
+        if let Err(refusal) = core.admit_connection(peer) {
+            monoio::spawn(connection::refuse(stream, refusal));
             continue;
         }
         let upgrading = core.upgrade_started();

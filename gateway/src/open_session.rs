@@ -21,6 +21,7 @@ use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
 use crate::user_limit::UserBudgetHandle;
+use wsproto::handshake::HandshakeLimits;
 
 /// A pending partial frame above this size is not kept in a grown buffer once consumed.
 const PENDING_KEEP_BYTES: usize = 1024;
@@ -43,10 +44,43 @@ fn shutting_down(core: &Core) -> bool {
     core.is_shutting_down() || core.node.stopping.load(Ordering::Acquire)
 }
 
-/// The answer to a parsed upgrade request: the token's claims, or the refusal to write
-/// before closing (shutting down, an origin not allowed, a missing or bad token). Counted
+/// An upgrade the core accepted.
+pub struct Accepted {
+    /// The request.
+    pub request: UpgradeRequest,
+    /// The length of its head: what follows is the WebSocket stream.
+    pub head_len: usize,
+    /// The token's claims.
+    pub claims: Claims,
+}
+
+/// Reads the upgrade head received so far: `Ok(None)` while it is incomplete; once whole,
+/// the accepted upgrade, or the refusal to write before closing (a malformed request,
+/// shutting down, an origin not allowed, a missing or bad token). Every refusal is counted
 /// in the refusal metrics.
-pub fn answer_upgrade(core: &Core, request: &UpgradeRequest) -> Result<Claims, Vec<u8>> {
+pub fn read_upgrade(
+    core: &Core,
+    head: &[u8],
+    limits: &HandshakeLimits,
+) -> Result<Option<Accepted>, Vec<u8>> {
+    let (request, head_len) = match crate::handshake::parse_upgrade(head, limits) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            core.metrics.refuse(error.label());
+            return Err(error.refusal());
+        }
+    };
+    let claims = answer_upgrade(core, &request)?;
+    Ok(Some(Accepted {
+        request,
+        head_len,
+        claims,
+    }))
+}
+
+/// The answer to a parsed upgrade request: the token's claims, or the refusal (counted).
+fn answer_upgrade(core: &Core, request: &UpgradeRequest) -> Result<Claims, Vec<u8>> {
     let refuse = |status: u16, label: &'static str, reason: &str| {
         core.metrics.refuse(label);
         wsproto::handshake::refusal(status, reason)
@@ -72,7 +106,7 @@ pub fn answer_upgrade(core: &Core, request: &UpgradeRequest) -> Result<Claims, V
 
 /// What the closing handshake waits for once our close frame is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closing {
+enum Closing {
     /// The peer's close, for at most [`CLOSE_LINGER`], reading and dropping its other
     /// frames meanwhile.
     AwaitPeerClose,
@@ -95,7 +129,8 @@ pub enum CloseProgress {
     Queued,
     /// Our close frame waits to be written: write on.
     Writing,
-    /// Our close frame is written: the closing handshake ([`Closing`]) goes on.
+    /// Our close frame is written: the closing handshake ([`OpenSession::awaits_peer`])
+    /// goes on.
     Written(CloseCode),
 }
 
@@ -193,9 +228,19 @@ impl OpenSession {
         self.close_sent.unwrap_or(CloseCode(1006))
     }
 
-    /// What the closing handshake waits for, once our close frame is written.
-    pub fn closing(&self) -> Closing {
-        self.closing
+    /// Our close frame is written: whether the closing handshake waits (for at most
+    /// [`CLOSE_LINGER`]) for the peer's close or hang-up, or is over. It is over when the
+    /// peer closed first, or when its close is already among what was read before ours
+    /// went out; a peer that broke the protocol is waited on to hang up.
+    pub fn awaits_peer(&mut self) -> bool {
+        match self.closing {
+            Closing::PeerClosed => false,
+            Closing::Discard => true,
+            Closing::AwaitPeerClose => {
+                let mut pending = std::mem::take(&mut self.pending);
+                !self.skip_to_peer_close(&mut pending)
+            }
+        }
     }
 
     /// Where the session's close stands. Queues our close frame the first time a close is
@@ -268,11 +313,6 @@ impl OpenSession {
         scratch[..have].copy_from_slice(&self.pending);
         scratch[have..total].copy_from_slice(data);
         self.consume(&mut scratch[..total], now);
-    }
-
-    /// What was pending, for a driver that reads after it into its own buffer.
-    pub fn take_pending(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
     }
 
     /// How many pending bytes a read must be put after.
@@ -356,7 +396,7 @@ impl OpenSession {
     /// Decodes `bytes` past every message but the peer's close. True once that close has
     /// come, or anything that breaks the protocol (which ends the wait as well); otherwise
     /// the unfinished frame at the end is kept for the next read.
-    pub fn skip_to_peer_close(&mut self, bytes: &mut [u8]) -> bool {
+    fn skip_to_peer_close(&mut self, bytes: &mut [u8]) -> bool {
         let mut start = 0;
         loop {
             let Ok(decoded) = self.decoder.decode(&mut bytes[start..]) else {

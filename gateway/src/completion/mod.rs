@@ -34,9 +34,8 @@ use telemetry::descriptors::DescriptorReserve;
 use wsproto::handshake::HandshakeLimits;
 
 use crate::core::{Core, SweepState, UpgradeGuard};
-use crate::descriptors;
 use crate::handshake;
-use crate::open_session::{self, CLOSE_LINGER, CloseProgress, Closing, OpenSession};
+use crate::open_session::{self, Accepted, CLOSE_LINGER, CloseProgress, OpenSession};
 use crate::router::Delivery;
 use tls::TlsSession;
 
@@ -206,17 +205,13 @@ impl Sessions {
                 }
             }
         }
-        let (request, consumed) = match handshake::parse_upgrade(&upgrade.head, &self.limits) {
-            Ok(Some(parsed)) => parsed,
+        let Accepted {
+            request,
+            head_len,
+            claims,
+        } = match open_session::read_upgrade(&self.core, &upgrade.head, &self.limits) {
+            Ok(Some(accepted)) => accepted,
             Ok(None) => return,
-            Err(error) => {
-                self.core.metrics.refuse(error.label());
-                refuse(conn, slot, Bytes::from(error.refusal()), out);
-                return;
-            }
-        };
-        let claims = match open_session::answer_upgrade(&self.core, &request) {
-            Ok(claims) => claims,
             Err(refusal) => {
                 refuse(conn, slot, Bytes::from(refusal), out);
                 return;
@@ -230,7 +225,7 @@ impl Sessions {
             out,
         );
         // What the client sent after its head is the start of the WebSocket stream.
-        let leftover = upgrade.head.split_off(consumed);
+        let leftover = upgrade.head.split_off(head_len);
         let session = OpenSession::open(self.core.clone(), &request, &claims, leftover);
         let mut served = Served {
             session,
@@ -311,16 +306,7 @@ impl Sessions {
     /// Our close frame is written: closes at once if the peer closed first, else reads on
     /// for its close until [`CLOSE_LINGER`] is over.
     fn linger(&mut self, conn: ConnId, served: &mut Served, out: &mut LoopOutbox) {
-        let peer_closed = match served.session.closing() {
-            Closing::PeerClosed => true,
-            Closing::Discard => false,
-            // The peer's close may already be among the bytes read before ours went out.
-            Closing::AwaitPeerClose => {
-                let mut pending = served.session.take_pending();
-                served.session.skip_to_peer_close(&mut pending)
-            }
-        };
-        if peer_closed {
+        if !served.session.awaits_peer() {
             close(conn, served, out);
             return;
         }
@@ -391,17 +377,8 @@ impl Handler for Sessions {
     type Session = Slot;
 
     fn on_open(&mut self, conn: ConnId, peer: SocketAddr, out: &mut LoopOutbox) -> Slot {
-        let admitted = self
-            .core
-            .node
-            .ip_limit
-            .as_ref()
-            .is_none_or(|limit| limit.admit(peer.ip(), Instant::now()));
-        if !admitted {
-            self.core.metrics.refuse("ip_rate");
+        if let Err(refusal) = self.core.admit_connection(peer) {
             let mut slot = Slot::Done;
-            let refusal =
-                wsproto::handshake::refusal(429, "too many new connections from this address");
             refuse(conn, &mut slot, Bytes::from(refusal), out);
             return slot;
         }
@@ -529,21 +506,8 @@ impl Handler for Sessions {
             tracing::warn!(%error, "accept failed");
             return;
         }
-        // The clients stay in the backlog: answer them (and those behind them) now rather
-        // than let them wait for a descriptor that may never free.
-        let answer = wsproto::handshake::refusal(503, "the server is at its connection limit");
-        let mut refused = 0;
-        for spare in &self.spare_listeners {
-            refused += descriptors::refuse_waiting(
-                &mut self.reserve,
-                spare,
-                &answer,
-                descriptors::MAX_REFUSALS_PER_EVENT,
-            )
-            .unwrap_or(0);
-        }
-        self.core.metrics.refuse_many("descriptors", refused as u64);
-        self.core.node.descriptors.accept_failed(refused);
+        self.core
+            .refuse_at_descriptor_limit(&mut self.reserve, &self.spare_listeners);
     }
 }
 
