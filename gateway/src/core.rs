@@ -840,7 +840,7 @@ impl SessionSweep {
             outbox.abort_if_stuck(self.now, CLOSE_GRACE);
             return;
         }
-        if self.now_secs >= outbox.expires_at {
+        if self.now_secs >= u64::from(outbox.expires_at) {
             outbox.close(CloseCode::TOKEN_EXPIRED);
             return;
         }
@@ -852,7 +852,7 @@ impl SessionSweep {
             outbox.touch(self.now);
             return;
         }
-        let silent = self.now.saturating_duration_since(outbox.last_read());
+        let silent = outbox.silent_for(self.now);
         if silent >= self.idle_timeout {
             outbox.close(CloseCode::IDLE_TIMEOUT);
         } else if silent >= self.ping_interval && !outbox.pinged() {
@@ -887,7 +887,7 @@ mod tests {
     const PING_INTERVAL: Duration = Duration::from_secs(25);
     const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-    fn outbox(expires_at: u64) -> Outbox {
+    fn outbox_with(expires_at: u64) -> Outbox {
         let limits = QueueLimits {
             frames: 8,
             bytes: 1 << 20,
@@ -899,10 +899,17 @@ mod tests {
         Outbox::new(1, 1, expires_at, false, Rc::new(limits))
     }
 
-    /// The sweep as it runs `after` the session last read, at Unix second 1,000.
-    fn sweep(outbox: &Outbox, after: Duration, not_reading: bool) {
+    /// A session that last read at `start`.
+    fn outbox(expires_at: u64, start: Instant) -> Outbox {
+        let outbox = outbox_with(expires_at);
+        outbox.touch(start);
+        outbox
+    }
+
+    /// The sweep as it runs `after` `start`, at Unix second 1,000.
+    fn sweep(outbox: &Outbox, start: Instant, after: Duration, not_reading: bool) {
         let sweep = SessionSweep {
-            now: outbox.last_read() + after,
+            now: start + after,
             now_secs: 1_000,
             not_reading,
             ping_interval: PING_INTERVAL,
@@ -914,41 +921,58 @@ mod tests {
 
     #[test]
     fn a_silent_session_is_pinged_once_then_closed_at_the_idle_timeout() {
-        let outbox = outbox(u64::MAX);
-        sweep(&outbox, PING_INTERVAL - Duration::from_millis(1), false);
+        let start = Instant::now();
+        let outbox = outbox(u64::MAX, start);
+        sweep(
+            &outbox,
+            start,
+            PING_INTERVAL - Duration::from_millis(1),
+            false,
+        );
         assert!(outbox.is_empty() && !outbox.pinged());
-        sweep(&outbox, PING_INTERVAL, false);
+        sweep(&outbox, start, PING_INTERVAL, false);
         assert_eq!(outbox.len(), 1, "one ping queued");
-        sweep(&outbox, PING_INTERVAL + Duration::from_secs(1), false);
+        sweep(
+            &outbox,
+            start,
+            PING_INTERVAL + Duration::from_secs(1),
+            false,
+        );
         assert_eq!(outbox.len(), 1, "no second ping before the client answers");
         assert_eq!(outbox.close_requested(), None);
-        sweep(&outbox, IDLE_TIMEOUT, false);
+        sweep(&outbox, start, IDLE_TIMEOUT, false);
         assert_eq!(outbox.close_requested(), Some(CloseCode::IDLE_TIMEOUT));
     }
 
     #[test]
     fn an_expired_token_closes_the_session() {
-        let outbox = outbox(1_000);
-        sweep(&outbox, Duration::ZERO, false);
+        let start = Instant::now();
+        let outbox = outbox(1_000, start);
+        sweep(&outbox, start, Duration::ZERO, false);
         assert_eq!(outbox.close_requested(), Some(CloseCode::TOKEN_EXPIRED));
     }
 
     #[test]
     fn silence_while_the_core_does_not_read_is_not_the_clients() {
-        let outbox = outbox(u64::MAX);
-        let read_before = outbox.last_read();
-        sweep(&outbox, IDLE_TIMEOUT, true);
+        let start = Instant::now();
+        let outbox = outbox(u64::MAX, start);
+        sweep(&outbox, start, IDLE_TIMEOUT, true);
         assert_eq!(outbox.close_requested(), None);
-        assert!(outbox.last_read() > read_before, "silence counts from now");
+        assert_eq!(
+            outbox.silent_for(start + IDLE_TIMEOUT),
+            Duration::ZERO,
+            "silence counts from now"
+        );
     }
 
     #[test]
     fn a_closing_session_is_dropped_once_its_grace_is_over() {
-        let outbox = outbox(u64::MAX);
+        let start = Instant::now();
+        let outbox = outbox(u64::MAX, start);
         outbox.close(CloseCode::GOING_AWAY);
-        sweep(&outbox, Duration::ZERO, false);
+        sweep(&outbox, start, Duration::ZERO, false);
         assert!(!outbox.is_aborted());
-        sweep(&outbox, CLOSE_GRACE + Duration::from_secs(1), false);
+        sweep(&outbox, start, CLOSE_GRACE + Duration::from_secs(1), false);
         assert!(outbox.is_aborted());
     }
 

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod affinity;
 pub mod auth;
 pub mod bridge;
+pub mod clock;
 pub mod completion;
 pub mod config;
 pub mod connection;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use wire::server::ErrorFrame;
 use wire::{ClientFrame, ClientFrameRef, ClientMsgId, ErrorCode, Refusal, ServerFrame, WireError};
 
+use crate::clock::Millis;
 use crate::router::ws_frame;
 
 /// How long refused frames count against a connection: they are forgiven at a burst's worth
@@ -18,11 +19,13 @@ use crate::router::ws_frame;
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// A token bucket: `rate` frames per second on average, `burst` at once, and the refusals
-/// it handed out, remembered over [`REFUSAL_WINDOW`].
+/// it handed out, remembered over [`REFUSAL_WINDOW`]. Twelve bytes, since every session
+/// holds one: its time is to the millisecond, which loses nothing, as each refill counts
+/// from the last one's millisecond, not from when it ran.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f32,
-    refilled_at: Instant,
+    refilled_at: Millis,
     /// Refused frames not yet forgiven; past `burst`, the client is cut off.
     refusals: f32,
 }
@@ -43,16 +46,15 @@ impl TokenBucket {
     pub fn new(burst: u32, now: Instant) -> TokenBucket {
         TokenBucket {
             tokens: burst as f32,
-            refilled_at: now,
+            refilled_at: Millis::at(now),
             refusals: 0.0,
         }
     }
 
     /// Takes one token for a frame arriving at `now`.
     pub fn take(&mut self, now: Instant, rate: u32, burst: u32) -> RateDecision {
-        let elapsed = now
-            .saturating_duration_since(self.refilled_at)
-            .as_secs_f32();
+        let now = Millis::at(now);
+        let elapsed = self.refilled_at.elapsed(now).as_secs_f32();
         self.refilled_at = now;
         self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
         let forgiven = elapsed * burst as f32 / REFUSAL_WINDOW.as_secs_f32();

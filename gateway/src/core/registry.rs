@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use smallvec::SmallVec;
 use wire::UserId;
 
 use crate::outbox::Outbox;
@@ -19,8 +18,56 @@ pub struct Registry {
     opened: u64,
     /// Session by connection id, in slot `id % slots.len()`.
     slots: Box<[HashMap<u64, Rc<Outbox>>]>,
-    /// Each user's connections on this core; almost always one, held inline.
-    users: HashMap<UserId, SmallVec<[u64; 1]>>,
+    /// Each user's connections on this core.
+    users: HashMap<UserId, UserConnections>,
+}
+
+/// One user's connections on a core: almost always one, held inline in 16 bytes (a
+/// `SmallVec` of one would take 24, in every entry of the table).
+#[derive(Debug)]
+enum UserConnections {
+    One(u64),
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer keeps the enum at 16 bytes; a Vec's three words would make it 32"
+    )]
+    Several(Box<Vec<u64>>),
+}
+
+impl UserConnections {
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            UserConnections::One(id) => std::slice::from_ref(id),
+            UserConnections::Several(ids) => ids,
+        }
+    }
+
+    fn add(&mut self, id: u64) {
+        match self {
+            UserConnections::One(first) => {
+                *self = UserConnections::Several(Box::new(vec![*first, id]));
+            }
+            UserConnections::Several(ids) => ids.push(id),
+        }
+    }
+
+    /// Removes `id`; returns whether none is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            UserConnections::One(only) => *only == id,
+            UserConnections::Several(ids) => {
+                ids.retain(|other| *other != id);
+                match ids[..] {
+                    [] => true,
+                    [last] => {
+                        *self = UserConnections::One(last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -44,7 +91,10 @@ impl Registry {
     /// Adds a session under its connection id and user.
     pub fn insert(&mut self, outbox: Rc<Outbox>) {
         let id = outbox.connection_id;
-        self.users.entry(outbox.user_id).or_default().push(id);
+        self.users
+            .entry(outbox.user_id)
+            .and_modify(|ids| ids.add(id))
+            .or_insert(UserConnections::One(id));
         self.slot_mut(id).insert(id, outbox);
     }
 
@@ -52,11 +102,10 @@ impl Registry {
     pub fn remove(&mut self, outbox: &Outbox) {
         let id = outbox.connection_id;
         self.slot_mut(id).remove(&id);
-        if let Some(ids) = self.users.get_mut(&outbox.user_id) {
-            ids.retain(|other| *other != id);
-            if ids.is_empty() {
-                self.users.remove(&outbox.user_id);
-            }
+        if let Some(ids) = self.users.get_mut(&outbox.user_id)
+            && ids.remove(id)
+        {
+            self.users.remove(&outbox.user_id);
         }
     }
 
@@ -67,7 +116,7 @@ impl Registry {
 
     /// The connections of `user` on this core.
     pub fn user_connections(&self, user: UserId) -> &[u64] {
-        self.users.get(&user).map_or(&[], |ids| ids.as_slice())
+        self.users.get(&user).map_or(&[], UserConnections::as_slice)
     }
 
     /// Every session, in no particular order.
@@ -125,6 +174,11 @@ mod tests {
     }
 
     #[test]
+    fn a_users_entry_is_three_words() {
+        assert_eq!(size_of::<(UserId, UserConnections)>(), 24);
+    }
+
+    #[test]
     fn sessions_are_found_by_connection_and_by_user_until_removed() {
         let mut registry = Registry::new(3, 8, 0);
         let a = registry.next_connection_id();
@@ -139,7 +193,12 @@ mod tests {
         registry.remove(&outbox(a, 7));
         assert!(registry.get(a).is_none());
         assert_eq!(registry.user_connections(7), &[b]);
+        let c = registry.next_connection_id();
+        registry.insert(outbox(c, 7));
+        assert_eq!(registry.user_connections(7), &[b, c]);
         registry.remove(&outbox(b, 7));
+        assert_eq!(registry.user_connections(7), &[c]);
+        registry.remove(&outbox(c, 7));
         assert!(registry.is_empty());
         assert!(registry.user_connections(7).is_empty());
         assert_eq!(registry.all().count(), 0);
