@@ -340,10 +340,16 @@ impl Core {
             return Ok(());
         }
         self.metrics.refuse("ip_rate");
-        Err(wsproto::handshake::refusal(
-            429,
-            "too many new connections from this address",
-        ))
+        Err(self.refusal(429, "too many new connections from this address"))
+    }
+
+    /// A refusal before the upgrade, in what the client speaks: an HTTP response on ws://,
+    /// and on wss://, whose clients open with a TLS handshake, a TLS alert.
+    fn refusal(&self, status: u16, reason: &str) -> Vec<u8> {
+        match self.node.tls {
+            Some(_) => crate::tls::REFUSAL_ALERT.to_vec(),
+            None => wsproto::handshake::refusal(status, reason),
+        }
     }
 
     /// An accept failed for lack of a descriptor: answers the clients waiting in the
@@ -355,7 +361,7 @@ impl Core {
         reserve: &mut DescriptorReserve,
         listeners: &[StdListener],
     ) {
-        let answer = wsproto::handshake::refusal(503, "the server is at its connection limit");
+        let answer = self.refusal(503, "the server is at its connection limit");
         let refused: usize = listeners
             .iter()
             .map(|listener| {

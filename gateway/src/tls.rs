@@ -11,6 +11,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// A fatal `internal_error` alert as a plaintext TLS record (RFC 8446, sections 5.1 and 6:
+/// content type 21, legacy version 3.3, length 2, level 2 for fatal, description 80): what a
+/// wss:// client refused before its handshake (over the per-IP rate, or at the descriptor
+/// limit) is sent. Its TLS library reports the alert; the plain-text HTTP refusal a ws://
+/// client gets would read to it as a malformed record.
+pub const REFUSAL_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 80];
+
 /// The certificate chain and key every new handshake presents. Sessions already open keep
 /// the certificate they were made with.
 #[derive(Debug)]

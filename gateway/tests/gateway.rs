@@ -595,9 +595,17 @@ async fn shutdown_closes_sessions_with_1001_and_ends() {
         .expect("join");
 }
 
-#[tokio::test]
-async fn wss_connections_work_over_tls_1_3() {
-    let dir = std::env::temp_dir().join(format!("gateway-tls-{}", std::process::id()));
+/// A gateway on wss:// with a fresh self-signed certificate for `localhost`, and a client
+/// configuration that trusts it; the files live in `dir` until the caller removes it.
+fn start_wss(
+    name: &str,
+    args: &[&str],
+) -> (
+    gateway::Gateway,
+    tokio_rustls::TlsConnector,
+    std::path::PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
@@ -605,15 +613,14 @@ async fn wss_connections_work_over_tls_1_3() {
     let key_path = dir.join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
-    let gateway = start(
-        1,
-        &[
-            "--tls-cert",
-            cert_path.to_str().expect("utf8"),
-            "--tls-key",
-            key_path.to_str().expect("utf8"),
-        ],
-    );
+    let mut all_args = vec![
+        "--tls-cert",
+        cert_path.to_str().expect("utf8"),
+        "--tls-key",
+        key_path.to_str().expect("utf8"),
+    ];
+    all_args.extend_from_slice(args);
+    let gateway = start(1, &all_args);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).expect("root");
@@ -624,11 +631,27 @@ async fn wss_connections_work_over_tls_1_3() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    (gateway, connector, dir)
+}
+
+/// A TLS handshake with the gateway.
+async fn tls_connect(
+    gateway: &gateway::Gateway,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(gateway.local_addr())
         .await
         .expect("connect");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    connector.connect(name, tcp).await
+}
+
+#[tokio::test]
+async fn wss_connections_work_over_tls_1_3() {
+    let (gateway, connector, dir) = start_wss("tls", &[]);
+    let tls = tls_connect(&gateway, &connector)
+        .await
+        .expect("TLS handshake");
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
@@ -654,6 +677,36 @@ async fn wss_connections_work_over_tls_1_3() {
         ),
         other => panic!("expected the welcome, got {other:?}"),
     }
+    gateway.begin_shutdown();
+    gateway.join();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_wss_client_over_the_per_ip_limit_gets_a_tls_alert() {
+    let (gateway, connector, dir) =
+        start_wss("tls-refused", &["--connections-per-ip-per-minute", "1"]);
+    let _first = tls_connect(&gateway, &connector)
+        .await
+        .expect("first handshake");
+    let error = tls_connect(&gateway, &connector)
+        .await
+        .expect_err("second refused");
+    let alert = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    assert_eq!(
+        alert,
+        Some(&rustls::Error::AlertReceived(
+            rustls::AlertDescription::InternalError
+        )),
+        "{error}"
+    );
+    let (_, metrics) = admin_get(&gateway, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_handshakes_refused_total{reason=\"ip_rate\"} 1"),
+        "{metrics}"
+    );
     gateway.begin_shutdown();
     gateway.join();
     let _ = std::fs::remove_dir_all(dir);
