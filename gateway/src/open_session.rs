@@ -23,9 +23,6 @@ use crate::session::{self, RateDecision, TokenBucket};
 use crate::user_limit::UserBudgetHandle;
 use wsproto::handshake::HandshakeLimits;
 
-/// A pending partial frame above this size is not kept in a grown buffer once consumed.
-const PENDING_KEEP_BYTES: usize = 1024;
-
 /// How long the server waits for the peer's close frame after sending its own before it
 /// closes TCP (RFC 6455 section 7.1.1). Closing at once would meet the peer's reply with a
 /// reset, and a reset can cost the peer the close frame it has not read yet (browsers then
@@ -139,10 +136,11 @@ pub struct OpenSession {
     /// The session's core.
     pub core: Rc<Core>,
     decoder: wsproto::Decoder,
-    /// The start of a frame whose rest has not arrived; empty (no allocation) when idle.
+    /// The start of a frame whose rest has not arrived, in a box of its size; empty (no
+    /// allocation) otherwise, so a session that once read a frame in pieces keeps nothing.
     /// While the session is behind, also the whole messages of its last read not acted on
     /// yet (at most one read, [`crate::core::SCRATCH_BYTES`]).
-    pending: Vec<u8>,
+    pending: Box<[u8]>,
     /// Whether `pending` may hold whole messages, left when the session fell behind.
     paused_mid_read: bool,
     bucket: TokenBucket,
@@ -187,7 +185,7 @@ impl OpenSession {
             user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
             core,
             decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
-            pending: Vec::new(),
+            pending: Box::default(),
             paused_mid_read: false,
             outbox,
             close_sent: None,
@@ -304,7 +302,7 @@ impl OpenSession {
         if total > scratch.len() {
             // A frame in pieces larger than the scratch: join them on the heap, bounded by
             // the frame limit the decoder enforces.
-            let mut joined = std::mem::take(&mut self.pending);
+            let mut joined = std::mem::take(&mut self.pending).into_vec();
             joined.extend_from_slice(data);
             drop(scratch);
             self.consume(&mut joined, now);
@@ -372,7 +370,7 @@ impl OpenSession {
                 self.outbox.close(code);
             }
             Err(code) => {
-                self.pending = Vec::new();
+                self.pending = Box::default();
                 self.outbox.close(code);
             }
         }
@@ -388,7 +386,7 @@ impl OpenSession {
         if self.pending.is_empty() {
             return self.skip_to_peer_close(data);
         }
-        let mut joined = std::mem::take(&mut self.pending);
+        let mut joined = std::mem::take(&mut self.pending).into_vec();
         joined.extend_from_slice(data);
         self.skip_to_peer_close(&mut joined)
     }
@@ -415,11 +413,7 @@ impl OpenSession {
 
     /// Keeps `rest`, the start of a frame whose end has not arrived, for the next read.
     fn keep_pending(&mut self, rest: &[u8]) {
-        self.pending.clear();
-        if self.pending.capacity() > PENDING_KEEP_BYTES {
-            self.pending = Vec::new();
-        }
-        self.pending.extend_from_slice(rest);
+        self.pending = rest.into();
     }
 
     /// Frames for one write from the outbox, up to [`MAX_FRAMES_PER_WRITE`] frames and

@@ -392,6 +392,36 @@ async fn a_frame_pipelined_behind_the_upgrade_is_answered_at_once() {
     gateway.join();
 }
 
+// ---- Frames across reads ----
+
+/// A frame that arrives a byte at a time, and frames that straddle the receive buffers (1
+/// KiB on the completion driver), are each answered once and in order.
+#[tokio::test]
+async fn frames_split_across_reads_are_answered_in_order() {
+    let gateway = start(1, &["--frames-per-second", "1000", "--frame-burst", "1000"]);
+    let mut client = RawClient::upgrade(&gateway, &upgrade_head(1), &[]).await;
+    assert!(matches!(
+        client.next(Duration::from_secs(5)).await,
+        Seen::Frame(ServerFrame::Welcome(_))
+    ));
+    client.stream.set_nodelay(true).expect("nodelay");
+    for byte in ping_frame(1) {
+        client.write(&[byte]).await.expect("write a byte");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let burst: Vec<u8> = (2..=501).flat_map(ping_frame).collect();
+    assert!(burst.len() > 4 * 1024, "the burst spans several buffers");
+    client.write(&burst).await.expect("write the burst");
+    for nonce in 1..=501 {
+        match client.next(Duration::from_secs(5)).await {
+            Seen::Frame(ServerFrame::Pong(pong)) => assert_eq!(pong.nonce, nonce),
+            other => panic!("expected pong {nonce}, saw {other:?}"),
+        }
+    }
+    gateway.begin_shutdown();
+    gateway.join();
+}
+
 // ---- L7: HTTP versions ----
 
 #[tokio::test]
