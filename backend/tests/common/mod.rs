@@ -344,10 +344,17 @@ impl Env {
     /// Removes the test's queues, exchanges, schema and keys. Stop the backends and the node
     /// reader first.
     pub async fn cleanup(self) {
+        // Over a connection of its own: a node reader's channel closed while lapin still
+        // sends its consumer's cancel can leave the shared connection in error.
+        let cleaner = broker::connect(&amqp_url(), &format!("cleanup-{}", self.suffix))
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = cleaner.create_channel().await.expect("channel");
         self.topology
-            .delete_all(&self.publish, &[NODE])
+            .delete_all(&channel, &[NODE])
             .await
             .expect("delete the topology");
+        let _ = cleaner.close(200, "done".into()).await;
         let _ = self.connection.close(200, "done".into()).await;
         self.pg
             .batch_execute(&format!(
