@@ -20,7 +20,7 @@ use crate::handshake::UpgradeRequest;
 use crate::outbox::{Outbox, Outgoing};
 use crate::router::{Delivery, Origin};
 use crate::session::{self, RateDecision, TokenBucket};
-use crate::user_limit::UserBudgetHandle;
+use crate::user_limit::{UserBudgetHandle, UserBudgets};
 use wsproto::handshake::HandshakeLimits;
 
 /// How long the server waits for the peer's close frame after sending its own before it
@@ -206,10 +206,19 @@ impl OpenSession {
     /// Unregisters the ended session.
     pub fn finish(self, code: CloseCode) {
         let origin = self.origin();
-        let OpenSession { core, outbox, .. } = self;
-        core.metrics.close(code.0);
+        let OpenSession {
+            core,
+            outbox,
+            user_budget,
+            ..
+        } = self;
+        // Gone from the gauge before its close is counted: whoever sees the count sees both.
         core.close_session(&outbox);
+        core.metrics.close(code.0);
         core.with_engine(|engine| engine.disconnected(&core, origin));
+        if let (Some(budgets), Some(handle)) = (&core.node.user_budgets, user_budget) {
+            budgets.leave(outbox.user_id, handle);
+        }
     }
 
     /// Who this session is, for the engine: kept in the outbox alone.
@@ -352,7 +361,12 @@ impl OpenSession {
                 &self.outbox,
                 Limits {
                     bucket: &mut self.bucket,
-                    user: self.user_budget.as_ref(),
+                    user: self
+                        .core
+                        .node
+                        .user_budgets
+                        .as_deref()
+                        .zip(self.user_budget.as_ref()),
                 },
                 origin,
                 message,
@@ -466,7 +480,8 @@ fn push_own(core: &Core, outbox: &Outbox, frame: &ServerFrame) {
 /// The rate limits one session's frames go through.
 struct Limits<'s> {
     bucket: &'s mut TokenBucket,
-    user: Option<&'s UserBudgetHandle>,
+    /// The user's budget, and the table that holds it.
+    user: Option<(&'s UserBudgets, &'s UserBudgetHandle)>,
 }
 
 /// Which limit refused a frame.
@@ -487,7 +502,7 @@ impl Limits<'_> {
             refused => return (refused, Limit::Connection),
         }
         match self.user {
-            Some(user) if !user.take(now) => (
+            Some((budgets, handle)) if !budgets.take(handle, now) => (
                 self.bucket.refused_elsewhere(config.frame_burst),
                 Limit::User,
             ),

@@ -12,6 +12,11 @@
 //! as long as the user still owes (at most one burst's refill time): otherwise closing and
 //! reopening a connection would buy a fresh burst each time. So the table holds the
 //! connected users and those that left within the last refill time.
+//!
+//! A connection's hold on its user's budget is one pointer ([`UserBudgetHandle`]), since
+//! every connection keeps one: it is given back with [`UserBudgets::leave`], which drops the
+//! user's entry at once when it can. A hold dropped without it is only late: the periodic
+//! sweep drops the entry then.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -117,8 +122,8 @@ impl UserBudgets {
             .retain(|_, budget| Arc::strong_count(budget) > 1 || budget.owes_at(now_ns));
     }
 
-    /// The budget of `user_id` for one more of its connections, held until it is dropped.
-    pub fn join(self: &Arc<Self>, user_id: UserId) -> UserBudgetHandle {
+    /// The budget of `user_id` for one more of its connections, until [`UserBudgets::leave`].
+    pub fn join(&self, user_id: UserId) -> UserBudgetHandle {
         self.sweep_if_due(self.ns_at(Instant::now()));
         let budget = self
             .table
@@ -126,11 +131,32 @@ impl UserBudgets {
             .entry(user_id)
             .or_default()
             .clone();
-        UserBudgetHandle {
-            budgets: self.clone(),
-            user_id,
-            budget: Some(budget),
+        UserBudgetHandle { budget }
+    }
+
+    /// Gives back the hold of one of `user_id`'s connections; the user's entry goes with the
+    /// last one, unless the user still owes.
+    pub fn leave(&self, user_id: UserId, handle: UserBudgetHandle) {
+        let now_ns = self.ns_at(Instant::now());
+        let mut table = self.table.shard(&user_id);
+        // Released under the lock, where every hold is taken and given back, so the last
+        // one to go always sees a count of one (the table's own).
+        drop(handle);
+        if table
+            .get(&user_id)
+            .is_some_and(|budget| Arc::strong_count(budget) == 1 && !budget.owes_at(now_ns))
+        {
+            table.remove(&user_id);
         }
+        drop(table);
+        self.sweep_if_due(now_ns);
+    }
+
+    /// Takes one frame of the budget `handle` holds at `now`; false when none is left.
+    pub fn take(&self, handle: &UserBudgetHandle, now: Instant) -> bool {
+        handle
+            .budget
+            .take(self.ns_at(now), self.interval_ns, self.burst)
     }
 
     /// Users with a budget.
@@ -140,43 +166,11 @@ impl UserBudgets {
     }
 }
 
-/// One connection's hold on its user's budget; the user's entry goes when the last one is
-/// dropped and the user owes nothing, or later, once it does not.
+/// One connection's hold on its user's budget, taken with [`UserBudgets::join`] and given
+/// back with [`UserBudgets::leave`].
 #[derive(Debug)]
 pub struct UserBudgetHandle {
-    budgets: Arc<UserBudgets>,
-    user_id: UserId,
-    /// Taken only in `drop`.
-    budget: Option<Arc<UserBudget>>,
-}
-
-impl UserBudgetHandle {
-    /// Takes one frame of the user's budget at `now`; false when none is left.
-    pub fn take(&self, now: Instant) -> bool {
-        let budgets = &self.budgets;
-        let now_ns = budgets.ns_at(now);
-        self.budget
-            .as_ref()
-            .is_some_and(|budget| budget.take(now_ns, budgets.interval_ns, budgets.burst))
-    }
-}
-
-impl Drop for UserBudgetHandle {
-    fn drop(&mut self) {
-        let now_ns = self.budgets.ns_at(Instant::now());
-        let mut table = self.budgets.table.shard(&self.user_id);
-        // Released under the lock, where every handle is made and released, so the last
-        // handle to go always sees a count of one (the table's own).
-        drop(self.budget.take());
-        if table
-            .get(&self.user_id)
-            .is_some_and(|budget| Arc::strong_count(budget) == 1 && !budget.owes_at(now_ns))
-        {
-            table.remove(&self.user_id);
-        }
-        drop(table);
-        self.budgets.sweep_if_due(now_ns);
-    }
+    budget: Arc<UserBudget>,
 }
 
 #[cfg(test)]
@@ -198,14 +192,20 @@ mod tests {
         let start = Instant::now();
         let allowed = (0..10)
             .flat_map(|_| handles.iter())
-            .filter(|handle| handle.take(start))
+            .filter(|handle| budgets.take(handle, start))
             .count();
         assert_eq!(allowed, 40, "twenty connections share one burst");
         let other = budgets.join(8);
-        assert!(other.take(start), "another user has a budget of its own");
+        assert!(
+            budgets.take(&other, start),
+            "another user has a budget of its own"
+        );
         // 100 ms at 100 frames per second buys ten frames, whichever connection asks.
         let later = start + Duration::from_millis(100);
-        let allowed = handles.iter().filter(|handle| handle.take(later)).count();
+        let allowed = handles
+            .iter()
+            .filter(|handle| budgets.take(handle, later))
+            .count();
         assert_eq!(allowed, 10);
     }
 
@@ -216,17 +216,17 @@ mod tests {
         let first = budgets.join(1);
         let second = budgets.join(1);
         assert_eq!(budgets.tracked(), 1);
-        assert!(first.take(Instant::now()));
-        drop(first);
+        assert!(budgets.take(&first, Instant::now()));
+        budgets.leave(1, first);
         assert_eq!(budgets.tracked(), 1);
         assert!(
-            !second.take(Instant::now()),
+            !budgets.take(&second, Instant::now()),
             "the budget outlives a connection"
         );
-        drop(second);
+        budgets.leave(1, second);
         assert_eq!(budgets.tracked(), 1, "the user still owes");
         let idle = budgets.join(2);
-        drop(idle);
+        budgets.leave(2, idle);
         assert_eq!(
             budgets.tracked(),
             1,
@@ -240,7 +240,10 @@ mod tests {
         let mut allowed = 0;
         for _ in 0..10 {
             let connection = budgets.join(5);
-            allowed += (0..3).filter(|_| connection.take(Instant::now())).count();
+            allowed += (0..3)
+                .filter(|_| budgets.take(&connection, Instant::now()))
+                .count();
+            budgets.leave(5, connection);
         }
         assert_eq!(allowed, 3, "ten connections in a row share one burst");
     }
@@ -250,14 +253,26 @@ mod tests {
         // A thousand frames a second and a burst of two: a spent burst refills in 2 ms.
         let budgets = UserBudgets::new(1000, 2).expect("a limit");
         let connection = budgets.join(9);
-        assert!(connection.take(Instant::now()));
-        drop(connection);
+        assert!(budgets.take(&connection, Instant::now()));
+        budgets.leave(9, connection);
         std::thread::sleep(Duration::from_millis(10));
         // Any connection opening after the refill time sweeps the table.
         let other = budgets.join(10);
         assert_eq!(budgets.tracked(), 1, "only the connected user is left");
-        drop(other);
+        budgets.leave(10, other);
         assert_eq!(budgets.tracked(), 0);
+    }
+
+    #[test]
+    fn a_hold_dropped_without_leave_goes_with_the_next_sweep() {
+        // A spent burst refills in 2 ms, so the sweep runs every 2 ms at most.
+        let budgets = UserBudgets::new(1000, 2).expect("a limit");
+        drop(budgets.join(11));
+        assert_eq!(budgets.tracked(), 1, "not given back: still listed");
+        std::thread::sleep(Duration::from_millis(10));
+        let other = budgets.join(12);
+        assert_eq!(budgets.tracked(), 1, "only the connected user is left");
+        budgets.leave(12, other);
     }
 
     #[test]
@@ -269,7 +284,10 @@ mod tests {
         let handles: Vec<_> = (0..4).map(|_| budgets.join(3)).collect();
         let allowed: usize = handles
             .into_iter()
-            .map(|handle| std::thread::spawn(move || (0..500).filter(|_| handle.take(now)).count()))
+            .map(|handle| {
+                let budgets = budgets.clone();
+                std::thread::spawn(move || (0..500).filter(|_| budgets.take(&handle, now)).count())
+            })
             .collect::<Vec<_>>()
             .into_iter()
             .map(|thread| thread.join().expect("thread"))
