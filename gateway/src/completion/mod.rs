@@ -69,7 +69,7 @@ pub struct Upgrade {
     /// Its TLS session, on a wss:// listener.
     tls: Option<TlsSession>,
     head: Vec<u8>,
-    deadline: Instant,
+    deadline: Millis,
     /// Counts the connection as upgrading for a stopping core.
     _upgrading: UpgradeGuard,
 }
@@ -100,10 +100,11 @@ pub struct InFlight {
 pub struct Sessions {
     core: Rc<Core>,
     limits: HandshakeLimits,
-    /// Upgrades in start order, hence in deadline order.
-    upgrade_deadlines: VecDeque<(Instant, ConnId)>,
+    /// Upgrades in start order, hence in deadline order. Eight bytes an entry: a burst of
+    /// connections holds one each until its handshake timeout has passed.
+    upgrade_deadlines: VecDeque<(Millis, ConnId)>,
     /// Closing handshakes in the order their close frame went out, hence in deadline order.
-    linger_deadlines: VecDeque<(Instant, ConnId)>,
+    linger_deadlines: VecDeque<(Millis, ConnId)>,
     /// Duplicates of the listeners, for answering clients at the descriptor limit.
     spare_listeners: Vec<StdListener>,
     reserve: DescriptorReserve,
@@ -128,17 +129,21 @@ impl Sessions {
         }
     }
 
-    /// The earliest deadline waiting, if any.
-    fn next_deadline(&self) -> Option<Instant> {
-        let upgrade = self.upgrade_deadlines.front().map(|(at, _)| *at);
-        let linger = self.linger_deadlines.front().map(|(at, _)| *at);
-        upgrade.into_iter().chain(linger).min()
+    /// The earliest deadline waiting after `now`, if any (`now` once one has passed).
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let now_ms = Millis::at(now);
+        [&self.upgrade_deadlines, &self.linger_deadlines]
+            .into_iter()
+            .filter_map(|deadlines| deadlines.front())
+            .map(|(at, _)| now + now_ms.elapsed(*at))
+            .min()
     }
 
     /// Hands `wake` the connections whose deadline has passed; each checks its own
     /// deadline when served, so a slot reused since is not cut early. Once a shutdown's
     /// drain is over, every upgrade still under way is handed over to be cut.
     fn expired(&mut self, now: Instant, mut wake: impl FnMut(ConnId)) {
+        let now = Millis::at(now);
         if self.core.drain_is_over() && !self.upgrades_cut {
             self.upgrades_cut = true;
             self.upgrade_deadlines
@@ -147,7 +152,7 @@ impl Sessions {
         }
         for deadlines in [&mut self.upgrade_deadlines, &mut self.linger_deadlines] {
             while let Some(&(at, conn)) = deadlines.front() {
-                if at > now {
+                if !at.reached(now) {
                     break;
                 }
                 deadlines.pop_front();
@@ -293,8 +298,8 @@ impl Sessions {
             close(conn, served, out);
             return;
         }
-        let until = Instant::now() + CLOSE_LINGER;
-        served.linger_until = Some(Millis::at(until));
+        let until = Millis::at(Instant::now() + CLOSE_LINGER);
+        served.linger_until = Some(until);
         self.linger_deadlines.push_back((until, conn));
         if served.paused {
             served.paused = false;
@@ -380,7 +385,7 @@ impl Handler for Sessions {
                 return Slot::Done;
             }
         };
-        let deadline = Instant::now() + self.core.node.config.handshake_timeout;
+        let deadline = Millis::at(Instant::now() + self.core.node.config.handshake_timeout);
         self.upgrade_deadlines.push_back((deadline, conn));
         Slot::Upgrading(Box::new(Upgrade {
             tls,
@@ -436,8 +441,7 @@ impl Handler for Sessions {
     fn on_wake(&mut self, conn: ConnId, slot: &mut Slot, out: &mut LoopOutbox) {
         match slot {
             Slot::Upgrading(upgrade) => {
-                let now = Instant::now();
-                if now >= upgrade.deadline {
+                if upgrade.deadline.reached(Millis::at(Instant::now())) {
                     self.core.metrics.refuse("handshake_timeout");
                     tracing::debug!(conn = conn.index(), "handshake timed out");
                 } else if !self.core.drain_is_over() {
@@ -536,9 +540,12 @@ pub fn serve_core(core: Rc<Core>, listeners: Vec<StdListener>) -> Result<()> {
         let timeout = if mailbox_waiting {
             Duration::ZERO
         } else {
-            let due = timers
-                .next(&core)
-                .min(event_loop.handler().next_deadline().unwrap_or(timers.sweep));
+            let due = timers.next(&core).min(
+                event_loop
+                    .handler()
+                    .next_deadline(now)
+                    .unwrap_or(timers.sweep),
+            );
             due.saturating_duration_since(now)
         };
         event_loop.turn(Some(timeout))?;
@@ -618,5 +625,6 @@ mod tests {
         // (bench/RESULTS.md, "Bytes per idle socket"): no task, no future, no timer.
         let slot = size_of::<Slot>();
         assert!(slot <= 120, "a slot is {slot} bytes");
+        assert_eq!(size_of::<(Millis, ConnId)>(), 8, "a deadline entry");
     }
 }
