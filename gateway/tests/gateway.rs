@@ -682,6 +682,15 @@ async fn wss_connections_work_over_tls_1_3() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Asserts the gateway counted one refusal for the per-IP rate.
+async fn expect_one_ip_rate_refusal(gateway: &gateway::Gateway) {
+    let (_, metrics) = admin_get(gateway, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_handshakes_refused_total{reason=\"ip_rate\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_wss_client_over_the_per_ip_limit_gets_a_tls_alert() {
     let (gateway, connector, dir) =
@@ -702,11 +711,7 @@ async fn a_wss_client_over_the_per_ip_limit_gets_a_tls_alert() {
         )),
         "{error}"
     );
-    let (_, metrics) = admin_get(&gateway, "/metrics").await;
-    assert!(
-        metrics.contains("gateway_handshakes_refused_total{reason=\"ip_rate\"} 1"),
-        "{metrics}"
-    );
+    expect_one_ip_rate_refusal(&gateway).await;
     gateway.begin_shutdown();
     gateway.join();
     let _ = std::fs::remove_dir_all(dir);
@@ -721,11 +726,7 @@ async fn new_connections_beyond_the_per_ip_limit_get_429() {
         .await
         .expect_err("third refused");
     assert_eq!(upgrade_status(error), 429);
-    let (_, metrics) = admin_get(&gateway, "/metrics").await;
-    assert!(
-        metrics.contains("gateway_handshakes_refused_total{reason=\"ip_rate\"} 1"),
-        "{metrics}"
-    );
+    expect_one_ip_rate_refusal(&gateway).await;
     gateway.begin_shutdown();
     gateway.join();
 }
