@@ -400,15 +400,16 @@ impl Outbox {
     /// the gauge right, and frees the queue (all but its close, if one was asked for).
     pub fn discard(&self, metrics: &CoreMetrics) {
         self.with_queue(|slot| {
-            let Some(queue) = slot.take() else {
+            let Some(mut queue) = slot.take() else {
                 return;
             };
             metrics.dequeued(queue.frames.len(), queue.bytes);
-            if let Some(close) = queue.close {
-                *slot = Some(Box::new(Queue {
+            if let Some(close) = queue.close.take() {
+                *queue = Queue {
                     close: Some(close),
                     ..Queue::default()
-                }));
+                };
+                *slot = Some(queue);
             }
         });
     }

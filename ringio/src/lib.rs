@@ -291,6 +291,20 @@ struct Queued {
     bytes: usize,
 }
 
+/// Keeps `queue`, emptied, for the next connection that sends, unless [`SPARE_QUEUES`] are
+/// kept already or it has room for more than [`SPARE_QUEUE_FRAMES`].
+#[expect(
+    clippy::vec_box,
+    reason = "a connection takes the box itself: reuse hands over its allocation"
+)]
+fn keep_spare(spare: &mut Vec<Box<Queued>>, mut queue: Box<Queued>) {
+    if queue.frames.capacity() <= SPARE_QUEUE_FRAMES && spare.len() < SPARE_QUEUES {
+        queue.frames.clear();
+        queue.bytes = 0;
+        spare.push(queue);
+    }
+}
+
 /// One connection's I/O state beside the handler's session: 24 bytes of the loop's own.
 struct Conn<S> {
     socket: OwnedFd,
@@ -849,7 +863,9 @@ impl<H: Handler> EventLoop<H> {
             return Ok(());
         }
         state.closing = true;
-        state.queue = None;
+        if let Some(unwritten) = state.queue.take() {
+            keep_spare(&mut self.spare_queues, unwritten);
+        }
         self.handler.on_close(ConnId(conn), &mut state.session);
         if state.holding {
             state.holding = false;
@@ -898,14 +914,12 @@ impl<H: Handler> EventLoop<H> {
             let write = self.ring.write(conn, fd, &mut queue.frames)?;
             state.writing = Some(write);
             queue.bytes = queue.frames.iter().map(Bytes::len).sum();
-            if queue.frames.is_empty()
-                && let Some(emptied) = state.queue.take()
-                && emptied.frames.capacity() <= SPARE_QUEUE_FRAMES
-                && self.spare_queues.len() < SPARE_QUEUES
-            {
+            if queue.frames.is_empty() {
                 // An idle connection holds no queue: a few hundred thousand of them would
                 // otherwise keep one allocation each for frames long written.
-                self.spare_queues.push(emptied);
+                if let Some(emptied) = state.queue.take() {
+                    keep_spare(&mut self.spare_queues, emptied);
+                }
             }
         }
         self.to_write = to_write;
