@@ -122,7 +122,7 @@ pub fn serve(
             }
             Ended::Gone(code) => code,
         };
-        session.state.finish(code);
+        session.state.finish(&session.core, code);
     }
 }
 
@@ -164,7 +164,8 @@ async fn open(
         }
     };
     Some(Session {
-        state: OpenSession::open(core, &request, &claims, leftover),
+        state: OpenSession::open(&core, &request, &claims, leftover),
+        core,
         io,
         writing: None,
     })
@@ -242,6 +243,7 @@ async fn upgrade(
 /// An open session on a readiness-driven socket.
 struct Session {
     state: OpenSession,
+    core: Rc<Core>,
     io: Transport,
     /// The write under way; allocated only while one is.
     writing: Option<Box<Writing>>,
@@ -271,7 +273,10 @@ impl Session {
             if let Err(code) = ready_or_pending(self.poll_write(cx)) {
                 return Poll::Ready(Ended::Gone(code));
             }
-            match self.state.close_progress(self.writing.is_some()) {
+            match self
+                .state
+                .close_progress(&self.core, self.writing.is_some())
+            {
                 CloseProgress::Open => {}
                 CloseProgress::Aborted(code) => return Poll::Ready(Ended::Gone(code)),
                 CloseProgress::Queued => continue,
@@ -283,7 +288,7 @@ impl Session {
             if self.state.outbox.is_behind() {
                 return Poll::Pending;
             }
-            if self.state.resume_if_paused_mid_read() {
+            if self.state.resume_if_paused_mid_read(&self.core) {
                 continue;
             }
             match self.poll_read(cx) {
@@ -320,7 +325,7 @@ impl Session {
         if self.state.outbox.is_aborted() {
             return Poll::Ready(());
         }
-        let core = self.state.core.clone();
+        let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
         for _ in 0..READS_PER_POLL {
             let mut read_buf = ReadBuf::new(&mut scratch[..]);
@@ -371,8 +376,9 @@ impl Session {
     fn take_frames(&mut self) {
         if self.writing.is_none() {
             let mut frames = VecDeque::new();
-            self.state
-                .take_frames(|frame, delivery| frames.push_back((frame, delivery)));
+            self.state.take_frames(&self.core, |frame, delivery| {
+                frames.push_back((frame, delivery))
+            });
             if !frames.is_empty() {
                 self.writing = Some(Box::new(Writing { frames, written: 0 }));
             }
@@ -385,7 +391,7 @@ impl Session {
         let Some(writing) = self.writing.as_mut() else {
             return;
         };
-        self.state.wrote(sent);
+        self.state.wrote(&self.core, sent);
         while let Some((bytes, _)) = writing.frames.front() {
             let left = bytes.len() - writing.written;
             if sent < left {
@@ -395,7 +401,7 @@ impl Session {
             sent -= left;
             writing.written = 0;
             if let Some((_, Some(delivery))) = writing.frames.pop_front() {
-                self.state.delivered(&delivery);
+                self.state.delivered(&self.core, &delivery);
             }
         }
         self.writing = None;
@@ -403,11 +409,11 @@ impl Session {
 
     /// One read, when the socket has something, and everything it completes.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
-        if self.state.core.is_backpressured() {
-            self.state.core.wait_for_room(cx.waker());
+        if self.core.is_backpressured() {
+            self.core.wait_for_room(cx.waker());
             return Poll::Pending;
         }
-        let core = self.state.core.clone();
+        let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
         let have = self.state.pending().len();
         scratch[..have].copy_from_slice(self.state.pending());
@@ -422,7 +428,7 @@ impl Session {
         }
         let now = std::time::Instant::now();
         self.state.outbox.touch(now);
-        self.state.consume(&mut scratch[..have + read], now);
+        self.state.consume(&core, &mut scratch[..have + read], now);
         Poll::Ready(Ok(()))
     }
 }

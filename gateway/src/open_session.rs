@@ -131,16 +131,20 @@ pub enum CloseProgress {
     Written(CloseCode),
 }
 
-/// One upgraded connection's state, without its socket.
+/// One upgraded connection's state, without its socket or its core (which the driver has,
+/// and passes to each call that needs it: one pointer less in every session).
 pub struct OpenSession {
-    /// The session's core.
-    pub core: Rc<Core>,
     decoder: wsproto::Decoder,
-    /// The start of a frame whose rest has not arrived, in a box of its size; empty (no
-    /// allocation) otherwise, so a session that once read a frame in pieces keeps nothing.
-    /// While the session is behind, also the whole messages of its last read not acted on
-    /// yet (at most one read, [`crate::core::SCRATCH_BYTES`]).
-    pending: Box<[u8]>,
+    /// The start of a frame whose rest has not arrived, boxed; `None` (no allocation)
+    /// otherwise, so a session that once read a frame in pieces keeps nothing. While the
+    /// session is behind, also the whole messages of its last read not acted on yet (at
+    /// most one read, [`crate::core::SCRATCH_BYTES`]). A `Box<[u8]>` would be two words in
+    /// every session; this is one.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every session; a boxed slice would take two"
+    )]
+    pending: Option<Box<Vec<u8>>>,
     /// Whether `pending` may hold whole messages, left when the session fell behind.
     paused_mid_read: bool,
     bucket: TokenBucket,
@@ -159,7 +163,7 @@ impl OpenSession {
     /// engine, and acts on `leftover`, the frames the client pipelined behind its request
     /// head (no read may ever come to trigger them).
     pub fn open(
-        core: Rc<Core>,
+        core: &Core,
         request: &UpgradeRequest,
         claims: &Claims,
         mut leftover: Vec<u8>,
@@ -174,7 +178,7 @@ impl OpenSession {
             heartbeat_ms: core.node.config.ping_interval.as_millis() as u32,
             max_frame_bytes: MAX_FRAME_BYTES as u32,
         });
-        push_own(&core, &outbox, &welcome);
+        push_own(core, &outbox, &welcome);
         if core.is_shutting_down() {
             // The shutdown began while the 101 was being written, after the core closed its
             // other sessions: greet, then send away like them.
@@ -183,31 +187,27 @@ impl OpenSession {
         let mut session = OpenSession {
             bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
             user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
-            core,
             decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
-            pending: Box::default(),
+            pending: None,
             paused_mid_read: false,
             outbox,
             close_sent: None,
             closing: Closing::AwaitPeerClose,
         };
         let origin = session.origin();
-        session
-            .core
-            .with_engine(|engine| engine.connected(&session.core, origin));
+        core.with_engine(|engine| engine.connected(core, origin));
         if !leftover.is_empty() {
             let now = Instant::now();
             session.outbox.touch(now);
-            session.consume(&mut leftover, now);
+            session.consume(core, &mut leftover, now);
         }
         session
     }
 
     /// Unregisters the ended session.
-    pub fn finish(self, code: CloseCode) {
+    pub fn finish(self, core: &Core, code: CloseCode) {
         let origin = self.origin();
         let OpenSession {
-            core,
             outbox,
             user_budget,
             ..
@@ -215,7 +215,7 @@ impl OpenSession {
         // Gone from the gauge before its close is counted: whoever sees the count sees both.
         core.close_session(&outbox);
         core.metrics.close(code.0);
-        core.with_engine(|engine| engine.disconnected(&core, origin));
+        core.with_engine(|engine| engine.disconnected(core, origin));
         if let (Some(budgets), Some(handle)) = (&core.node.user_budgets, user_budget) {
             budgets.leave(outbox.user_id, handle);
         }
@@ -244,7 +244,7 @@ impl OpenSession {
             Closing::PeerClosed => false,
             Closing::Discard => true,
             Closing::AwaitPeerClose => {
-                let mut pending = std::mem::take(&mut self.pending);
+                let mut pending = self.take_pending();
                 !self.skip_to_peer_close(&mut pending)
             }
         }
@@ -253,7 +253,7 @@ impl OpenSession {
     /// Where the session's close stands. Queues our close frame the first time a close is
     /// found asked for. `writing` says whether frames taken from the outbox are still with
     /// the driver.
-    pub fn close_progress(&mut self, writing: bool) -> CloseProgress {
+    pub fn close_progress(&mut self, core: &Core, writing: bool) -> CloseProgress {
         let Some(code) = self.outbox.close_requested() else {
             return CloseProgress::Open;
         };
@@ -263,7 +263,7 @@ impl OpenSession {
         if self.close_sent.is_none() {
             self.close_sent = Some(code);
             let frame = Bytes::from(wsproto::close_frame(code.0, ""));
-            self.outbox.push_final(frame, &self.core.metrics);
+            self.outbox.push_final(frame, &core.metrics);
             return CloseProgress::Queued;
         }
         if !writing && self.outbox.is_empty() {
@@ -276,55 +276,60 @@ impl OpenSession {
     /// Whether the session may read now: a client behind on what it was sent is not read
     /// until it catches up (it cannot have replies queued faster than it takes them), and
     /// nothing is read while the core is backpressured.
-    pub fn may_read(&self) -> bool {
-        !self.outbox.is_behind() && !self.core.is_backpressured()
+    pub fn may_read(&self, core: &Core) -> bool {
+        !self.outbox.is_behind() && !core.is_backpressured()
     }
 
     /// Acts on the whole messages kept when the session fell behind, if any and if it may
     /// read again. Returns whether there were any.
-    pub fn resume_if_paused_mid_read(&mut self) -> bool {
+    pub fn resume_if_paused_mid_read(&mut self, core: &Core) -> bool {
         if !self.paused_mid_read || self.outbox.is_behind() {
             return false;
         }
         self.paused_mid_read = false;
-        let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
-        let have = self.pending.len();
-        scratch[..have].copy_from_slice(&self.pending);
-        self.consume(&mut scratch[..have], Instant::now());
+        let have = self.pending().len();
+        scratch[..have].copy_from_slice(self.pending());
+        self.consume(core, &mut scratch[..have], Instant::now());
         true
     }
 
     /// Acts on bytes one read brought, after what was pending. Without anything pending
     /// they are decoded where they lie (unmasked in place); otherwise both are put together
     /// in the core's scratch buffer first.
-    pub fn received(&mut self, data: &mut [u8], now: Instant) {
+    pub fn received(&mut self, core: &Core, data: &mut [u8], now: Instant) {
         self.outbox.touch(now);
-        if self.pending.is_empty() {
-            self.consume(data, now);
+        if self.pending.is_none() {
+            self.consume(core, data, now);
             return;
         }
-        let core = self.core.clone();
         let mut scratch = core.scratch.borrow_mut();
-        let have = self.pending.len();
+        let have = self.pending().len();
         let total = have + data.len();
         if total > scratch.len() {
             // A frame in pieces larger than the scratch: join them on the heap, bounded by
             // the frame limit the decoder enforces.
-            let mut joined = std::mem::take(&mut self.pending).into_vec();
+            let mut joined = self.take_pending();
             joined.extend_from_slice(data);
             drop(scratch);
-            self.consume(&mut joined, now);
+            self.consume(core, &mut joined, now);
             return;
         }
-        scratch[..have].copy_from_slice(&self.pending);
+        scratch[..have].copy_from_slice(self.pending());
         scratch[have..total].copy_from_slice(data);
-        self.consume(&mut scratch[..total], now);
+        self.consume(core, &mut scratch[..total], now);
     }
 
-    /// How many pending bytes a read must be put after.
+    /// The pending bytes a read must be put after.
     pub fn pending(&self) -> &[u8] {
-        &self.pending
+        self.pending.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// Takes the pending bytes, leaving none.
+    fn take_pending(&mut self) -> Vec<u8> {
+        self.pending
+            .take()
+            .map_or_else(Vec::new, |pending| *pending)
     }
 
     /// Acts on every whole message in `bytes` (what was pending, then what was read) and
@@ -332,7 +337,7 @@ impl OpenSession {
     /// message that ends the session asks the session to close. Once the session falls
     /// behind, the rest is kept for when it has caught up: one read of many requests cannot
     /// queue many replies.
-    pub fn consume(&mut self, bytes: &mut [u8], now: Instant) {
+    pub fn consume(&mut self, core: &Core, bytes: &mut [u8], now: Instant) {
         let origin = self.origin();
         let mut start = 0;
         let result = loop {
@@ -357,12 +362,11 @@ impl OpenSession {
                 break Err(code.map_or(CloseCode::NORMAL, CloseCode));
             }
             if let Err(code) = on_message(
-                &self.core,
+                core,
                 &self.outbox,
                 Limits {
                     bucket: &mut self.bucket,
-                    user: self
-                        .core
+                    user: core
                         .node
                         .user_budgets
                         .as_deref()
@@ -384,7 +388,7 @@ impl OpenSession {
                 self.outbox.close(code);
             }
             Err(code) => {
-                self.pending = Box::default();
+                self.pending = None;
                 self.outbox.close(code);
             }
         }
@@ -397,10 +401,10 @@ impl OpenSession {
         if self.closing == Closing::Discard {
             return false;
         }
-        if self.pending.is_empty() {
+        if self.pending.is_none() {
             return self.skip_to_peer_close(data);
         }
-        let mut joined = std::mem::take(&mut self.pending).into_vec();
+        let mut joined = self.take_pending();
         joined.extend_from_slice(data);
         self.skip_to_peer_close(&mut joined)
     }
@@ -427,17 +431,17 @@ impl OpenSession {
 
     /// Keeps `rest`, the start of a frame whose end has not arrived, for the next read.
     fn keep_pending(&mut self, rest: &[u8]) {
-        self.pending = rest.into();
+        self.pending = (!rest.is_empty()).then(|| Box::new(rest.to_vec()));
     }
 
     /// Frames for one write from the outbox, up to [`MAX_FRAMES_PER_WRITE`] frames and
     /// [`MAX_BYTES_PER_WRITE`] bytes, with the deliveries among them (for the latency
     /// histogram once they are written).
-    pub fn take_frames(&self, mut each: impl FnMut(Bytes, Option<Arc<Delivery>>)) {
+    pub fn take_frames(&self, core: &Core, mut each: impl FnMut(Bytes, Option<Arc<Delivery>>)) {
         let mut frames = 0;
         let mut bytes = 0;
         while frames < MAX_FRAMES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
-            let Some((frame, delivery)) = self.outbox.pop(&self.core.metrics) else {
+            let Some((frame, delivery)) = self.outbox.pop(&core.metrics) else {
                 break;
             };
             frames += 1;
@@ -447,18 +451,16 @@ impl OpenSession {
     }
 
     /// Accounts for `bytes` having gone out to the socket.
-    pub fn wrote(&self, bytes: usize) {
+    pub fn wrote(&self, core: &Core, bytes: usize) {
         self.outbox.wrote();
-        self.core
-            .metrics
+        core.metrics
             .bytes_out
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Notes that `delivery` is written whole, for the latency histogram.
-    pub fn delivered(&self, delivery: &Delivery) {
-        self.core
-            .metrics
+    pub fn delivered(&self, core: &Core, delivery: &Delivery) {
+        core.metrics
             .delivery_latency
             .observe(delivery.received_at.elapsed());
     }

@@ -214,7 +214,7 @@ impl Sessions {
         );
         // What the client sent after its head is the start of the WebSocket stream.
         let leftover = upgrade.head.split_off(head_len);
-        let session = OpenSession::open(self.core.clone(), &request, &claims, leftover);
+        let session = OpenSession::open(&self.core, &request, &claims, leftover);
         let mut served = Served {
             session,
             tls,
@@ -235,7 +235,7 @@ impl Sessions {
             if served.in_flight.is_none() {
                 let mut batch: Option<Box<InFlight>> = None;
                 let mut tls = served.tls.as_deref_mut();
-                served.session.take_frames(|frame, delivery| {
+                served.session.take_frames(&self.core, |frame, delivery| {
                     let batch = batch.get_or_insert_with(|| {
                         Box::new(InFlight {
                             bytes: 0,
@@ -258,7 +258,10 @@ impl Sessions {
             if served.linger_until.is_some() {
                 return;
             }
-            match served.session.close_progress(served.in_flight.is_some()) {
+            match served
+                .session
+                .close_progress(&self.core, served.in_flight.is_some())
+            {
                 CloseProgress::Open => {}
                 CloseProgress::Aborted(_) => {
                     out.abort(conn);
@@ -271,8 +274,8 @@ impl Sessions {
                     return;
                 }
             }
-            if !served.session.may_read() {
-                if served.session.core.is_backpressured() {
+            if !served.session.may_read(&self.core) {
+                if self.core.is_backpressured() {
                     self.core.wait_for_room(&ringio::conn_waker(conn));
                 }
                 if !served.paused {
@@ -285,7 +288,7 @@ impl Sessions {
                 served.paused = false;
                 out.resume_reading(conn);
             }
-            if !served.session.resume_if_paused_mid_read() {
+            if !served.session.resume_if_paused_mid_read(&self.core) {
                 return;
             }
         }
@@ -424,7 +427,7 @@ impl Handler for Sessions {
                     return;
                 }
                 if !data.is_empty() {
-                    served.session.received(data, Instant::now());
+                    served.session.received(&self.core, data, Instant::now());
                 }
                 if peer_ended {
                     // The client's close_notify: it sends nothing more, as at an end of
@@ -470,9 +473,9 @@ impl Handler for Sessions {
             return;
         };
         if let Some(batch) = served.in_flight.take() {
-            served.session.wrote(batch.bytes);
+            served.session.wrote(&self.core, batch.bytes);
             for delivery in &batch.deliveries {
-                served.session.delivered(delivery);
+                served.session.delivered(&self.core, delivery);
             }
         }
         self.serve(conn, served, out);
@@ -484,7 +487,7 @@ impl Handler for Sessions {
                 Some(code) if served.session.outbox.is_aborted() => code,
                 _ => served.session.end_code(),
             };
-            served.session.finish(code);
+            served.session.finish(&self.core, code);
         }
     }
 
@@ -624,7 +627,7 @@ mod tests {
         // What every open session holds in the loop's slab beside the loop's own bytes
         // (bench/RESULTS.md, "Bytes per idle socket"): no task, no future, no timer.
         let slot = size_of::<Slot>();
-        assert!(slot <= 120, "a slot is {slot} bytes");
+        assert!(slot <= 88, "a slot is {slot} bytes");
         assert_eq!(size_of::<(Millis, ConnId)>(), 8, "a deadline entry");
     }
 }
