@@ -29,7 +29,7 @@ use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, QueueLimits};
-use crate::router::{CoreMsg, Delivery, Skip, core_holds_any};
+use crate::router::{CoreMsg, Delivery, MAX_SESSIONS_PER_CORE, Skip, core_holds_any};
 
 use parked::{Offer, ParkedLimits, ParkedQueue, Pinned};
 use registry::Registry;
@@ -307,15 +307,10 @@ impl Core {
     /// Registers a new session, whose token expires at `expires_at` (Unix seconds), and
     /// returns its outbox.
     pub fn open_session(&self, user_id: UserId, expires_at: u64, text: bool) -> Rc<Outbox> {
-        let id = self.registry.borrow_mut().next_connection_id();
-        let outbox = Rc::new(Outbox::new(
-            id,
-            user_id,
-            expires_at,
-            text,
-            self.queue_limits.clone(),
-        ));
-        self.registry.borrow_mut().insert(outbox.clone());
+        let outbox = self
+            .registry
+            .borrow_mut()
+            .insert(|id| Outbox::new(id, user_id, expires_at, text, self.queue_limits.clone()));
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_total.fetch_add(1, Relaxed);
         outbox
@@ -328,9 +323,15 @@ impl Core {
         self.metrics.connections.fetch_sub(1, Relaxed);
     }
 
-    /// Whether a new connection from `peer` is within `--connections-per-ip-per-minute`;
-    /// when not, the refusal to answer it with (counted).
+    /// Whether a new connection from `peer` is within `--connections-per-ip-per-minute`
+    /// and the core's room for sessions ([`MAX_SESSIONS_PER_CORE`]); when not, the refusal
+    /// to answer it with (counted).
     pub fn admit_connection(&self, peer: SocketAddr) -> Result<(), Vec<u8>> {
+        let held = self.registry.borrow().len() + self.upgrading.get();
+        if held >= MAX_SESSIONS_PER_CORE {
+            self.metrics.refuse("core_full");
+            return Err(self.refusal(503, "the server is at its connection limit"));
+        }
         let admitted = self
             .node
             .ip_limit

@@ -178,6 +178,16 @@ impl Mailbox {
 /// JavaScript clients, which read JSON numbers as doubles, see it exactly.
 const CONNECTION_SEQ_BITS: u32 = 45;
 
+/// The low bits of a connection id: the session's place in its core's registry, so that
+/// finding it takes no table of its own. Above them, a count of the core's connections
+/// (23 bits), which keeps an id from coming back until eight million more connections have
+/// opened on its core.
+const CONNECTION_INDEX_BITS: u32 = 22;
+
+/// Most sessions one core holds: one per place in its registry. Far past what descriptors
+/// allow in practice (every session holds a socket; a process may open 1,048,576 by default).
+pub const MAX_SESSIONS_PER_CORE: usize = 1 << CONNECTION_INDEX_BITS;
+
 /// Who among a delivery's targets does not receive it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -203,9 +213,19 @@ pub fn core_holds_any(targets: &[Target], core: usize) -> bool {
     })
 }
 
-/// The `n`th connection id of `core` (cores up to 255).
-pub fn connection_id(core: usize, n: u64) -> u64 {
-    ((core as u64 & 0xff) << CONNECTION_SEQ_BITS) | (n & ((1 << CONNECTION_SEQ_BITS) - 1))
+/// The id of the `n`th connection of `core` (cores up to 255), at place `index` of its
+/// registry (below [`MAX_SESSIONS_PER_CORE`]).
+pub fn connection_id(core: usize, n: u64, index: usize) -> u64 {
+    debug_assert!(index < MAX_SESSIONS_PER_CORE);
+    let count = n & ((1 << (CONNECTION_SEQ_BITS - CONNECTION_INDEX_BITS)) - 1);
+    ((core as u64 & 0xff) << CONNECTION_SEQ_BITS)
+        | (count << CONNECTION_INDEX_BITS)
+        | (index as u64 & (MAX_SESSIONS_PER_CORE as u64 - 1))
+}
+
+/// The place in its core's registry that a connection id names.
+pub fn connection_index(connection_id: u64) -> usize {
+    (connection_id & (MAX_SESSIONS_PER_CORE as u64 - 1)) as usize
 }
 
 #[cfg(test)]

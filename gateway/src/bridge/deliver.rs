@@ -215,7 +215,7 @@ mod tests {
     fn deliveries_reach_only_the_cores_that_hold_their_targets() {
         let mailboxes: Vec<Mailbox> = (0..3).map(|_| Mailbox::new(16)).collect();
         let mut router = router_with_user_7_on_core_1();
-        let on_core_2 = Target::Connection(connection_id(2, 5));
+        let on_core_2 = Target::Connection(connection_id(2, 5, 0));
         router.route(
             &mailboxes,
             &envelope(&[

@@ -1,6 +1,8 @@
 //! A core's sessions, by connection and by user, in one place: what routes a delivery and
-//! what the sweep walks. The sessions sit in the slots of a hashed wheel (by connection id),
-//! so the sweep can visit one slot per tick instead of every session at once.
+//! what the sweep walks. A session sits at the place its connection id names (see
+//! [`crate::router::connection_index`]), so finding it by id costs a bounds check and one
+//! word per session instead of a hash table's entry; the sweep visits every
+//! [`Registry::slots`]th place per tick instead of every session at once.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -8,7 +10,7 @@ use std::rc::Rc;
 use wire::UserId;
 
 use crate::outbox::Outbox;
-use crate::router::connection_id;
+use crate::router::{connection_id, connection_index};
 
 /// The sessions of one core.
 #[derive(Debug)]
@@ -16,8 +18,15 @@ pub struct Registry {
     core: usize,
     /// Connections opened on this core so far (the next one's number follows).
     opened: u64,
-    /// Session by connection id, in slot `id % slots.len()`.
-    slots: Box<[HashMap<u64, Rc<Outbox>>]>,
+    /// Sessions at their places; a closed session's place is empty until reused.
+    places: Vec<Option<Rc<Outbox>>>,
+    /// Empty places, the most recently emptied last (reused first, while its memory is
+    /// warm).
+    free: Vec<u32>,
+    /// How many places hold a session.
+    len: usize,
+    /// How many groups the sweep visits the places in, one per tick.
+    slots: usize,
     /// Each user's connections on this core.
     users: HashMap<UserId, UserConnections>,
 }
@@ -71,37 +80,59 @@ impl UserConnections {
 }
 
 impl Registry {
-    /// An empty registry for core `core` with `slots` wheel slots, whose connection numbers
-    /// start after `first_number`.
+    /// An empty registry for core `core` whose sweep visits its sessions in `slots` groups,
+    /// and whose connection numbers start after `first_number`.
     pub fn new(core: usize, slots: usize, first_number: u64) -> Registry {
         Registry {
             core,
             opened: first_number,
-            slots: (0..slots.max(1)).map(|_| HashMap::new()).collect(),
+            places: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            slots: slots.max(1),
             users: HashMap::new(),
         }
     }
 
-    /// The id the next session opened on this core gets.
-    pub fn next_connection_id(&mut self) -> u64 {
-        self.opened += 1;
-        connection_id(self.core, self.opened)
-    }
-
-    /// Adds a session under its connection id and user.
-    pub fn insert(&mut self, outbox: Rc<Outbox>) {
-        let id = outbox.connection_id;
+    /// Adds the session `outbox_for` makes for its new connection id, under that id and
+    /// its user. The core admits at most [`crate::router::MAX_SESSIONS_PER_CORE`]
+    /// connections, so a place is always found.
+    pub fn insert(&mut self, outbox_for: impl FnOnce(u64) -> Outbox) -> Rc<Outbox> {
+        let index = match self.free.pop() {
+            Some(index) => index as usize,
+            None => {
+                self.places.push(None);
+                self.places.len() - 1
+            }
+        };
+        // Only the count's low bits go into the id: it may wrap.
+        self.opened = self.opened.wrapping_add(1);
+        let id = connection_id(self.core, self.opened, index);
+        let outbox = Rc::new(outbox_for(id));
         self.users
             .entry(outbox.user_id)
             .and_modify(|ids| ids.add(id))
             .or_insert(UserConnections::One(id));
-        self.slot_mut(id).insert(id, outbox);
+        self.places[index] = Some(outbox.clone());
+        self.len += 1;
+        outbox
     }
 
     /// Forgets a session.
     pub fn remove(&mut self, outbox: &Outbox) {
         let id = outbox.connection_id;
-        self.slot_mut(id).remove(&id);
+        if self.get(id).is_none() {
+            return;
+        }
+        let index = connection_index(id);
+        self.places[index] = None;
+        self.free.push(index as u32);
+        self.len -= 1;
+        if self.len == 0 {
+            // Nothing open: give the places' memory back rather than keep a burst's worth.
+            self.places = Vec::new();
+            self.free = Vec::new();
+        }
         if let Some(ids) = self.users.get_mut(&outbox.user_id)
             && ids.remove(id)
         {
@@ -111,7 +142,10 @@ impl Registry {
 
     /// The session of connection `id`, if it is on this core.
     pub fn get(&self, id: u64) -> Option<&Rc<Outbox>> {
-        self.slots[self.slot_of(id)].get(&id)
+        self.places
+            .get(connection_index(id))?
+            .as_ref()
+            .filter(|outbox| outbox.connection_id == id)
     }
 
     /// The connections of `user` on this core.
@@ -121,36 +155,33 @@ impl Registry {
 
     /// Every session, in no particular order.
     pub fn all(&self) -> impl Iterator<Item = &Rc<Outbox>> {
-        self.slots.iter().flat_map(HashMap::values)
+        self.places.iter().flatten()
     }
 
-    /// The connection ids in wheel slot `slot`, appended to `into`.
+    /// The connection ids of the sweep's group `slot` (every [`Registry::slots`]th place
+    /// from `slot` on), appended to `into`.
     pub fn slot_connections(&self, slot: usize, into: &mut Vec<u64>) {
-        into.extend(self.slots[slot % self.slots.len()].keys().copied());
+        let places = self
+            .places
+            .iter()
+            .skip(slot % self.slots)
+            .step_by(self.slots);
+        into.extend(places.flatten().map(|outbox| outbox.connection_id));
     }
 
-    /// How many slots the wheel has.
+    /// How many groups the sweep visits the sessions in.
     pub fn slots(&self) -> usize {
-        self.slots.len()
+        self.slots
     }
 
     /// How many sessions are open.
     pub fn len(&self) -> usize {
-        self.slots.iter().map(HashMap::len).sum()
+        self.len
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(HashMap::is_empty)
-    }
-
-    fn slot_of(&self, id: u64) -> usize {
-        (id % self.slots.len() as u64) as usize
-    }
-
-    fn slot_mut(&mut self, id: u64) -> &mut HashMap<u64, Rc<Outbox>> {
-        let slot = self.slot_of(id);
-        &mut self.slots[slot]
+        self.len == 0
     }
 }
 
@@ -161,7 +192,7 @@ mod tests {
     use super::*;
     use crate::outbox::QueueLimits;
 
-    fn outbox(id: u64, user: UserId) -> Rc<Outbox> {
+    fn outbox(id: u64, user: UserId) -> Outbox {
         let limits = QueueLimits {
             frames: 8,
             bytes: 1024,
@@ -170,7 +201,11 @@ mod tests {
             stall: Duration::from_secs(1),
             behind_for: Duration::from_secs(1),
         };
-        Rc::new(Outbox::new(id, user, u64::MAX, false, Rc::new(limits)))
+        Outbox::new(id, user, u64::MAX, false, Rc::new(limits))
+    }
+
+    fn open(registry: &mut Registry, user: UserId) -> u64 {
+        registry.insert(|id| outbox(id, user)).connection_id
     }
 
     #[test]
@@ -181,20 +216,17 @@ mod tests {
     #[test]
     fn sessions_are_found_by_connection_and_by_user_until_removed() {
         let mut registry = Registry::new(3, 8, 0);
-        let a = registry.next_connection_id();
-        let b = registry.next_connection_id();
+        let a = open(&mut registry, 7);
+        let b = open(&mut registry, 7);
         assert_ne!(a, b);
         assert_eq!(crate::router::connection_core(a), 3);
-        registry.insert(outbox(a, 7));
-        registry.insert(outbox(b, 7));
         assert_eq!(registry.len(), 2);
         assert_eq!(registry.user_connections(7), &[a, b]);
         assert!(registry.get(a).is_some());
         registry.remove(&outbox(a, 7));
         assert!(registry.get(a).is_none());
         assert_eq!(registry.user_connections(7), &[b]);
-        let c = registry.next_connection_id();
-        registry.insert(outbox(c, 7));
+        let c = open(&mut registry, 7);
         assert_eq!(registry.user_connections(7), &[b, c]);
         registry.remove(&outbox(b, 7));
         assert_eq!(registry.user_connections(7), &[c]);
@@ -205,22 +237,60 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_connections_spread_evenly_over_the_slots() {
+    fn a_reused_place_does_not_answer_to_the_closed_connections_id() {
+        let mut registry = Registry::new(1, 8, 41);
+        let _kept = open(&mut registry, 1);
+        let closed = open(&mut registry, 2);
+        registry.remove(&outbox(closed, 2));
+        let reopened = open(&mut registry, 3);
+        assert_eq!(
+            connection_index(reopened),
+            connection_index(closed),
+            "the emptied place is reused"
+        );
+        assert_ne!(reopened, closed);
+        assert!(
+            registry.get(closed).is_none(),
+            "a delivery to the old id is dropped"
+        );
+        assert_eq!(registry.get(reopened).map(|o| o.user_id), Some(3));
+        // Removing the closed connection again must not remove the new one.
+        registry.remove(&outbox(closed, 2));
+        assert_eq!(registry.len(), 2);
+        assert!(registry.get(reopened).is_some());
+    }
+
+    #[test]
+    fn ids_stay_under_two_to_the_53_and_name_their_core() {
+        for core in [0, 1, 255] {
+            let mut registry = Registry::new(core, 8, u64::MAX - 10);
+            for user in 0..20 {
+                let id = open(&mut registry, user);
+                assert!(id < 1 << 53, "{id} is not exact in JavaScript");
+                assert_eq!(crate::router::connection_core(id), core);
+            }
+        }
+    }
+
+    #[test]
+    fn the_sweep_groups_cover_every_session_once() {
         let slots = 10;
         let mut registry = Registry::new(0, slots, 12_345);
-        for user in 0..1000 {
-            let id = registry.next_connection_id();
-            registry.insert(outbox(id, user));
+        let ids: Vec<u64> = (0..1000).map(|user| open(&mut registry, user)).collect();
+        for id in ids.iter().step_by(3) {
+            let user = registry.get(*id).map(|o| o.user_id).expect("open");
+            registry.remove(&outbox(*id, user));
         }
-        let mut seen = 0;
+        let mut seen = Vec::new();
         for slot in 0..slots {
-            let mut ids = Vec::new();
-            registry.slot_connections(slot, &mut ids);
-            assert_eq!(ids.len(), 100, "slot {slot}");
-            assert!(ids.iter().all(|id| id % slots as u64 == slot as u64));
-            seen += ids.len();
+            let before = seen.len();
+            registry.slot_connections(slot, &mut seen);
+            let group = seen.len() - before;
+            assert!((60..=74).contains(&group), "group {slot} holds {group}");
         }
-        assert_eq!(seen, registry.len());
-        assert_eq!(registry.all().count(), 1000);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), registry.len());
+        assert_eq!(registry.all().count(), registry.len());
     }
 }
