@@ -443,21 +443,18 @@ impl Core {
         delivery: &Arc<Delivery>,
     ) {
         let registry = self.registry.borrow();
-        let mut push = |id: &u64| {
-            if let Some(outbox) = registry.get(*id) {
-                self.metrics.frame_out(delivery.kind());
-                outbox.push(Outgoing::Shared(delivery.clone()), &self.metrics);
-            }
+        let push = |outbox: &Rc<Outbox>| {
+            self.metrics.frame_out(delivery.kind());
+            outbox.push(Outgoing::Shared(delivery.clone()), &self.metrics);
         };
         for target in targets {
             match *target {
                 Target::User(user) if except != Some(Skip::User(user)) => registry
-                    .user_connections(user)
-                    .iter()
-                    .filter(|&&id| except != Some(Skip::Connection(id)))
-                    .for_each(&mut push),
+                    .user_sessions(user)
+                    .filter(|outbox| except != Some(Skip::Connection(outbox.connection_id)))
+                    .for_each(push),
                 Target::User(_) | Target::NotConnection(_) => {}
-                Target::Connection(id) => push(&id),
+                Target::Connection(id) => registry.get(id).into_iter().for_each(push),
             }
         }
     }

@@ -132,6 +132,10 @@ pub struct Outbox {
     waker: Cell<Option<Waker>>,
     limits: Rc<QueueLimits>,
     last_read: Cell<Millis>,
+    /// The registry's link to the same user's next session on this core
+    /// ([`crate::core::registry`]): kept here, in bytes the outbox's alignment leaves over
+    /// anyway, so a user's entry in the registry is one place whatever its sessions.
+    next_of_user: Cell<u32>,
     aborted: Cell<bool>,
     text: Cell<bool>,
     pinged: Cell<bool>,
@@ -165,6 +169,7 @@ impl Outbox {
             waker: Cell::new(None),
             limits,
             last_read: Cell::new(Millis::at(Instant::now())),
+            next_of_user: Cell::new(u32::MAX),
             aborted: Cell::new(false),
             text: Cell::new(text),
             pinged: Cell::new(false),
@@ -190,6 +195,16 @@ impl Outbox {
         let result = f(&mut queue);
         self.queue.set(queue);
         result
+    }
+
+    /// The registry's link to the same user's next session on this core.
+    pub(crate) fn next_of_user(&self) -> u32 {
+        self.next_of_user.get()
+    }
+
+    /// Sets the registry's link to the same user's next session on this core.
+    pub(crate) fn set_next_of_user(&self, place: u32) {
+        self.next_of_user.set(place);
     }
 
     /// Whether a ping went out since the client last sent anything.

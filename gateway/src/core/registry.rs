@@ -27,57 +27,15 @@ pub struct Registry {
     len: usize,
     /// How many groups the sweep visits the places in, one per tick.
     slots: usize,
-    /// Each user's connections on this core.
-    users: HashMap<UserId, UserConnections>,
+    /// The place of each user's latest session on this core. The user's other sessions
+    /// follow from it, each outbox naming the place of the next
+    /// ([`Outbox::next_of_user`]): one entry of 16 bytes per user, whatever the number of
+    /// its sessions.
+    users: HashMap<UserId, u32>,
 }
 
-/// One user's connections on a core: almost always one, held inline in 16 bytes (a
-/// `SmallVec` of one would take 24, in every entry of the table).
-#[derive(Debug)]
-enum UserConnections {
-    One(u64),
-    #[expect(
-        clippy::box_collection,
-        reason = "one pointer keeps the enum at 16 bytes; a Vec's three words would make it 24"
-    )]
-    Several(Box<Vec<u64>>),
-}
-
-impl UserConnections {
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            UserConnections::One(id) => std::slice::from_ref(id),
-            UserConnections::Several(ids) => ids,
-        }
-    }
-
-    fn add(&mut self, id: u64) {
-        match self {
-            UserConnections::One(first) => {
-                *self = UserConnections::Several(Box::new(vec![*first, id]));
-            }
-            UserConnections::Several(ids) => ids.push(id),
-        }
-    }
-
-    /// Removes `id`; returns whether none is left.
-    fn remove(&mut self, id: u64) -> bool {
-        match self {
-            UserConnections::One(only) => *only == id,
-            UserConnections::Several(ids) => {
-                ids.retain(|other| *other != id);
-                match ids[..] {
-                    [] => true,
-                    [last] => {
-                        *self = UserConnections::One(last);
-                        false
-                    }
-                    _ => false,
-                }
-            }
-        }
-    }
-}
+/// The end of a user's list of sessions.
+const NO_PLACE: u32 = u32::MAX;
 
 impl Registry {
     /// An empty registry for core `core` whose sweep visits its sessions in `slots` groups,
@@ -109,10 +67,8 @@ impl Registry {
         self.opened = self.opened.wrapping_add(1);
         let id = connection_id(self.core, self.opened, index);
         let outbox = Rc::new(outbox_for(id));
-        self.users
-            .entry(outbox.user_id)
-            .and_modify(|ids| ids.add(id))
-            .or_insert(UserConnections::One(id));
+        let next = self.users.insert(outbox.user_id, index as u32);
+        outbox.set_next_of_user(next.unwrap_or(NO_PLACE));
         self.places[index] = Some(outbox.clone());
         self.len += 1;
         outbox
@@ -121,10 +77,11 @@ impl Registry {
     /// Forgets a session.
     pub fn remove(&mut self, outbox: &Outbox) {
         let id = outbox.connection_id;
-        if self.get(id).is_none() {
+        let Some(removed) = self.get(id).cloned() else {
             return;
-        }
+        };
         let index = connection_index(id);
+        self.unlink_from_user(&removed, index as u32);
         self.places[index] = None;
         self.free.push(index as u32);
         self.len -= 1;
@@ -133,11 +90,35 @@ impl Registry {
             self.places = Vec::new();
             self.free = Vec::new();
         }
-        if let Some(ids) = self.users.get_mut(&outbox.user_id)
-            && ids.remove(id)
-        {
-            self.users.remove(&outbox.user_id);
+    }
+
+    /// Takes the session at `place` out of its user's list.
+    fn unlink_from_user(&mut self, outbox: &Outbox, place: u32) {
+        let next = outbox.next_of_user();
+        let Some(head) = self.users.get_mut(&outbox.user_id) else {
+            return;
+        };
+        if *head == place {
+            if next == NO_PLACE {
+                self.users.remove(&outbox.user_id);
+            } else {
+                *head = next;
+            }
+            return;
         }
+        let mut at = *head;
+        while let Some(before) = self.at(at) {
+            if before.next_of_user() == place {
+                before.set_next_of_user(next);
+                return;
+            }
+            at = before.next_of_user();
+        }
+    }
+
+    /// The session at `place`, if any.
+    fn at(&self, place: u32) -> Option<&Rc<Outbox>> {
+        self.places.get(place as usize)?.as_ref()
     }
 
     /// The session of connection `id`, if it is on this core.
@@ -148,9 +129,14 @@ impl Registry {
             .filter(|outbox| outbox.connection_id == id)
     }
 
-    /// The connections of `user` on this core.
-    pub fn user_connections(&self, user: UserId) -> &[u64] {
-        self.users.get(&user).map_or(&[], UserConnections::as_slice)
+    /// The sessions of `user` on this core, the latest first.
+    pub fn user_sessions(&self, user: UserId) -> impl Iterator<Item = &Rc<Outbox>> {
+        let mut at = self.users.get(&user).copied().unwrap_or(NO_PLACE);
+        std::iter::from_fn(move || {
+            let outbox = self.at(at)?;
+            at = outbox.next_of_user();
+            Some(outbox)
+        })
     }
 
     /// Every session, in no particular order.
@@ -208,9 +194,11 @@ mod tests {
         registry.insert(|id| outbox(id, user)).connection_id
     }
 
-    #[test]
-    fn a_users_entry_is_three_words() {
-        assert_eq!(size_of::<(UserId, UserConnections)>(), 24);
+    fn sessions_of(registry: &Registry, user: UserId) -> Vec<u64> {
+        registry
+            .user_sessions(user)
+            .map(|outbox| outbox.connection_id)
+            .collect()
     }
 
     #[test]
@@ -221,19 +209,42 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(crate::router::connection_core(a), 3);
         assert_eq!(registry.len(), 2);
-        assert_eq!(registry.user_connections(7), &[a, b]);
+        assert_eq!(sessions_of(&registry, 7), [b, a]);
         assert!(registry.get(a).is_some());
         registry.remove(&outbox(a, 7));
         assert!(registry.get(a).is_none());
-        assert_eq!(registry.user_connections(7), &[b]);
+        assert_eq!(sessions_of(&registry, 7), [b]);
         let c = open(&mut registry, 7);
-        assert_eq!(registry.user_connections(7), &[b, c]);
+        assert_eq!(sessions_of(&registry, 7), [c, b]);
         registry.remove(&outbox(b, 7));
-        assert_eq!(registry.user_connections(7), &[c]);
+        assert_eq!(sessions_of(&registry, 7), [c]);
         registry.remove(&outbox(c, 7));
         assert!(registry.is_empty());
-        assert!(registry.user_connections(7).is_empty());
+        assert!(sessions_of(&registry, 7).is_empty());
         assert_eq!(registry.all().count(), 0);
+    }
+
+    #[test]
+    fn a_users_list_survives_removals_from_its_head_middle_and_tail() {
+        let mut registry = Registry::new(0, 4, 0);
+        let ids: Vec<u64> = (0..5).map(|_| open(&mut registry, 9)).collect();
+        let other = open(&mut registry, 10);
+        let mut expected: Vec<u64> = ids.iter().rev().copied().collect();
+        assert_eq!(sessions_of(&registry, 9), expected);
+        for gone in [ids[2], ids[4], ids[0]] {
+            registry.remove(&outbox(gone, 9));
+            expected.retain(|id| *id != gone);
+            assert_eq!(sessions_of(&registry, 9), expected);
+        }
+        let again = open(&mut registry, 9);
+        expected.insert(0, again);
+        assert_eq!(sessions_of(&registry, 9), expected);
+        assert_eq!(sessions_of(&registry, 10), [other]);
+        for id in expected {
+            registry.remove(&outbox(id, 9));
+        }
+        assert!(sessions_of(&registry, 9).is_empty());
+        assert_eq!(registry.len(), 1);
     }
 
     #[test]
