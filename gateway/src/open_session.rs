@@ -186,7 +186,11 @@ impl OpenSession {
         }
         let mut session = OpenSession {
             bucket: TokenBucket::new(core.node.config.frame_burst, Instant::now()),
-            user_budget: core.node.user_budgets.as_ref().map(|b| b.join(user_id)),
+            user_budget: core
+                .node
+                .user_budgets
+                .as_ref()
+                .and_then(|b| b.join(user_id)),
             decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
             pending: None,
             paused_mid_read: false,

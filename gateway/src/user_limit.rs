@@ -4,28 +4,38 @@
 //!
 //! The budget is a single atomic word (the cell-rate algorithm's theoretical arrival time),
 //! taken with a compare-and-swap per frame: cores never lock on the hot path, and meet on
-//! the word only for a user with connections on more than one core. The table that finds a
-//! user's word is a [`ShardedMap`], like the per-IP table ([`crate::ip_limit`]): a lock is
-//! taken when a connection opens and when it closes, never per frame.
+//! the word only for a user with connections on more than one core. The words sit at
+//! places that never move, in chunks allocated as users arrive, so a connection's hold on
+//! its user's word is the place's number (four bytes) and a frame finds the word without a
+//! lock. The table that finds a user's place is a [`ShardedMap`], like the per-IP table
+//! ([`crate::ip_limit`]): a lock is taken when a connection opens and when it closes, never
+//! per frame.
 //!
 //! A user's entry lives while the user has a connection, and after the last one closes for
 //! as long as the user still owes (at most one burst's refill time): otherwise closing and
 //! reopening a connection would buy a fresh burst each time. So the table holds the
-//! connected users and those that left within the last refill time.
+//! connected users and those that left within the last refill time, and a place is reused
+//! once its user's entry is gone.
 //!
-//! A connection's hold on its user's budget is one pointer ([`UserBudgetHandle`]), since
-//! every connection keeps one: it is given back with [`UserBudgets::leave`], which drops the
-//! user's entry at once when it can. A hold dropped without it is only late: the periodic
-//! sweep drops the entry then.
+//! Every hold taken with [`UserBudgets::join`] is given back with [`UserBudgets::leave`]
+//! (a session does when it finishes): the entry counts its holds, since a shared pointer
+//! per user, which would count them itself, cost 24 bytes more per user than this.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use wire::UserId;
 
 use crate::shared_map::ShardedMap;
+
+/// Budget words per chunk (8 KiB).
+const WORDS_PER_CHUNK: usize = 1024;
+
+/// Chunks at most: 4,194,304 users with a budget at once, far past the connections a node
+/// can hold (every connection holds a descriptor). The table of chunks is 64 KiB.
+const MAX_CHUNKS: usize = 4096;
 
 /// One user's budget: when the frames it was allowed so far would have been paid for at the
 /// average rate, in nanoseconds after the table's epoch. A frame is allowed while that time
@@ -64,13 +74,73 @@ impl UserBudget {
     }
 }
 
+/// A user's entry in the table: the place of its word, and the holds on it.
+#[derive(Debug)]
+struct Entry {
+    place: u32,
+    holds: u32,
+}
+
+/// The budget words, at places that never move.
+#[derive(Debug)]
+struct Places {
+    chunks: Box<[OnceLock<Box<[UserBudget; WORDS_PER_CHUNK]>>]>,
+    /// Places given back, and the first place never handed out.
+    free: Mutex<(Vec<u32>, u32)>,
+}
+
+impl Places {
+    fn new() -> Places {
+        Places {
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            free: Mutex::new((Vec::new(), 0)),
+        }
+    }
+
+    /// A place for a new user, its word reset to a full burst; `None` once every place is
+    /// taken.
+    fn take(&self) -> Option<u32> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let place = match free.0.pop() {
+            Some(place) => place,
+            None if (free.1 as usize) < MAX_CHUNKS * WORDS_PER_CHUNK => {
+                free.1 += 1;
+                free.1 - 1
+            }
+            None => return None,
+        };
+        drop(free);
+        let chunk = self.chunks[place as usize / WORDS_PER_CHUNK]
+            .get_or_init(|| Box::new(std::array::from_fn(|_| UserBudget::default())));
+        chunk[place as usize % WORDS_PER_CHUNK]
+            .paid_until_ns
+            .store(0, Relaxed);
+        Some(place)
+    }
+
+    /// Gives `place` back for another user.
+    fn give_back(&self, place: u32) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        free.0.push(place);
+    }
+
+    /// The word at `place`, which [`Places::take`] handed out.
+    fn word(&self, place: u32) -> &UserBudget {
+        let chunk = self.chunks[place as usize / WORDS_PER_CHUNK]
+            .get()
+            .expect("a place handed out has its chunk");
+        &chunk[place as usize % WORDS_PER_CHUNK]
+    }
+}
+
 /// Every connected user's budget, shared by every core.
 #[derive(Debug)]
 pub struct UserBudgets {
     epoch: Instant,
     interval_ns: u64,
     burst: u32,
-    table: ShardedMap<UserId, Arc<UserBudget>>,
+    table: ShardedMap<UserId, Entry>,
+    places: Places,
     /// When the entries of users who left, and owe nothing any more, are next dropped.
     next_sweep_ns: AtomicU64,
 }
@@ -85,6 +155,7 @@ impl UserBudgets {
                 interval_ns: 1_000_000_000 / u64::from(per_second),
                 burst,
                 table: ShardedMap::new(),
+                places: Places::new(),
                 next_sweep_ns: AtomicU64::new(0),
             })
         })
@@ -98,6 +169,11 @@ impl UserBudgets {
     /// How long a spent burst takes to refill: the longest a user who left may still owe.
     fn refill_ns(&self) -> u64 {
         self.interval_ns.saturating_mul(u64::from(self.burst))
+    }
+
+    /// Whether `entry` may go: no hold on it, and nothing owed.
+    fn may_drop(&self, entry: &Entry, now_ns: u64) -> bool {
+        entry.holds == 0 && !self.places.word(entry.place).owes_at(now_ns)
     }
 
     /// Drops the entries of users without a connection who owe nothing any more, at most
@@ -118,20 +194,34 @@ impl UserBudgets {
         {
             return;
         }
-        self.table
-            .retain(|_, budget| Arc::strong_count(budget) > 1 || budget.owes_at(now_ns));
+        self.table.retain(|_, entry| {
+            let dropped = self.may_drop(entry, now_ns);
+            if dropped {
+                self.places.give_back(entry.place);
+            }
+            !dropped
+        });
     }
 
-    /// The budget of `user_id` for one more of its connections, until [`UserBudgets::leave`].
-    pub fn join(&self, user_id: UserId) -> UserBudgetHandle {
+    /// A hold on the budget of `user_id` for one more of its connections, to give back
+    /// with [`UserBudgets::leave`]; `None` in the unlikely case that every place is taken
+    /// ([`MAX_CHUNKS`]), when the connection goes without a user budget (its own rate limit
+    /// still applies).
+    pub fn join(&self, user_id: UserId) -> Option<UserBudgetHandle> {
         self.sweep_if_due(self.ns_at(Instant::now()));
-        let budget = self
-            .table
-            .shard(&user_id)
-            .entry(user_id)
-            .or_default()
-            .clone();
-        UserBudgetHandle { budget }
+        let mut table = self.table.shard(&user_id);
+        let entry = match table.entry(user_id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                let Some(place) = self.places.take() else {
+                    tracing::warn!(user_id, "no place left for a user budget");
+                    return None;
+                };
+                vacant.insert(Entry { place, holds: 0 })
+            }
+        };
+        entry.holds += 1;
+        Some(UserBudgetHandle { place: entry.place })
     }
 
     /// Gives back the hold of one of `user_id`'s connections; the user's entry goes with the
@@ -139,14 +229,13 @@ impl UserBudgets {
     pub fn leave(&self, user_id: UserId, handle: UserBudgetHandle) {
         let now_ns = self.ns_at(Instant::now());
         let mut table = self.table.shard(&user_id);
-        // Released under the lock, where every hold is taken and given back, so the last
-        // one to go always sees a count of one (the table's own).
-        drop(handle);
-        if table
-            .get(&user_id)
-            .is_some_and(|budget| Arc::strong_count(budget) == 1 && !budget.owes_at(now_ns))
-        {
-            table.remove(&user_id);
+        if let Some(entry) = table.get_mut(&user_id) {
+            debug_assert_eq!(entry.place, handle.place, "a hold on another user's place");
+            entry.holds = entry.holds.saturating_sub(1);
+            if self.may_drop(entry, now_ns) {
+                self.places.give_back(entry.place);
+                table.remove(&user_id);
+            }
         }
         drop(table);
         self.sweep_if_due(now_ns);
@@ -154,8 +243,8 @@ impl UserBudgets {
 
     /// Takes one frame of the budget `handle` holds at `now`; false when none is left.
     pub fn take(&self, handle: &UserBudgetHandle, now: Instant) -> bool {
-        handle
-            .budget
+        self.places
+            .word(handle.place)
             .take(self.ns_at(now), self.interval_ns, self.burst)
     }
 
@@ -169,8 +258,9 @@ impl UserBudgets {
 /// One connection's hold on its user's budget, taken with [`UserBudgets::join`] and given
 /// back with [`UserBudgets::leave`].
 #[derive(Debug)]
+#[must_use = "a hold is given back with UserBudgets::leave"]
 pub struct UserBudgetHandle {
-    budget: Arc<UserBudget>,
+    place: u32,
 }
 
 #[cfg(test)]
@@ -178,6 +268,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn join(budgets: &UserBudgets, user: UserId) -> UserBudgetHandle {
+        budgets.join(user).expect("a place")
+    }
 
     #[test]
     fn zero_means_no_limit() {
@@ -188,14 +282,14 @@ mod tests {
     #[test]
     fn connections_of_one_user_share_one_burst_and_one_rate() {
         let budgets = UserBudgets::new(100, 40).expect("a limit");
-        let handles: Vec<_> = (0..20).map(|_| budgets.join(7)).collect();
+        let handles: Vec<_> = (0..20).map(|_| join(&budgets, 7)).collect();
         let start = Instant::now();
         let allowed = (0..10)
             .flat_map(|_| handles.iter())
             .filter(|handle| budgets.take(handle, start))
             .count();
         assert_eq!(allowed, 40, "twenty connections share one burst");
-        let other = budgets.join(8);
+        let other = join(&budgets, 8);
         assert!(
             budgets.take(&other, start),
             "another user has a budget of its own"
@@ -213,8 +307,8 @@ mod tests {
     fn a_users_entry_lives_while_it_has_a_connection_or_owes() {
         // One frame a second: what was taken here is not paid for within the test.
         let budgets = UserBudgets::new(1, 1).expect("a limit");
-        let first = budgets.join(1);
-        let second = budgets.join(1);
+        let first = join(&budgets, 1);
+        let second = join(&budgets, 1);
         assert_eq!(budgets.tracked(), 1);
         assert!(budgets.take(&first, Instant::now()));
         budgets.leave(1, first);
@@ -225,7 +319,7 @@ mod tests {
         );
         budgets.leave(1, second);
         assert_eq!(budgets.tracked(), 1, "the user still owes");
-        let idle = budgets.join(2);
+        let idle = join(&budgets, 2);
         budgets.leave(2, idle);
         assert_eq!(
             budgets.tracked(),
@@ -239,7 +333,7 @@ mod tests {
         let budgets = UserBudgets::new(1, 3).expect("a limit");
         let mut allowed = 0;
         for _ in 0..10 {
-            let connection = budgets.join(5);
+            let connection = join(&budgets, 5);
             allowed += (0..3)
                 .filter(|_| budgets.take(&connection, Instant::now()))
                 .count();
@@ -252,27 +346,49 @@ mod tests {
     fn a_departed_users_entry_goes_once_it_owes_nothing() {
         // A thousand frames a second and a burst of two: a spent burst refills in 2 ms.
         let budgets = UserBudgets::new(1000, 2).expect("a limit");
-        let connection = budgets.join(9);
+        let connection = join(&budgets, 9);
         assert!(budgets.take(&connection, Instant::now()));
         budgets.leave(9, connection);
         std::thread::sleep(Duration::from_millis(10));
         // Any connection opening after the refill time sweeps the table.
-        let other = budgets.join(10);
+        let other = join(&budgets, 10);
         assert_eq!(budgets.tracked(), 1, "only the connected user is left");
         budgets.leave(10, other);
         assert_eq!(budgets.tracked(), 0);
     }
 
     #[test]
-    fn a_hold_dropped_without_leave_goes_with_the_next_sweep() {
-        // A spent burst refills in 2 ms, so the sweep runs every 2 ms at most.
+    fn a_place_given_back_starts_its_next_user_with_a_full_burst() {
+        // A spent burst refills in 2 ms.
         let budgets = UserBudgets::new(1000, 2).expect("a limit");
-        drop(budgets.join(11));
-        assert_eq!(budgets.tracked(), 1, "not given back: still listed");
+        let spender = join(&budgets, 11);
+        let now = Instant::now();
+        assert!(budgets.take(&spender, now) && budgets.take(&spender, now));
+        assert!(!budgets.take(&spender, now));
+        let place = spender.place;
+        budgets.leave(11, spender);
         std::thread::sleep(Duration::from_millis(10));
-        let other = budgets.join(12);
-        assert_eq!(budgets.tracked(), 1, "only the connected user is left");
-        budgets.leave(12, other);
+        let next = join(&budgets, 12);
+        assert_eq!(next.place, place, "the place was swept and reused");
+        let now = Instant::now();
+        assert!(budgets.take(&next, now) && budgets.take(&next, now));
+        budgets.leave(12, next);
+    }
+
+    #[test]
+    fn users_past_a_chunk_get_places_of_their_own() {
+        let budgets = UserBudgets::new(1, 1).expect("a limit");
+        let handles: Vec<_> = (0..WORDS_PER_CHUNK as u64 + 10)
+            .map(|user| (user, join(&budgets, user)))
+            .collect();
+        let now = Instant::now();
+        assert!(
+            handles.iter().all(|(_, handle)| budgets.take(handle, now)),
+            "every user has a burst of its own"
+        );
+        for (user, handle) in handles {
+            budgets.leave(user, handle);
+        }
     }
 
     #[test]
@@ -281,7 +397,7 @@ mod tests {
         let now = Instant::now();
         // Every connection opens before any closes: a user without one has no budget left
         // to share.
-        let handles: Vec<_> = (0..4).map(|_| budgets.join(3)).collect();
+        let handles: Vec<_> = (0..4).map(|_| join(&budgets, 3)).collect();
         let allowed: usize = handles
             .into_iter()
             .map(|handle| {
