@@ -35,23 +35,25 @@ use parked::{Offer, ParkedLimits, ParkedQueue, Pinned};
 use registry::Registry;
 
 /// What each core (after its sweep) and the broker bridge call to hand back to the OS what
-/// the allocator keeps of freed memory; set by the binary, which knows its allocator.
-static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
+/// the allocator keeps of freed memory, thoroughly or not; set by the binary, which knows
+/// its allocator.
+static RELEASE_FREED_MEMORY: OnceLock<fn(bool)> = OnceLock::new();
 
-/// Sets what a core calls once a sweep turn (every second) to give freed memory back.
-/// mimalloc, for one, returns freed pages only when the thread that freed them calls into
-/// it again after its purge delay: a core that goes quiet after a flood would hold the
-/// flood's queues for good.
-pub fn release_freed_memory_with(release: fn()) {
+/// Sets what a core calls once a sweep turn (every second) to give freed memory back, with
+/// whether to be thorough. mimalloc, for one, returns freed pages only when the thread that
+/// freed them calls into it again after its purge delay: a core that goes quiet after a
+/// flood would hold the flood's queues for good.
+pub fn release_freed_memory_with(release: fn(bool)) {
     let _ = RELEASE_FREED_MEMORY.set(release);
 }
 
 /// Gives back to the OS what the allocator keeps of memory this thread freed, if the binary
-/// said how ([`release_freed_memory_with`]); the cores and the broker bridge call it once a
-/// second.
-pub fn release_freed_memory() {
+/// said how ([`release_freed_memory_with`]); `thorough` also gives back what a light pass
+/// leaves, at a cost a busy thread should not pay. The cores and the broker bridge call it
+/// once a second.
+pub fn release_freed_memory(thorough: bool) {
     if let Some(release) = RELEASE_FREED_MEMORY.get() {
-        release();
+        release(thorough);
     }
 }
 
@@ -237,6 +239,8 @@ pub struct Core {
     /// Connections accepted and not yet sessions: a stopping core waits for them too.
     upgrading: Rc<Cell<usize>>,
     lifecycle: Cell<Lifecycle>,
+    /// The core's frame count when its last sweep round ended.
+    frames_at_round: Cell<u64>,
 }
 
 impl std::fmt::Debug for Core {
@@ -274,6 +278,7 @@ impl Core {
             scratch: RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()),
             upgrading: Rc::new(Cell::new(0)),
             lifecycle: Cell::new(Lifecycle::Serving),
+            frames_at_round: Cell::new(0),
         }
     }
 
@@ -778,10 +783,14 @@ impl Core {
     }
 
     /// Once per turn of the sweep's wheel: the queue-depth window closes, and freed memory
-    /// goes back to the OS.
+    /// goes back to the OS, thoroughly when the core was quiet (fewer frames in the round
+    /// than it has sessions). A thorough pass on a busy core costs up to a millisecond and
+    /// gives back pages it is about to use again.
     fn end_sweep_round(&self, deepest: usize) {
         self.metrics.end_sweep_window(deepest);
-        release_freed_memory();
+        let moved = self.metrics.frames_moved();
+        let in_round = moved.saturating_sub(self.frames_at_round.replace(moved));
+        release_freed_memory(in_round <= self.registry.borrow().len() as u64);
     }
 
     /// Applies [`SessionSweep`] to the sessions `ids` still open; returns the deepest queue

@@ -13,25 +13,24 @@ use gateway::{Config, Gateway};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Runs mimalloc's collection, forced, on the calling thread: it gives back the freed
-/// memory whose purge mimalloc has scheduled. Each core calls it once a sweep (every
-/// second), and the broker bridge as often.
+/// Runs mimalloc's collection on the calling thread: it gives back freed pages whose purge
+/// delay is over, which mimalloc otherwise does only when that thread allocates again.
+/// Each core calls it once a sweep (every second), `thorough` when it was quiet.
 ///
-/// Forced, because an ordinary collection frees empty pages but leaves the purges already
-/// scheduled in a segment still in use until something touches that segment again, which
+/// A thorough (forced) collection also runs the purges already scheduled in segments still
+/// in use, which an ordinary one leaves until something touches that segment again, which
 /// a quiet core never does: after a burst of connections, what their upgrades freed stayed
-/// resident (about 50 bytes per connection at 10,000, bench/RESULTS.md). Once every ten
-/// seconds was not enough: the heartbeats' replies in between touch the purged pages again.
-/// A forced collection took a median 0.07 ms on an idle core with 10,000 sessions and 0.17
-/// ms under 20,000 deliveries a second (at most about 1 ms, while connections arrived).
+/// resident (about 50 bytes per connection at 10,000, bench/RESULTS.md). It took a median
+/// 0.07 ms on an idle core with 10,000 sessions, but 0.17 ms and up to 1 ms under 20,000
+/// deliveries a second, hence only when quiet.
 #[allow(unsafe_code)]
-fn collect_freed_memory() {
+fn collect_freed_memory(thorough: bool) {
     // The mimalloc crate links libmimalloc, whose public C API declares
     // `void mi_collect(bool force)`: no pointers, callable from any thread at any time.
     unsafe extern "C" {
         safe fn mi_collect(force: bool);
     }
-    mi_collect(true);
+    mi_collect(thorough);
 }
 
 /// Exit status when the shutdown deadline passed with a core or the bridge still running.

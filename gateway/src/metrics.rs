@@ -104,6 +104,15 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
+    /// Client and server frames counted so far.
+    pub fn frames_moved(&self) -> u64 {
+        self.frames_in
+            .iter()
+            .chain(&self.frames_out)
+            .map(|count| count.load(Relaxed))
+            .sum()
+    }
+
     /// Counts a refused upgrade.
     pub fn refuse(&self, reason: &'static str) {
         self.refuse_many(reason, 1);

@@ -396,7 +396,7 @@ async fn session(
                 publish_at = None;
                 in_flight.extend(publisher.publish_queued(&channel, inbox).await?);
             }
-            _ = release_memory.tick() => crate::core::release_freed_memory(),
+            _ = release_memory.tick() => crate::core::release_freed_memory(false),
             _ = stop.notified(), if !*stopping => {
                 *stopping = true;
                 publish_at = None;
