@@ -21,6 +21,7 @@
 //! (a session does when it finishes): the entry counts its holds, since a shared pointer
 //! per user, which would count them itself, cost 24 bytes more per user than this.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -221,7 +222,7 @@ impl UserBudgets {
             }
         };
         entry.holds += 1;
-        Some(UserBudgetHandle { place: entry.place })
+        Some(UserBudgetHandle::at(entry.place))
     }
 
     /// Gives back the hold of one of `user_id`'s connections; the user's entry goes with the
@@ -230,7 +231,11 @@ impl UserBudgets {
         let now_ns = self.ns_at(Instant::now());
         let mut table = self.table.shard(&user_id);
         if let Some(entry) = table.get_mut(&user_id) {
-            debug_assert_eq!(entry.place, handle.place, "a hold on another user's place");
+            debug_assert_eq!(
+                entry.place,
+                handle.place(),
+                "a hold on another user's place"
+            );
             entry.holds = entry.holds.saturating_sub(1);
             if self.may_drop(entry, now_ns) {
                 self.places.give_back(entry.place);
@@ -244,7 +249,7 @@ impl UserBudgets {
     /// Takes one frame of the budget `handle` holds at `now`; false when none is left.
     pub fn take(&self, handle: &UserBudgetHandle, now: Instant) -> bool {
         self.places
-            .word(handle.place)
+            .word(handle.place())
             .take(self.ns_at(now), self.interval_ns, self.burst)
     }
 
@@ -260,7 +265,22 @@ impl UserBudgets {
 #[derive(Debug)]
 #[must_use = "a hold is given back with UserBudgets::leave"]
 pub struct UserBudgetHandle {
-    place: u32,
+    /// The place's number plus one: never zero, so a session without a hold (an `Option`
+    /// of this) takes four bytes, not eight.
+    number: NonZeroU32,
+}
+
+impl UserBudgetHandle {
+    fn at(place: u32) -> UserBudgetHandle {
+        // Places are below MAX_CHUNKS * WORDS_PER_CHUNK, far from saturating.
+        UserBudgetHandle {
+            number: NonZeroU32::MIN.saturating_add(place),
+        }
+    }
+
+    fn place(&self) -> u32 {
+        self.number.get() - 1
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +291,11 @@ mod tests {
 
     fn join(budgets: &UserBudgets, user: UserId) -> UserBudgetHandle {
         budgets.join(user).expect("a place")
+    }
+
+    #[test]
+    fn a_missing_hold_costs_no_more_than_a_hold() {
+        assert_eq!(size_of::<Option<UserBudgetHandle>>(), 4);
     }
 
     #[test]
@@ -365,11 +390,11 @@ mod tests {
         let now = Instant::now();
         assert!(budgets.take(&spender, now) && budgets.take(&spender, now));
         assert!(!budgets.take(&spender, now));
-        let place = spender.place;
+        let place = spender.place();
         budgets.leave(11, spender);
         std::thread::sleep(Duration::from_millis(10));
         let next = join(&budgets, 12);
-        assert_eq!(next.place, place, "the place was swept and reused");
+        assert_eq!(next.place(), place, "the place was swept and reused");
         let now = Instant::now();
         assert!(budgets.take(&next, now) && budgets.take(&next, now));
         budgets.leave(12, next);
