@@ -8,6 +8,7 @@ mod chat;
 mod chat_list;
 mod contacts;
 mod directory;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wire::client::{ArchivedCreateChat, ArchivedListChats, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::server::{ChatSummary, Presence, PresenceEntry};
+use wire::server::{ChatSummary, Presence};
 use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
@@ -26,6 +27,7 @@ pub use self::chat_list::Cursor;
 use self::chat_list::Gather;
 use self::contacts::Contacts;
 use self::directory::{DIRECTORY_CORE, Decision, Directory};
+use self::presence::PresenceState;
 use super::{Engine, EngineMsg};
 use crate::core::Core;
 use crate::router::{CoreMsg, Origin};
@@ -117,12 +119,6 @@ pub struct NewChat {
     /// Sorted, the creator included.
     members: Vec<UserId>,
     received_at: Instant,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct PresenceState {
-    sessions: u32,
-    last_seen_us: u64,
 }
 
 /// Most chat lists one core gathers at once; more are answered `unavailable`. Each one
@@ -328,11 +324,10 @@ impl MemoryEngine {
     fn presence_changed(&mut self, user_id: UserId, online: bool, at_us: u64) {
         let state = self.presence.entry(user_id).or_default();
         if online {
-            state.sessions += 1;
+            state.connected();
         } else {
-            state.sessions = state.sessions.saturating_sub(1);
+            state.disconnected(at_us);
         }
-        state.last_seen_us = at_us;
     }
 
     fn broadcast_presence(&mut self, core: &Core, origin: Origin, online: bool) {
@@ -514,6 +509,7 @@ impl MemoryEngine {
         received_at: Instant,
     ) {
         let client_msg_id = query.client_msg_id.to_native();
+        let now_us = core.now_us();
         let users = query
             .users
             .iter()
@@ -524,11 +520,7 @@ impl MemoryEngine {
                 } else {
                     PresenceState::default()
                 };
-                PresenceEntry {
-                    user_id,
-                    online: state.sessions > 0,
-                    last_seen_us: state.last_seen_us,
-                }
+                state.entry(user_id, now_us)
             })
             .collect();
         let frame = ServerFrame::Presence(Presence {
