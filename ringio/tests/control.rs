@@ -729,6 +729,13 @@ fn loops_sharing_a_socket_with_single_accepts_take_turns() {
     };
     let first = start(shared.try_clone().unwrap());
     let second = start(shared);
+    // Both loops have submitted their accepts before the first client connects: two
+    // commands take each loop through at least one submission. A loop whose thread started
+    // late on a busy host saw none of the twenty (a clean-clone CI run failed on it).
+    for driven in [&first, &second] {
+        driven.call(|_| ());
+        driven.call(|_| ());
+    }
     // One at a time: each served client is answered before the next connects, so the
     // accept that served it has queued again behind the other loop's.
     for i in 0..20u8 {
