@@ -57,6 +57,10 @@ pub fn release_freed_memory(thorough: bool) {
     }
 }
 
+/// The reason a connection refused for want of room (descriptors, or the core's places) is
+/// given.
+const AT_CONNECTION_LIMIT: &str = "the server is at its connection limit";
+
 /// Read buffer shared by every session of a core: a session borrows it only while it
 /// parses what one read brought, so an idle session holds no buffer at all.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
@@ -335,7 +339,7 @@ impl Core {
         let held = self.registry.borrow().len() + self.upgrading.get();
         if held >= MAX_SESSIONS_PER_CORE {
             self.metrics.refuse("core_full");
-            return Err(self.refusal(503, "the server is at its connection limit"));
+            return Err(self.refusal(503, AT_CONNECTION_LIMIT));
         }
         let admitted = self
             .node
@@ -367,7 +371,7 @@ impl Core {
         reserve: &mut DescriptorReserve,
         listeners: &[StdListener],
     ) {
-        let answer = self.refusal(503, "the server is at its connection limit");
+        let answer = self.refusal(503, AT_CONNECTION_LIMIT);
         let refused: usize = listeners
             .iter()
             .map(|listener| {

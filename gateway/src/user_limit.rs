@@ -111,11 +111,9 @@ impl Places {
             None => return None,
         };
         drop(free);
-        let chunk = self.chunks[place as usize / WORDS_PER_CHUNK]
+        self.chunks[place as usize / WORDS_PER_CHUNK]
             .get_or_init(|| Box::new(std::array::from_fn(|_| UserBudget::default())));
-        chunk[place as usize % WORDS_PER_CHUNK]
-            .paid_until_ns
-            .store(0, Relaxed);
+        self.word(place).paid_until_ns.store(0, Relaxed);
         Some(place)
     }
 
