@@ -25,6 +25,7 @@
 
 mod batch;
 mod notify;
+mod posting;
 #[allow(unsafe_code)]
 mod ring;
 #[allow(unsafe_code)]
@@ -36,7 +37,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -65,6 +66,10 @@ pub enum Error {
 /// instead of spinning on the same error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often the buffers the kernel holds are fitted to the load, and idle ones' memory is
+/// given back ([`posting`]).
+const BUFFER_FIT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Buffers in the provided-buffer ring by default: enough that a turn with a completion
 /// from each of a few thousand busy connections rarely finds the ring empty.
 pub const DEFAULT_BUFFERS: u16 = 4096;
@@ -81,8 +86,9 @@ pub struct Config {
     /// Submission queue entries.
     pub ring_entries: u32,
     /// Buffers in the provided-buffer ring, a power of two at most 32,768: the most reads
-    /// the kernel can complete between two loop turns. When they run out, receives pause
-    /// until the loop hands buffers back, and resume at once.
+    /// the kernel can complete between two loop turns. The kernel holds only as many as
+    /// recent turns needed (at least 32), so memory follows the load up to this bound; when
+    /// they run out, receives pause until the loop hands buffers back, and resume at once.
     pub buffers: u16,
     /// Bytes per buffer: the most one completion delivers.
     pub buffer_size: u32,
@@ -384,6 +390,8 @@ pub struct EventLoop<H: Handler> {
     refused: u64,
     /// Receives that ended because the buffer ring was empty (`ENOBUFS`).
     buffer_ring_dry: u64,
+    /// When the buffers the kernel holds were last fitted to the load.
+    buffers_fitted: Instant,
     /// Emptied queues, for the next connection that sends ([`SPARE_QUEUES`] at most).
     #[expect(
         clippy::vec_box,
@@ -449,6 +457,7 @@ impl<H: Handler> EventLoop<H> {
             backing_off: false,
             refused: 0,
             buffer_ring_dry: 0,
+            buffers_fitted: Instant::now(),
             spare_queues: Vec::new(),
         })
     }
@@ -516,6 +525,11 @@ impl<H: Handler> EventLoop<H> {
         self.buffer_ring_dry
     }
 
+    /// Buffers the kernel holds for receives now: as many as recent turns needed.
+    pub fn buffers_posted(&self) -> u16 {
+        self.ring.buffers_posted()
+    }
+
     /// Writes so far that the kernel completed short and that went on from where they
     /// stopped.
     pub fn short_writes(&self) -> u64 {
@@ -562,6 +576,10 @@ impl<H: Handler> EventLoop<H> {
             self.handle(event)?;
         }
         self.events = events;
+        if self.buffers_fitted.elapsed() >= BUFFER_FIT_INTERVAL {
+            self.buffers_fitted = Instant::now();
+            self.ring.fit_buffers();
+        }
         self.serve_wakes()?;
         self.queue_io()
     }

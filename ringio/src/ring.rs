@@ -5,7 +5,9 @@
 //!   kernel, and the buffers themselves. A multishot receive picks a free buffer only when
 //!   data arrives, so an idle connection holds none. A buffer the kernel filled is handed out
 //!   as a [`Buffer`] token that only this module can make, and goes back to the kernel when
-//!   the token is given back ([`Ring::recycle`]).
+//!   the token is given back ([`Ring::recycle`]), or waits idle when the kernel holds as
+//!   many as it needs ([`crate::posting`]); idle buffers' pages go back to the operating
+//!   system ([`Ring::fit_buffers`]).
 //! - Vectored writes: the frames and the vector array of each write in flight live here, in
 //!   a slab keyed by the operation's id, until the kernel reports the write complete; a
 //!   short write is resubmitted from where it stopped.
@@ -30,6 +32,7 @@ use slab::Slab;
 
 use crate::Error;
 use crate::batch::Batch;
+use crate::posting::Posting;
 
 /// The buffer group id of the one provided-buffer ring.
 const BUFFER_GROUP: u16 = 0;
@@ -152,17 +155,24 @@ struct BufDescriptor {
 
 const _: () = assert!(size_of::<BufDescriptor>() == 16);
 
+/// The size of a page, the unit in which idle buffers' memory goes back.
+const PAGE: usize = 4096;
+
 /// The provided-buffer ring's memory: descriptors and buffers, both allocated here and freed
 /// only after the kernel has let go of them.
 struct BufferRing {
     descriptors: NonNull<BufDescriptor>,
     descriptors_layout: Layout,
+    /// A private anonymous mapping, so that advising its pages away frees them and they
+    /// read as zeros when next touched.
     buffers: NonNull<u8>,
-    buffers_layout: Layout,
+    buffers_len: usize,
     count: u16,
     buffer_size: u32,
     /// The tail as last published to the kernel.
     tail: u16,
+    /// Which buffers the kernel holds and which wait idle.
+    posting: Posting,
     /// Set when the kernel may still use the memory: it is then never freed.
     leaked: bool,
 }
@@ -174,32 +184,80 @@ impl BufferRing {
                 "the buffer count must be a power of two and buffers must not be empty",
             ));
         }
-        let page = 4096;
         let descriptors_layout = Layout::array::<BufDescriptor>(usize::from(count))
-            .and_then(|layout| layout.align_to(page))
+            .and_then(|layout| layout.align_to(PAGE))
             .map_err(|_| Error::Config("buffer ring too large"))?;
-        let buffers_layout = Layout::array::<u8>(usize::from(count) * buffer_size as usize)
-            .and_then(|layout| layout.align_to(64))
-            .map_err(|_| Error::Config("buffer ring too large"))?;
-        // SAFETY: both layouts have a non-zero size (count and buffer_size are non-zero).
-        // Zeroed descriptors start with tail 0, which the kernel requires at registration.
+        let buffers_len = usize::from(count) * buffer_size as usize;
+        // SAFETY: the layout has a non-zero size (count is non-zero). Zeroed descriptors
+        // start with tail 0, which the kernel requires at registration.
         let descriptors = unsafe { alloc::alloc_zeroed(descriptors_layout) };
         let descriptors = NonNull::new(descriptors.cast::<BufDescriptor>())
             .unwrap_or_else(|| alloc::handle_alloc_error(descriptors_layout));
-        // SAFETY: as above; the buffers need no initial contents, but zeroing is cheap once.
-        let buffers = unsafe { alloc::alloc_zeroed(buffers_layout) };
-        let buffers =
-            NonNull::new(buffers).unwrap_or_else(|| alloc::handle_alloc_error(buffers_layout));
+        // SAFETY: a new private anonymous mapping of a non-zero length, at an address the
+        // kernel picks; nothing else refers to it.
+        let buffers = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                buffers_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if buffers == libc::MAP_FAILED {
+            let error = io::Error::last_os_error();
+            // SAFETY: allocated just above with this layout, and not shared with anyone.
+            unsafe { alloc::dealloc(descriptors.as_ptr().cast(), descriptors_layout) };
+            return Err(Error::Io(error));
+        }
+        let buffers = NonNull::new(buffers.cast::<u8>()).expect("mmap never maps page zero");
         Ok(BufferRing {
             descriptors,
             descriptors_layout,
             buffers,
-            buffers_layout,
+            buffers_len,
             count,
             buffer_size,
             tail: 0,
+            posting: Posting::new(count),
             leaked: false,
         })
+    }
+
+    /// Provides idle buffers while the kernel holds fewer than the target.
+    fn top_up(&mut self) {
+        while let Some(id) = self.posting.next_to_provide() {
+            self.provide(id);
+        }
+    }
+
+    /// Buffer `id` is back from its reader or was never filled: to the kernel, or idle.
+    fn give_back(&mut self, id: u16) {
+        if self.posting.returned(id) {
+            self.provide(id);
+        }
+    }
+
+    /// Gives the pages that only idle buffers cover back to the operating system.
+    fn release_idle_pages(&mut self) {
+        let size = self.buffer_size as usize;
+        let base = self.buffers.as_ptr() as usize;
+        for run in self.posting.idle_runs() {
+            let start = (base + usize::from(run.start) * size).next_multiple_of(PAGE);
+            let end = (base + usize::from(run.end) * size) / PAGE * PAGE;
+            if start < end {
+                // SAFETY: the range is whole pages inside the mapping (base is page-aligned
+                // and the run's bytes lie inside it), and every buffer they overlap is idle:
+                // neither provided to the kernel nor lent as a `Buffer`, so nothing reads or
+                // writes them until they are provided again, after which the kernel's
+                // writes fault in fresh zeroed pages. Advice is only a hint, so its failure
+                // costs memory, not correctness.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        }
     }
 
     fn buffer_ptr(&self, id: u16) -> *mut u8 {
@@ -247,11 +305,12 @@ impl Drop for BufferRing {
         if self.leaked {
             return;
         }
-        // SAFETY: allocated in `new` with these layouts; `Ring::drop` has unregistered the
-        // ring and waited out every receive before this runs, or set `leaked`.
+        // SAFETY: allocated and mapped in `new` with these sizes; `Ring::drop` has
+        // unregistered the ring and waited out every receive before this runs, or set
+        // `leaked`.
         unsafe {
             alloc::dealloc(self.descriptors.as_ptr().cast(), self.descriptors_layout);
-            alloc::dealloc(self.buffers.as_ptr(), self.buffers_layout);
+            libc::munmap(self.buffers.as_ptr().cast(), self.buffers_len);
         }
     }
 }
@@ -356,9 +415,7 @@ impl Ring {
             )
         }
         .map_err(|err| Error::Unsupported(format!("registering a provided-buffer ring: {err}")))?;
-        for id in 0..buffers.count {
-            buffers.provide(id);
-        }
+        buffers.top_up();
         Ok(Ring {
             uring,
             buffers,
@@ -565,19 +622,27 @@ impl Ring {
                     more,
                 }),
                 Kind::Recv => {
+                    if error.as_ref().and_then(io::Error::raw_os_error) == Some(libc::ENOBUFS) {
+                        self.buffers.posting.ran_dry();
+                    }
                     let result = match (error, cqueue::buffer_select(flags)) {
                         (Some(error), _) => Err(error),
-                        (None, Some(id)) if result > 0 => Ok(Some(Buffer {
-                            id,
-                            len: result as usize,
-                        })),
+                        (None, Some(id)) if result > 0 => {
+                            self.buffers.posting.taken();
+                            Ok(Some(Buffer {
+                                id,
+                                len: result as usize,
+                            }))
+                        }
                         (None, Some(id)) => {
                             // End of stream can still consume a buffer: give it back.
-                            self.buffers.provide(id);
+                            self.buffers.posting.taken();
+                            self.buffers.give_back(id);
                             Ok(None)
                         }
                         (None, None) => Ok(None),
                     };
+
                     events.push(Event::Received {
                         conn: index,
                         result,
@@ -591,6 +656,8 @@ impl Ring {
             }
         }
         self.completions = completions;
+        self.buffers.posting.reaped();
+        self.buffers.top_up();
     }
 
     fn write_completed(
@@ -634,9 +701,22 @@ impl Ring {
         unsafe { std::slice::from_raw_parts_mut(self.buffers.buffer_ptr(buffer.id), buffer.len) }
     }
 
-    /// Gives a buffer back to the kernel.
+    /// Gives a buffer back: to the kernel, or idle if the kernel holds enough.
     pub fn recycle(&mut self, buffer: Buffer) {
-        self.buffers.provide(buffer.id);
+        self.buffers.give_back(buffer.id);
+    }
+
+    /// Called about once a second: fits the buffers the kernel holds to the busiest turn
+    /// since the last call, and gives idle buffers' pages back to the operating system.
+    pub fn fit_buffers(&mut self) {
+        self.buffers.posting.fit();
+        self.buffers.top_up();
+        self.buffers.release_idle_pages();
+    }
+
+    /// Buffers the kernel holds for receives now.
+    pub fn buffers_posted(&self) -> u16 {
+        self.buffers.posting.posted()
     }
 
     /// Writes completed short and resubmitted so far.
@@ -730,6 +810,25 @@ mod tests {
         assert_eq!(slot1.bid, 1);
         assert_eq!(slot1.addr, ring.buffer_ptr(1) as u64);
         assert_eq!(slot1.len, 64);
+    }
+
+    #[test]
+    fn only_pages_that_idle_buffers_cover_alone_go_back_and_read_as_zeros() {
+        // 64 buffers of 1,000 bytes: the first 32 are provided, 32..64 wait idle. Buffer
+        // sizes that do not divide a page leave the pages at the run's edges resident.
+        let mut ring = BufferRing::new(64, 1000).unwrap();
+        ring.top_up();
+        assert_eq!(ring.posting.posted(), 32);
+        // SAFETY: the whole mapping, which nothing else uses: the ring is not registered.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(ring.buffers.as_ptr(), 64_000) };
+        bytes.fill(0xab);
+        ring.release_idle_pages();
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts(ring.buffers.as_ptr(), 64_000) };
+        let released = 32_768..61_440;
+        assert!(bytes[released.clone()].iter().all(|&b| b == 0));
+        assert!(bytes[..released.start].iter().all(|&b| b == 0xab));
+        assert!(bytes[released.end..].iter().all(|&b| b == 0xab));
     }
 
     #[test]

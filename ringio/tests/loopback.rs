@@ -37,6 +37,27 @@ impl Handler for Echo {
     }
 }
 
+/// Echoes like [`Echo`], but its first receive holds the loop's thread for `stall`, so that
+/// whatever arrives meanwhile completes in the next turn at once.
+struct StallOnce {
+    stall: Option<Duration>,
+}
+
+impl Handler for StallOnce {
+    type Session = ();
+
+    fn on_open(&mut self, _: ConnId, _: SocketAddr, _: &mut Outbox) {}
+
+    fn on_data(&mut self, conn: ConnId, _: &mut (), data: &mut [u8], out: &mut Outbox) {
+        if let Some(stall) = self.stall.take() {
+            thread::sleep(stall);
+        }
+        out.send(conn, Bytes::copy_from_slice(data));
+    }
+
+    fn on_close(&mut self, _: ConnId, _: &mut ()) {}
+}
+
 /// Answers any bytes with `reply_len` bytes counting up from 0 (mod 251), in frames of at
 /// most 64 KiB.
 struct Flood {
@@ -214,6 +235,53 @@ fn a_dry_buffer_ring_pauses_receives_without_losing_bytes() {
         running.stop() > 0,
         "the ring never ran dry: the test proves nothing"
     );
+}
+
+#[test]
+fn the_kernel_holds_a_few_buffers_for_quiet_connections_and_more_under_a_burst() {
+    // 512 buffers of 1 KiB. One client at a time takes one buffer per turn: the kernel
+    // keeps its minimum of 32.
+    let config = |listen| Config {
+        buffers: 512,
+        buffer_size: 1024,
+        ..Config::new(listen)
+    };
+    let quiet = Running::start(
+        config,
+        || StallOnce { stall: None },
+        EventLoop::buffers_posted,
+    );
+    let mut client = connect(quiet.addr);
+    for round in 0..50u8 {
+        client.write_all(&[round; 100]).unwrap();
+        assert_eq!(read_exactly(&mut client, 100), [round; 100]);
+    }
+    assert_eq!(quiet.stop(), 32);
+
+    // While the loop is held, 100 clients send 8 KiB each: the next turn finds the ring
+    // dry, the kernel is given more, and no byte is lost.
+    let busy = Running::start(
+        config,
+        || StallOnce {
+            stall: Some(Duration::from_millis(300)),
+        },
+        EventLoop::buffers_posted,
+    );
+    let mut first = connect(busy.addr);
+    first.write_all(b"!").unwrap();
+    let payloads: Vec<Vec<u8>> = (0..100u8)
+        .map(|client| (0..8192).map(|i| (i as u8) ^ client).collect())
+        .collect();
+    let mut clients: Vec<TcpStream> = (0..100).map(|_| connect(busy.addr)).collect();
+    for (client, payload) in clients.iter_mut().zip(&payloads) {
+        client.write_all(payload).unwrap();
+    }
+    assert_eq!(read_exactly(&mut first, 1), b"!");
+    for (client, payload) in clients.iter_mut().zip(&payloads) {
+        assert_eq!(&read_exactly(client, payload.len()), payload);
+    }
+    let posted = busy.stop();
+    assert!(posted > 32, "the kernel still holds {posted} buffers");
 }
 
 #[test]

@@ -41,13 +41,15 @@ use tls::TlsSession;
 
 mod tls;
 
-/// Buffers in each core's provided-buffer ring, and their size: 512 KiB per core, which
-/// every connection shares. They bound the reads completed between two turns, not the
+/// Buffers in each core's provided-buffer ring, and their size: at most 512 KiB per core,
+/// which every connection shares. They bound the reads completed between two turns, not the
 /// connections: a receive that finds the ring empty waits for the next turn's buffers.
-/// The kernel cycles through all of them, so all of it is resident: at 4 KiB a buffer it
-/// was 2 MiB, about 200 bytes per connection at 10,000. A message larger than a buffer
-/// arrives in several completions, as it would from several reads; the echo and broadcast
-/// loads measured no cost for it (bench/RESULTS.md).
+/// The kernel holds only as many as recent turns needed (32 KiB on a quiet core) and the
+/// loop gives idle ones' pages back, since every buffer the kernel holds is written sooner
+/// or later: held all the time, 512 KiB was about 52 bytes per connection at 10,000 (at
+/// 4 KiB a buffer, 2 MiB and 200 bytes). A message larger than a buffer arrives in several
+/// completions, as it would from several reads; the echo and broadcast loads measured no
+/// cost for it (bench/RESULTS.md).
 const RING_BUFFERS: u16 = 512;
 const RING_BUFFER_SIZE: u32 = 1024;
 
