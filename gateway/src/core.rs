@@ -28,7 +28,7 @@ use crate::bridge::{BridgeInbox, BridgeMsg};
 use crate::engine::Engine;
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
-use crate::outbox::{Outbox, Outgoing, QueueLimits};
+use crate::outbox::{Outbox, OutboxShared, Outgoing, QueueLimits};
 use crate::router::{CoreMsg, Delivery, MAX_SESSIONS_PER_CORE, Skip, core_holds_any};
 
 use parked::{Offer, ParkedLimits, ParkedQueue, Pinned};
@@ -233,8 +233,8 @@ pub struct Core {
     /// This core's counters.
     pub metrics: Arc<CoreMetrics>,
     registry: RefCell<Registry>,
-    /// The outbound queue limits, one copy for all of the core's sessions.
-    queue_limits: Rc<QueueLimits>,
+    /// What the core's outboxes share: the queue limits and their sessions' wakers.
+    pub outboxes: Rc<OutboxShared>,
     engine: RefCell<Box<dyn Engine>>,
     parked: RefCell<Parked>,
     waiters: RefCell<Waiters>,
@@ -259,7 +259,7 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// A core's state with its engine shard.
     pub fn new(index: usize, node: Arc<Node>, engine: Box<dyn Engine>) -> Core {
-        let queue_limits = Rc::new(QueueLimits {
+        let outboxes = OutboxShared::new(QueueLimits {
             frames: node.config.outbound_queue,
             bytes: node.config.outbound_queue_bytes,
             max_frames: node.config.outbound_queue_max,
@@ -272,7 +272,7 @@ impl Core {
             metrics: node.metrics[index].clone(),
             node,
             registry: RefCell::new(Registry::new(index, SWEEP_SLOTS, first_connection_number())),
-            queue_limits,
+            outboxes,
             engine: RefCell::new(engine),
             parked: RefCell::new(Parked {
                 frames: ParkedQueue::new(PARKED_FRAMES),
@@ -319,7 +319,7 @@ impl Core {
         let outbox = self
             .registry
             .borrow_mut()
-            .insert(|id| Outbox::new(id, user_id, expires_at, text, self.queue_limits.clone()));
+            .insert(|id| Outbox::new(id, user_id, expires_at, text, self.outboxes.clone()));
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_total.fetch_add(1, Relaxed);
         outbox
@@ -328,6 +328,7 @@ impl Core {
     /// Forgets a session.
     pub fn close_session(&self, outbox: &Outbox) {
         outbox.discard(&self.metrics);
+        outbox.forget_waker();
         self.registry.borrow_mut().remove(outbox);
         self.metrics.connections.fetch_sub(1, Relaxed);
     }
@@ -913,7 +914,7 @@ mod tests {
             stall: Duration::from_secs(2),
             behind_for: Duration::from_secs(30),
         };
-        Outbox::new(1, 1, expires_at, false, Rc::new(limits))
+        Outbox::new(1, 1, expires_at, false, OutboxShared::new(limits))
     }
 
     /// A session that last read at `start`.

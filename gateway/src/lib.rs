@@ -30,6 +30,7 @@ pub mod open_session;
 pub mod outbox;
 pub mod router;
 pub mod session;
+pub mod session_wakers;
 pub mod shared_map;
 pub mod tls;
 pub mod user_limit;

@@ -35,7 +35,8 @@ use wire::{CloseCode, UserId};
 
 use crate::clock::Millis;
 use crate::metrics::CoreMetrics;
-use crate::router::Delivery;
+use crate::router::{Delivery, connection_index};
+use crate::session_wakers::SessionWakers;
 
 /// A frame waiting to be written.
 #[derive(Debug)]
@@ -113,11 +114,33 @@ struct CloseRequest {
     code: CloseCode,
     /// When: a client that does not take its close frame in time is dropped without it.
     at: Instant,
+    /// Whether it was not taken in time: the session ends without waiting for it.
+    aborted: bool,
+}
+
+/// What all of a core's outboxes share: one copy of the queue limits, and the wakers of
+/// their sessions.
+#[derive(Debug)]
+pub struct OutboxShared {
+    pub limits: QueueLimits,
+    pub wakers: SessionWakers,
+}
+
+impl OutboxShared {
+    /// Outboxes held to `limits`, whose sessions register task wakers until the driver says
+    /// otherwise ([`SessionWakers::wake_connections_with`]).
+    pub fn new(limits: QueueLimits) -> Rc<OutboxShared> {
+        Rc::new(OutboxShared {
+            limits,
+            wakers: SessionWakers::default(),
+        })
+    }
 }
 
 /// One session's queue and the flags its task polls. One lives per open session, so what
-/// only a busy or closing session needs is boxed and allocated only then, the limits are
-/// the core's, shared, and times are 32 bits: 64 bytes.
+/// only a busy or closing session needs is boxed and allocated only then, the limits and
+/// the wakers are the core's, and times are 32 bits: 48 bytes, 64 with the `Rc`'s counts
+/// (a size class of its own in mimalloc).
 pub struct Outbox {
     /// The session's connection id.
     pub connection_id: u64,
@@ -129,14 +152,12 @@ pub struct Outbox {
     /// Taken out for each use and put back ([`Outbox::with_queue`]): a `RefCell` would
     /// cost its flag's eight bytes in every session.
     queue: Cell<Option<Box<Queue>>>,
-    waker: Cell<Option<Waker>>,
-    limits: Rc<QueueLimits>,
+    shared: Rc<OutboxShared>,
     last_read: Cell<Millis>,
     /// The registry's link to the same user's next session on this core
     /// ([`crate::core::registry`]): kept here, in bytes the outbox's alignment leaves over
     /// anyway, so a user's entry in the registry is one place whatever its sessions.
     next_of_user: Cell<u32>,
-    aborted: Cell<bool>,
     text: Cell<bool>,
     pinged: Cell<bool>,
 }
@@ -153,24 +174,22 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// An empty outbox holding up to `limits`.
+    /// An empty outbox held to the limits in `shared`.
     pub fn new(
         connection_id: u64,
         user_id: UserId,
         expires_at: u64,
         text: bool,
-        limits: Rc<QueueLimits>,
+        shared: Rc<OutboxShared>,
     ) -> Outbox {
         Outbox {
             connection_id,
             user_id,
             expires_at: u32::try_from(expires_at).unwrap_or(u32::MAX),
             queue: Cell::new(None),
-            waker: Cell::new(None),
-            limits,
+            shared,
             last_read: Cell::new(Millis::at(Instant::now())),
             next_of_user: Cell::new(u32::MAX),
-            aborted: Cell::new(false),
             text: Cell::new(text),
             pinged: Cell::new(false),
         }
@@ -231,7 +250,7 @@ impl Outbox {
     /// too long, closes the session as a slow consumer instead and frees what it had queued.
     pub fn push(&self, frame: Outgoing, metrics: &CoreMetrics) {
         let bytes = frame.pinned_bytes();
-        let limits = &self.limits;
+        let limits = &self.shared.limits;
         let pushed = self.with_queue(|slot| {
             let queue = slot.get_or_insert_default();
             if queue.close.is_some() {
@@ -262,7 +281,8 @@ impl Outbox {
     }
 
     fn past_marks(&self, queue: &Queue) -> bool {
-        queue.frames.len() > self.limits.frames || queue.bytes > self.limits.bytes
+        let limits = &self.shared.limits;
+        queue.frames.len() > limits.frames || queue.bytes > limits.bytes
     }
 
     /// Notes that the socket took bytes. Only the time matters, and only while behind, so
@@ -307,8 +327,9 @@ impl Outbox {
             let since = *queue.behind_since.get_or_insert(now);
             // Falling behind starts the stall clock: a burst gets a whole stall to be drained.
             let progress = queue.progress_at.unwrap_or(since).max(since);
-            let stalled = now.saturating_duration_since(progress) >= self.limits.stall;
-            let behind_too_long = now.saturating_duration_since(since) >= self.limits.behind_for;
+            let limits = &self.shared.limits;
+            let stalled = now.saturating_duration_since(progress) >= limits.stall;
+            let behind_too_long = now.saturating_duration_since(since) >= limits.behind_for;
             stalled || behind_too_long
         });
         if too_slow {
@@ -367,6 +388,7 @@ impl Outbox {
             queue.close.get_or_insert_with(|| CloseRequest {
                 code,
                 at: Instant::now(),
+                aborted: false,
             });
         });
         self.wake();
@@ -375,20 +397,21 @@ impl Outbox {
     /// Drops the session without waiting for its close frame to be written, once the close
     /// has been pending for longer than `grace`. Returns whether it did.
     pub fn abort_if_stuck(&self, now: Instant, grace: std::time::Duration) -> bool {
-        let asked_at = self.with_queue(|queue| Some(queue.as_ref()?.close.as_ref()?.at));
-        match asked_at {
-            Some(at) if now.saturating_duration_since(at) >= grace => {
-                self.aborted.set(true);
-                self.wake();
-                true
-            }
-            _ => false,
+        let aborted = self.with_queue(|queue| {
+            let close = queue.as_mut()?.close.as_mut()?;
+            close.aborted |= now.saturating_duration_since(close.at) >= grace;
+            Some(close.aborted)
+        });
+        if aborted == Some(true) {
+            self.wake();
         }
+        aborted == Some(true)
     }
 
     /// Whether the session must end now, written or not.
     pub fn is_aborted(&self) -> bool {
-        self.aborted.get()
+        self.with_queue(|queue| Some(queue.as_ref()?.close.as_ref()?.aborted))
+            .unwrap_or(false)
     }
 
     /// The close the session was asked for, if any.
@@ -429,19 +452,28 @@ impl Outbox {
         });
     }
 
+    /// The session's place in its core's registry, by which the core keeps its waker.
+    fn place(&self) -> u32 {
+        connection_index(self.connection_id) as u32
+    }
+
     /// Registers the session task to be woken by the next push or close.
     pub fn register(&self, waker: &Waker) {
-        let current = self.waker.take();
-        self.waker.set(match current {
-            Some(current) if current.will_wake(waker) => Some(current),
-            _ => Some(waker.clone()),
-        });
+        self.shared.wakers.register(self.place(), waker);
+    }
+
+    /// The session is the completion loop's connection `conn`: pushes and closes wake it.
+    pub fn bind_connection(&self, conn: u32) {
+        self.shared.wakers.bind_connection(self.place(), conn);
+    }
+
+    /// The session is gone: nothing wakes for it any more.
+    pub fn forget_waker(&self) {
+        self.shared.wakers.forget(self.place());
     }
 
     fn wake(&self) {
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
+        self.shared.wakers.wake(self.place());
     }
 }
 
@@ -461,7 +493,12 @@ mod tests {
             stall: STALL,
             behind_for: BEHIND_FOR,
         };
-        Outbox::new(1, 1, u64::MAX, false, Rc::new(limits))
+        Outbox::new(1, 1, u64::MAX, false, OutboxShared::new(limits))
+    }
+
+    #[test]
+    fn an_outbox_fits_mimallocs_64_byte_class_with_its_counts() {
+        assert!(size_of::<Outbox>() <= 48, "{} bytes", size_of::<Outbox>());
     }
 
     fn own(bytes: usize) -> Outgoing {

@@ -120,6 +120,20 @@ impl Config {
     }
 }
 
+/// Wakes the connections of one loop, as their [`Waker`]s do, from code on the loop's thread
+/// (elsewhere it does nothing): one word for all of them ([`EventLoop::conn_wakes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnWakes {
+    loop_id: u32,
+}
+
+impl ConnWakes {
+    /// Makes the loop's next turn call [`Handler::on_wake`] for `conn`.
+    pub fn wake(self, conn: ConnId) {
+        wake::wake(self.loop_id, conn.0);
+    }
+}
+
 /// A connection's id within its loop: an index into the loop's slab. It is valid from
 /// [`Handler::on_open`] until [`Handler::on_close`]; after that the index may name a newer
 /// connection, so a handler forgets it there.
@@ -487,6 +501,14 @@ impl<H: Handler> EventLoop<H> {
     /// call [`Handler::on_wake`] for `conn` before it waits for I/O.
     pub fn conn_waker(&self, conn: ConnId) -> Waker {
         self.wakes.waker(conn.0)
+    }
+
+    /// What wakes this loop's connections by id, in its callbacks or outside them: for a
+    /// handler that keeps one of these rather than a [`Waker`] per connection.
+    pub fn conn_wakes(&self) -> ConnWakes {
+        ConnWakes {
+            loop_id: self.wakes.loop_id(),
+        }
     }
 
     /// A waker for other threads (`Send + Sync`): waking it ends the wait of this loop's

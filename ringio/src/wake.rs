@@ -85,6 +85,11 @@ impl Registration {
         waker(self.loop_id, conn)
     }
 
+    /// The loop's id, for waking its connections without a [`Waker`] ([`wake`]).
+    pub fn loop_id(&self) -> u32 {
+        self.loop_id
+    }
+
     /// Moves the connections woken since the last call into the empty `into`, in wake
     /// order; they can be woken again from here on.
     pub fn take(&self, into: &mut Vec<u32>) {
@@ -174,6 +179,11 @@ fn wake_conn(data: *const ()) {
     let data = data.addr();
     // Truncations intended: the high and the low half of the word.
     let (loop_id, conn) = ((data >> 32) as u32, data as u32);
+    wake(loop_id, conn);
+}
+
+/// Marks connection `conn` of loop `loop_id` woken, if that loop lives on this thread.
+pub fn wake(loop_id: u32, conn: u32) {
     with_set(loop_id, |set| set.mark(conn));
 }
 

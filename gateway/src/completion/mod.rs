@@ -9,8 +9,9 @@
 //! - Writes: one batch of the session's outbox at a time is handed to the loop, which
 //!   writes it with one vectored write; the next batch is taken when it is written
 //!   ([`Handler::on_sent`]), so the outbox's slow-consumer rules see what the client takes.
-//! - The core's other work wakes a connection through its outbox ([`ringio::conn_waker`]):
-//!   a delivery, a close, the end of backpressure. The loop then serves it once per turn.
+//! - The core's other work wakes a connection through its outbox, bound to the loop's
+//!   connection at open ([`crate::session_wakers`], [`ringio::conn_waker`]): a delivery, a
+//!   close, the end of backpressure. The loop then serves it once per turn.
 //! - Time: the driver's turn waits at most until the next housekeeping tick, sweep slot or
 //!   upgrade or close deadline. Deadlines of upgrades and closing handshakes are constant
 //!   after their start, so each list is in deadline order and only its front is checked.
@@ -254,6 +255,9 @@ impl Sessions {
         // What the client sent after its head is the start of the WebSocket stream.
         let leftover = upgrade.head.split_off(head_len);
         let session = OpenSession::open(&self.core, &request, &claims, leftover);
+        // Pushes and closes wake the connection from here on; what the open queued is
+        // served just below.
+        session.outbox.bind_connection(conn.index());
         let mut served = Served {
             session,
             extra,
@@ -267,8 +271,6 @@ impl Sessions {
     /// Moves an open session on: hands the loop its next batch if none is with it, sends
     /// its close and ends it once written, and pauses or resumes its reads.
     fn serve(&mut self, conn: ConnId, served: &mut Served, out: &mut LoopOutbox) {
-        // An outbox wakes its session once per registration, like a task.
-        served.session.outbox.register(&ringio::conn_waker(conn));
         loop {
             if !served.writing() {
                 let mut batch: Option<InFlight> = None;
@@ -496,8 +498,8 @@ impl Handler for Sessions {
                 {
                     close(conn, served, out);
                 }
-                // A shutdown that has waited long enough cuts the wait short.
-                Some(_) => served.session.outbox.register(&ringio::conn_waker(conn)),
+                // Not over yet: a shutdown that has waited long enough wakes it again.
+                Some(_) => {}
                 None => self.serve(conn, served, out),
             },
             Slot::Done => {}
@@ -570,6 +572,11 @@ pub fn serve_core(core: Rc<Core>, listeners: Vec<StdListener>) -> Result<()> {
     )
     .context("starting the completion loop")?;
     let cross_core = event_loop.waker();
+    // Before any session opens: outboxes wake their connections through the loop.
+    let wakes = event_loop.conn_wakes();
+    core.outboxes
+        .wakers
+        .wake_connections_with(move |conn| wakes.wake(ConnId::from_index(conn)));
     node.cores_ready.fetch_add(1, Ordering::AcqRel);
     let mut timers = Timers::new(&core);
     let mut mailbox_waiting = false;

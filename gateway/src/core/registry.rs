@@ -176,7 +176,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::outbox::QueueLimits;
+    use crate::outbox::{OutboxShared, QueueLimits};
 
     fn outbox(id: u64, user: UserId) -> Outbox {
         let limits = QueueLimits {
@@ -187,7 +187,7 @@ mod tests {
             stall: Duration::from_secs(1),
             behind_for: Duration::from_secs(1),
         };
-        Outbox::new(id, user, u64::MAX, false, Rc::new(limits))
+        Outbox::new(id, user, u64::MAX, false, OutboxShared::new(limits))
     }
 
     fn open(registry: &mut Registry, user: UserId) -> u64 {
