@@ -147,6 +147,9 @@ pub struct OpenSession {
     pending: Option<Box<Vec<u8>>>,
     /// Whether `pending` may hold whole messages, left when the session fell behind.
     paused_mid_read: bool,
+    /// Whether the driver asked its I/O to stop reading: the completion driver's flag,
+    /// kept here in a byte the session's layout leaves over.
+    reading_paused: bool,
     bucket: TokenBucket,
     /// The user's budget, shared with its other connections; `None` without a user limit.
     user_budget: Option<UserBudgetHandle>,
@@ -194,6 +197,7 @@ impl OpenSession {
             decoder: wsproto::Decoder::new(wsproto::Role::Server, MAX_FRAME_BYTES),
             pending: None,
             paused_mid_read: false,
+            reading_paused: false,
             outbox,
             close_sent: None,
             closing: Closing::AwaitPeerClose,
@@ -282,6 +286,16 @@ impl OpenSession {
     /// nothing is read while the core is backpressured.
     pub fn may_read(&self, core: &Core) -> bool {
         !self.outbox.is_behind() && !core.is_backpressured()
+    }
+
+    /// Whether the driver asked its I/O to stop reading (the driver's own note).
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
+    /// Notes whether the driver asked its I/O to stop reading.
+    pub fn set_reading_paused(&mut self, paused: bool) {
+        self.reading_paused = paused;
     }
 
     /// Acts on the whole messages kept when the session fell behind, if any and if it may

@@ -77,16 +77,14 @@ pub struct Upgrade {
     _upgrading: UpgradeGuard,
 }
 
-/// An open session and where its I/O stands.
+/// An open session and where its I/O stands: 64 bytes.
 pub struct Served {
+    /// The protocol's state, which also keeps whether the loop was asked to stop reading
+    /// ([`OpenSession::reading_paused`]), in bytes its layout leaves over.
     session: OpenSession,
     /// What only some sessions hold, behind one pointer that an idle plain session leaves
-    /// empty: 72 bytes a slot instead of 80.
+    /// empty.
     extra: Option<Box<Extra>>,
-    /// Whether the loop was asked to stop reading (backpressure, or a client behind).
-    paused: bool,
-    /// Once our close frame is written: waiting for the peer's close until then.
-    linger_until: Option<Millis>,
 }
 
 /// The part of a session's I/O state that few sessions hold at once.
@@ -97,6 +95,8 @@ struct Extra {
     tls: Option<Box<TlsSession>>,
     /// The batch handed to the loop and not yet written, if any.
     in_flight: Option<InFlight>,
+    /// Once our close frame is written: waiting for the peer's close until then.
+    linger_until: Option<Millis>,
 }
 
 /// A batch with the loop: its bytes, and the deliveries in it for the latency histogram
@@ -119,14 +119,19 @@ impl Served {
             .is_some_and(|extra| extra.in_flight.is_some())
     }
 
-    /// Takes the batch the loop has written; a plain session's box goes with it.
+    /// Takes the batch the loop has written; the box goes with it unless it holds more.
     fn take_in_flight(&mut self) -> Option<InFlight> {
         let extra = self.extra.as_mut()?;
         let batch = extra.in_flight.take();
-        if extra.tls.is_none() {
+        if extra.tls.is_none() && extra.linger_until.is_none() {
             self.extra = None;
         }
         batch
+    }
+
+    /// Until when it waits for the peer's close, once our close frame is written.
+    fn linger_until(&self) -> Option<Millis> {
+        self.extra.as_ref()?.linger_until
     }
 }
 
@@ -249,7 +254,7 @@ impl Sessions {
         let extra = tls.map(|tls| {
             Box::new(Extra {
                 tls: Some(tls),
-                in_flight: None,
+                ..Extra::default()
             })
         });
         // What the client sent after its head is the start of the WebSocket stream.
@@ -258,12 +263,7 @@ impl Sessions {
         // Pushes and closes wake the connection from here on; what the open queued is
         // served just below.
         session.outbox.bind_connection(conn.index());
-        let mut served = Served {
-            session,
-            extra,
-            paused: false,
-            linger_until: None,
-        };
+        let mut served = Served { session, extra };
         self.serve(conn, &mut served, out);
         *slot = Slot::Open(served);
     }
@@ -296,7 +296,7 @@ impl Sessions {
                     served.extra.get_or_insert_default().in_flight = Some(batch);
                 }
             }
-            if served.linger_until.is_some() {
+            if served.linger_until().is_some() {
                 return;
             }
             match served.session.close_progress(&self.core, served.writing()) {
@@ -316,14 +316,14 @@ impl Sessions {
                 if self.core.is_backpressured() {
                     self.core.wait_for_room(&ringio::conn_waker(conn));
                 }
-                if !served.paused {
-                    served.paused = true;
+                if !served.session.reading_paused() {
+                    served.session.set_reading_paused(true);
                     out.pause_reading(conn);
                 }
                 return;
             }
-            if served.paused {
-                served.paused = false;
+            if served.session.reading_paused() {
+                served.session.set_reading_paused(false);
                 out.resume_reading(conn);
             }
             if !served.session.resume_if_paused_mid_read(&self.core) {
@@ -340,10 +340,10 @@ impl Sessions {
             return;
         }
         let until = Millis::at(Instant::now() + CLOSE_LINGER);
-        served.linger_until = Some(until);
+        served.extra.get_or_insert_default().linger_until = Some(until);
         self.linger_deadlines.push_back((until, conn));
-        if served.paused {
-            served.paused = false;
+        if served.session.reading_paused() {
+            served.session.set_reading_paused(false);
             out.resume_reading(conn);
         }
     }
@@ -458,7 +458,7 @@ impl Handler for Sessions {
                         &mut plaintext[..]
                     }
                 };
-                if served.linger_until.is_some() {
+                if served.linger_until().is_some() {
                     if served.session.peer_close_received(data) || peer_ended {
                         close(conn, served, out);
                     }
@@ -491,7 +491,7 @@ impl Handler for Sessions {
                 *slot = Slot::Done;
                 out.abort(conn);
             }
-            Slot::Open(served) => match served.linger_until {
+            Slot::Open(served) => match served.linger_until() {
                 Some(until)
                     if until.reached(Millis::at(Instant::now()))
                         || served.session.outbox.is_aborted() =>
@@ -670,7 +670,7 @@ mod tests {
         // What every open session holds in the loop's slab beside the loop's own bytes
         // (bench/RESULTS.md, "Bytes per idle socket"): no task, no future, no timer.
         let slot = size_of::<Slot>();
-        assert!(slot <= 72, "a slot is {slot} bytes");
+        assert!(slot <= 64, "a slot is {slot} bytes");
         assert_eq!(size_of::<(Millis, ConnId)>(), 8, "a deadline entry");
     }
 }
