@@ -25,7 +25,7 @@ const SESSIONS: u64 = 2000;
 /// session may hold, everything on its core included: its slot in the completion loop's
 /// slab (or, on monoio, its task and the runtime's readiness entry for its socket), its
 /// outbox, its entries in the core's maps, the presence replica and the user budgets.
-const MAX_HEAP_BYTES_PER_SESSION: usize = 650;
+const MAX_HEAP_BYTES_PER_SESSION: usize = 600;
 
 /// Upgrades a blocking socket by hand and reads the welcome, so that the session is open
 /// and has written all it had queued.
