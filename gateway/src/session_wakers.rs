@@ -62,24 +62,19 @@ impl SessionWakers {
     /// The session at `place` is the loop's connection `conn`.
     pub fn bind_connection(&self, place: u32, conn: u32) {
         if let Targets::Connections { by_place, .. } = &mut *self.targets.borrow_mut() {
-            let place = place as usize;
-            if by_place.len() <= place {
-                by_place.resize(place + 1, UNBOUND);
-            }
-            by_place[place] = conn;
+            *entry_at(by_place, place, UNBOUND) = conn;
         }
     }
 
     /// The task serving the session at `place` waits to be woken by `waker`.
     pub fn register(&self, place: u32, waker: &Waker) {
         if let Targets::Tasks(tasks) = &mut *self.targets.borrow_mut() {
-            let place = place as usize;
-            if tasks.len() <= place {
-                tasks.resize(place + 1, None);
-            }
-            match &tasks[place] {
-                Some(current) if current.will_wake(waker) => {}
-                _ => tasks[place] = Some(waker.clone()),
+            let task = entry_at(tasks, place, None);
+            if !task
+                .as_ref()
+                .is_some_and(|current| current.will_wake(waker))
+            {
+                *task = Some(waker.clone());
             }
         }
     }
@@ -117,6 +112,15 @@ impl SessionWakers {
         };
         drop(dropped);
     }
+}
+
+/// The entry for `place`, the table grown with `empty` entries to reach it.
+fn entry_at<T: Clone>(table: &mut Vec<T>, place: u32, empty: T) -> &mut T {
+    let place = place as usize;
+    if table.len() <= place {
+        table.resize(place + 1, empty);
+    }
+    &mut table[place]
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod ring;
 #[allow(unsafe_code)]
 mod wake;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -305,7 +306,6 @@ const SPARE_QUEUE_FRAMES: usize = 64;
 
 /// Frames handed to a connection and not yet to a write: in [`EventLoop::queued`], and
 /// there only while some wait (never empty), since an idle connection has none.
-#[derive(Default)]
 struct Queued {
     frames: VecDeque<Bytes>,
     /// Bytes in `frames`, bounded by [`Config::max_queued_bytes`].
@@ -940,9 +940,10 @@ impl<H: Handler> EventLoop<H> {
             if state.closing || state.writing.is_some() {
                 continue;
             }
-            let Some(queue) = self.queued.get_mut(&conn) else {
+            let Entry::Occupied(mut queued) = self.queued.entry(conn) else {
                 continue;
             };
+            let queue = queued.get_mut();
             let fd = state.socket.as_raw_fd();
             let write = self.ring.write(conn, fd, &mut queue.frames)?;
             state.writing = Some(write);
@@ -950,9 +951,7 @@ impl<H: Handler> EventLoop<H> {
             if queue.frames.is_empty() {
                 // An idle connection holds no queue: a few hundred thousand of them would
                 // otherwise keep one allocation each for frames long written.
-                if let Some(emptied) = self.queued.remove(&conn) {
-                    keep_spare(&mut self.spare_queues, emptied.frames);
-                }
+                keep_spare(&mut self.spare_queues, queued.remove().frames);
             }
         }
         self.to_write = to_write;

@@ -35,9 +35,10 @@ pub struct Posting {
 }
 
 impl Posting {
-    /// A ring of `count` buffers, all idle: [`Posting::next_to_provide`] gives the first
-    /// ones to provide.
+    /// A ring of `count` buffers (a power of two, as the kernel's ring wants), all idle:
+    /// [`Posting::next_to_provide`] gives the first ones to provide.
     pub fn new(count: u16) -> Posting {
+        debug_assert!(count.is_power_of_two());
         let mut idle = vec![0u64; usize::from(count).div_ceil(64)].into_boxed_slice();
         for id in 0..count {
             idle[usize::from(id / 64)] |= 1 << (id % 64);
@@ -103,14 +104,14 @@ impl Posting {
     /// Called about once a second: the target falls toward twice the busiest turn since the
     /// last call, at most by half at a time.
     pub fn fit(&mut self) {
+        // At most `count`: a power of two itself.
         let wanted = self
             .peak
             .saturating_mul(2)
             .max(MIN_POSTED)
             .min(self.count)
-            .next_power_of_two()
-            .min(self.count);
-        self.target = wanted.max(self.target / 2).max(MIN_POSTED.min(self.count));
+            .next_power_of_two();
+        self.target = wanted.max(self.target / 2);
         self.peak = 0;
     }
 

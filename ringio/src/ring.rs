@@ -627,22 +627,21 @@ impl Ring {
                     }
                     let result = match (error, cqueue::buffer_select(flags)) {
                         (Some(error), _) => Err(error),
-                        (None, Some(id)) if result > 0 => {
-                            self.buffers.posting.taken();
-                            Ok(Some(Buffer {
-                                id,
-                                len: result as usize,
-                            }))
-                        }
                         (None, Some(id)) => {
-                            // End of stream can still consume a buffer: give it back.
                             self.buffers.posting.taken();
-                            self.buffers.give_back(id);
-                            Ok(None)
+                            if result > 0 {
+                                Ok(Some(Buffer {
+                                    id,
+                                    len: result as usize,
+                                }))
+                            } else {
+                                // End of stream can still consume a buffer: give it back.
+                                self.buffers.give_back(id);
+                                Ok(None)
+                            }
                         }
                         (None, None) => Ok(None),
                     };
-
                     events.push(Event::Received {
                         conn: index,
                         result,
