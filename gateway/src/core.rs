@@ -325,6 +325,11 @@ impl Core {
         outbox
     }
 
+    /// Whether `user` has a session open on this core.
+    pub fn has_sessions_of(&self, user: UserId) -> bool {
+        self.registry.borrow().has_user(user)
+    }
+
     /// Forgets a session.
     pub fn close_session(&self, outbox: &Outbox) {
         outbox.discard(&self.metrics);

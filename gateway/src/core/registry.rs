@@ -139,6 +139,11 @@ impl Registry {
         })
     }
 
+    /// Whether `user` has a session on this core.
+    pub fn has_user(&self, user: UserId) -> bool {
+        self.users.contains_key(&user)
+    }
+
     /// Every session, in no particular order.
     pub fn all(&self) -> impl Iterator<Item = &Rc<Outbox>> {
         self.places.iter().flatten()
@@ -210,6 +215,7 @@ mod tests {
         assert_eq!(crate::router::connection_core(a), 3);
         assert_eq!(registry.len(), 2);
         assert_eq!(sessions_of(&registry, 7), [b, a]);
+        assert!(registry.has_user(7) && !registry.has_user(8));
         assert!(registry.get(a).is_some());
         registry.remove(&outbox(a, 7));
         assert!(registry.get(a).is_none());
@@ -220,6 +226,7 @@ mod tests {
         assert_eq!(sessions_of(&registry, 7), [c]);
         registry.remove(&outbox(c, 7));
         assert!(registry.is_empty());
+        assert!(!registry.has_user(7));
         assert!(sessions_of(&registry, 7).is_empty());
         assert_eq!(registry.all().count(), 0);
     }

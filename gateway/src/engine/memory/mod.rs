@@ -1,8 +1,9 @@
 //! The memory engine: one node, no persistence. Chats live on the core that `chat_id %
 //! cores` names, which applies their rules ([`chat`]), assigns their gap-free seq and keeps
 //! a bounded recent history for sync (like Centrifugo's memory engine). Creates are decided
-//! on one core for the node ([`directory`]). Presence is replicated to every core, with who
-//! shares a chat with whom ([`contacts`]), so a query is answered where it arrives.
+//! on one core for the node ([`directory`]). Presence is replicated to every core (less what
+//! each core's own registry shows, [`presence`]), with who shares a chat with whom
+//! ([`contacts`]), so a query is answered where it arrives.
 
 mod chat;
 mod chat_list;
@@ -17,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wire::client::{ArchivedCreateChat, ArchivedListChats, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::server::{ChatSummary, Presence};
+use wire::server::{ChatSummary, Presence, PresenceEntry};
 use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
@@ -27,7 +28,7 @@ pub use self::chat_list::Cursor;
 use self::chat_list::Gather;
 use self::contacts::Contacts;
 use self::directory::{DIRECTORY_CORE, Decision, Directory};
-use self::presence::PresenceState;
+use self::presence::PresenceReplica;
 use super::{Engine, EngineMsg};
 use crate::core::Core;
 use crate::router::{CoreMsg, Origin};
@@ -132,7 +133,7 @@ pub struct MemoryEngine {
     /// Chat lists waiting for other cores' parts, by gather id.
     gathers: HashMap<u64, Gather>,
     next_gather_id: u64,
-    presence: HashMap<UserId, PresenceState>,
+    presence: PresenceReplica,
     contacts: Contacts,
     /// Consulted on [`DIRECTORY_CORE`] only.
     directory: Directory,
@@ -147,7 +148,7 @@ impl MemoryEngine {
             chats: HashMap::new(),
             gathers: HashMap::new(),
             next_gather_id: 0,
-            presence: HashMap::new(),
+            presence: PresenceReplica::default(),
             contacts: Contacts::default(),
             directory: Directory::new(max_chats_per_user),
             history_limit,
@@ -183,7 +184,7 @@ impl MemoryEngine {
                 user_id,
                 online,
                 at_us,
-            } => self.presence_changed(user_id, online, at_us),
+            } => self.presence.changed_elsewhere(user_id, online, at_us),
             Msg::Frame {
                 origin,
                 frame,
@@ -321,21 +322,20 @@ impl MemoryEngine {
         }
     }
 
-    fn presence_changed(&mut self, user_id: UserId, online: bool, at_us: u64) {
-        let state = self.presence.entry(user_id).or_default();
-        if online {
-            state.connected();
-        } else {
-            state.disconnected(at_us);
-        }
-    }
-
+    /// Tells the other cores that a session of `origin`'s user opened or closed here; this
+    /// core's own sessions are in its registry.
     fn broadcast_presence(&mut self, core: &Core, origin: Origin, online: bool) {
+        let user_id = origin.user_id;
         let at_us = core.now_us();
-        self.presence_changed(origin.user_id, online, at_us);
+        if online {
+            self.presence.connected_here(user_id);
+        } else {
+            let still_here = core.has_sessions_of(user_id);
+            self.presence.disconnected_here(user_id, still_here, at_us);
+        }
         core.to_other_cores(|| {
             EngineMsg::Memory(Msg::Presence {
-                user_id: origin.user_id,
+                user_id,
                 online,
                 at_us,
             })
@@ -515,12 +515,16 @@ impl MemoryEngine {
             .iter()
             .map(|u| {
                 let user_id = u.to_native();
-                let state = if self.contacts.may_see(origin.user_id, user_id) {
-                    self.presence.get(&user_id).copied().unwrap_or_default()
+                if self.contacts.may_see(origin.user_id, user_id) {
+                    let here = core.has_sessions_of(user_id);
+                    self.presence.entry(user_id, here, now_us)
                 } else {
-                    PresenceState::default()
-                };
-                state.entry(user_id, now_us)
+                    PresenceEntry {
+                        user_id,
+                        online: false,
+                        last_seen_us: 0,
+                    }
+                }
             })
             .collect();
         let frame = ServerFrame::Presence(Presence {
