@@ -4,8 +4,10 @@
 //! word per session instead of a hash table's entry; the sweep visits every
 //! [`Registry::slots`]th place per tick instead of every session at once.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
+
+use hashbrown::HashTable;
 
 use wire::UserId;
 
@@ -27,11 +29,12 @@ pub struct Registry {
     len: usize,
     /// How many groups the sweep visits the places in, one per tick.
     slots: usize,
-    /// The place of each user's latest session on this core. The user's other sessions
-    /// follow from it, each outbox naming the place of the next
-    /// ([`Outbox::next_of_user`]): one entry of 16 bytes per user, whatever the number of
-    /// its sessions.
-    users: HashMap<UserId, u32>,
+    /// The place of each user's latest session on this core, found by the user its
+    /// session names. The user's other sessions follow from it, each outbox naming the
+    /// place of the next ([`Outbox::next_of_user`]): one entry of four bytes per user,
+    /// whatever the number of its sessions, since the key is read from the session.
+    users: HashTable<u32>,
+    hasher: RandomState,
 }
 
 /// The end of a user's list of sessions.
@@ -48,7 +51,8 @@ impl Registry {
             free: Vec::new(),
             len: 0,
             slots: slots.max(1),
-            users: HashMap::new(),
+            users: HashTable::new(),
+            hasher: RandomState::new(),
         }
     }
 
@@ -67,9 +71,26 @@ impl Registry {
         self.opened = self.opened.wrapping_add(1);
         let id = connection_id(self.core, self.opened, index);
         let outbox = Rc::new(outbox_for(id));
-        let next = self.users.insert(outbox.user_id, index as u32);
-        outbox.set_next_of_user(next.unwrap_or(NO_PLACE));
+        let user = outbox.user_id;
         self.places[index] = Some(outbox.clone());
+        let Registry {
+            places,
+            users,
+            hasher,
+            ..
+        } = self;
+        let head = users.find_mut(hasher.hash_one(user), |&p| user_at(places, p) == Some(user));
+        let next = match head {
+            Some(head) => std::mem::replace(head, index as u32),
+            None => {
+                let hash_of = |&p: &u32| {
+                    hasher.hash_one(user_at(places, p).expect("a user's entry names a session"))
+                };
+                users.insert_unique(hasher.hash_one(user), index as u32, hash_of);
+                NO_PLACE
+            }
+        };
+        outbox.set_next_of_user(next);
         self.len += 1;
         outbox
     }
@@ -94,19 +115,25 @@ impl Registry {
 
     /// Takes the session at `place` out of its user's list.
     fn unlink_from_user(&mut self, outbox: &Outbox, place: u32) {
+        let user = outbox.user_id;
         let next = outbox.next_of_user();
-        let Some(head) = self.users.get_mut(&outbox.user_id) else {
+        let hash = self.hasher.hash_one(user);
+        let places = &self.places;
+        let Ok(mut head) = self
+            .users
+            .find_entry(hash, |&p| user_at(places, p) == Some(user))
+        else {
             return;
         };
-        if *head == place {
+        if *head.get() == place {
             if next == NO_PLACE {
-                self.users.remove(&outbox.user_id);
+                head.remove();
             } else {
-                *head = next;
+                *head.get_mut() = next;
             }
             return;
         }
-        let mut at = *head;
+        let mut at = *head.get();
         while let Some(before) = self.at(at) {
             if before.next_of_user() == place {
                 before.set_next_of_user(next);
@@ -131,7 +158,7 @@ impl Registry {
 
     /// The sessions of `user` on this core, the latest first.
     pub fn user_sessions(&self, user: UserId) -> impl Iterator<Item = &Rc<Outbox>> {
-        let mut at = self.users.get(&user).copied().unwrap_or(NO_PLACE);
+        let mut at = self.head_of(user).unwrap_or(NO_PLACE);
         std::iter::from_fn(move || {
             let outbox = self.at(at)?;
             at = outbox.next_of_user();
@@ -141,7 +168,16 @@ impl Registry {
 
     /// Whether `user` has a session on this core.
     pub fn has_user(&self, user: UserId) -> bool {
-        self.users.contains_key(&user)
+        self.head_of(user).is_some()
+    }
+
+    /// The place of `user`'s latest session on this core.
+    fn head_of(&self, user: UserId) -> Option<u32> {
+        let hash = self.hasher.hash_one(user);
+        let places = &self.places;
+        self.users
+            .find(hash, |&p| user_at(places, p) == Some(user))
+            .copied()
     }
 
     /// Every session, in no particular order.
@@ -174,6 +210,11 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// The user of the session at `place`: what the table of users is keyed by.
+fn user_at(places: &[Option<Rc<Outbox>>], place: u32) -> Option<UserId> {
+    Some(places.get(place as usize)?.as_ref()?.user_id)
 }
 
 #[cfg(test)]
@@ -252,6 +293,38 @@ mod tests {
         }
         assert!(sessions_of(&registry, 9).is_empty());
         assert_eq!(registry.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Opens and closes in any order, over enough users for the table of users to grow
+        /// and shrink its buckets, find every user's sessions, latest first, as a plain
+        /// model of the same steps does.
+        #[test]
+        fn users_sessions_follow_any_opens_and_closes(
+            steps in proptest::collection::vec((proptest::bool::weighted(0.6), 0u64..300, proptest::num::usize::ANY), 1..1500)
+        ) {
+            let mut registry = Registry::new(0, 8, 0);
+            let mut model: Vec<(u64, UserId)> = Vec::new();
+            for (opens, user, pick) in steps {
+                if opens || model.is_empty() {
+                    model.push((open(&mut registry, user), user));
+                } else {
+                    let (id, user) = model.remove(pick % model.len());
+                    registry.remove(&outbox(id, user));
+                }
+            }
+            proptest::prop_assert_eq!(registry.len(), model.len());
+            for user in 0..300 {
+                let expected: Vec<u64> = model
+                    .iter()
+                    .rev()
+                    .filter(|(_, of)| *of == user)
+                    .map(|(id, _)| *id)
+                    .collect();
+                proptest::prop_assert_eq!(registry.has_user(user), !expected.is_empty());
+                proptest::prop_assert_eq!(sessions_of(&registry, user), expected);
+            }
+        }
     }
 
     #[test]
