@@ -129,10 +129,24 @@ struct Write {
     conn: u32,
     frames: Batch,
     iovecs: Vec<libc::iovec>,
+    /// The `sendmsg` header naming `iovecs`, boxed so that it stays put while the slab of
+    /// writes grows between the submission's queueing and the kernel reading it.
+    header: Box<MessageHeader>,
+}
+
+/// A `struct msghdr` that names only a vector array (no address, no control data).
+#[derive(Debug)]
+struct MessageHeader(libc::msghdr);
+
+impl Default for MessageHeader {
+    fn default() -> MessageHeader {
+        // SAFETY: an all-zero msghdr is valid: null pointers with zero lengths.
+        MessageHeader(unsafe { std::mem::zeroed() })
+    }
 }
 
 impl Write {
-    /// Points the vector array at the batch's unwritten bytes.
+    /// Points the vector array at the batch's unwritten bytes, and the header at the array.
     fn refresh_iovecs(&mut self) {
         self.iovecs.clear();
         self.iovecs
@@ -140,6 +154,8 @@ impl Write {
                 iov_base: slice.as_ptr().cast_mut().cast(),
                 iov_len: slice.len(),
             }));
+        self.header.0.msg_iov = self.iovecs.as_mut_ptr();
+        self.header.0.msg_iovlen = self.iovecs.len();
     }
 }
 
@@ -394,7 +410,8 @@ impl Ring {
         for (code, name) in [
             (opcode::AcceptMulti::CODE, "accept"),
             (opcode::RecvMulti::CODE, "recv"),
-            (opcode::Writev::CODE, "writev"),
+            (opcode::Send::CODE, "send"),
+            (opcode::SendMsg::CODE, "sendmsg"),
             (opcode::Read::CODE, "read"),
             (opcode::AsyncCancel::CODE, "async cancel"),
             (opcode::Timeout::CODE, "timeout"),
@@ -551,15 +568,26 @@ impl Ring {
     fn submit_write(&mut self, id: u32, fd: RawFd) -> io::Result<()> {
         let write = &mut self.writes[id as usize];
         write.refresh_iovecs();
-        let entry = opcode::Writev::new(
-            Fd(fd),
-            write.iovecs.as_ptr(),
-            u32::try_from(write.iovecs.len()).unwrap_or(u32::MAX),
-        )
-        .build()
+        // A socket's own send, not a file write: `writev` through io_uring goes the file
+        // path (kiocb set-up and a modify notification per write, 2-3% of the core's CPU
+        // on echo), a send straight to the socket; one frame needs no header to copy. No
+        // SIGPIPE: a peer gone is an error.
+        let entry = match write.iovecs[..] {
+            [one] => opcode::Send::new(
+                Fd(fd),
+                one.iov_base.cast_const().cast(),
+                u32::try_from(one.iov_len).unwrap_or(u32::MAX),
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build(),
+            _ => opcode::SendMsg::new(Fd(fd), &raw const write.header.0)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+        }
         .user_data(Kind::Write.user_data(id));
-        // SAFETY: the vector array and the frames it points into are owned by the slab entry
-        // `id`, which is neither changed nor removed until this write's completion.
+        // SAFETY: the header (boxed), the vector array it names and the frames that array
+        // points into are owned by the slab entry `id`, which is neither changed nor removed
+        // until this write's completion.
         unsafe { self.push(&entry) }?;
         self.in_flight += 1;
         Ok(())
