@@ -22,10 +22,14 @@ static HEAP: dhat::Alloc = dhat::Alloc;
 const SESSIONS: u64 = 2000;
 
 /// Heap bytes (as requested, before the allocator rounds them to its size classes) one idle
-/// session may hold, everything on its core included: its slot in the completion loop's
-/// slab (or, on monoio, its task and the runtime's readiness entry for its socket), its
-/// outbox, its entries in the core's maps, the presence replica and the user budgets.
-const MAX_HEAP_BYTES_PER_SESSION: usize = 600;
+/// session may hold on the completion driver, everything on its core included: its slot in
+/// the loop's slab, its outbox, its entries in the core's maps and the user budgets
+/// (measured: 213).
+const MAX_HEAP_BYTES_PER_SESSION: usize = 250;
+
+/// The same on monoio's driver (`GATEWAY_IO_DRIVER=io-uring` or `epoll`), where a session
+/// is a task and the runtime keeps a readiness entry for its socket (measured: 520).
+const MAX_HEAP_BYTES_PER_MONOIO_SESSION: usize = 560;
 
 /// Upgrades a blocking socket by hand and reads the welcome, so that the session is open
 /// and has written all it had queued.
@@ -105,9 +109,15 @@ fn an_idle_session_holds_few_heap_bytes_and_leaves_no_block_behind() {
         drop(profiler);
         return;
     }
+    let on_monoio = std::env::var("GATEWAY_IO_DRIVER").is_ok_and(|d| d != "completion");
+    let bound = if on_monoio {
+        MAX_HEAP_BYTES_PER_MONOIO_SESSION
+    } else {
+        MAX_HEAP_BYTES_PER_SESSION
+    };
     assert!(
-        per_session <= MAX_HEAP_BYTES_PER_SESSION,
-        "an idle session holds {per_session} heap bytes"
+        per_session <= bound,
+        "an idle session holds {per_session} heap bytes (at most {bound})"
     );
 
     clients.clear();
