@@ -79,7 +79,7 @@ impl Registry {
             hasher,
             ..
         } = self;
-        let head = users.find_mut(hasher.hash_one(user), |&p| user_at(places, p) == Some(user));
+        let head = users.find_mut(hasher.hash_one(user), holds_user(places, user));
         let next = match head {
             Some(head) => std::mem::replace(head, index as u32),
             None => {
@@ -119,10 +119,7 @@ impl Registry {
         let next = outbox.next_of_user();
         let hash = self.hasher.hash_one(user);
         let places = &self.places;
-        let Ok(mut head) = self
-            .users
-            .find_entry(hash, |&p| user_at(places, p) == Some(user))
-        else {
+        let Ok(mut head) = self.users.find_entry(hash, holds_user(places, user)) else {
             return;
         };
         if *head.get() == place {
@@ -175,9 +172,7 @@ impl Registry {
     fn head_of(&self, user: UserId) -> Option<u32> {
         let hash = self.hasher.hash_one(user);
         let places = &self.places;
-        self.users
-            .find(hash, |&p| user_at(places, p) == Some(user))
-            .copied()
+        self.users.find(hash, holds_user(places, user)).copied()
     }
 
     /// Every session, in no particular order.
@@ -215,6 +210,11 @@ impl Registry {
 /// The user of the session at `place`: what the table of users is keyed by.
 fn user_at(places: &[Option<Rc<Outbox>>], place: u32) -> Option<UserId> {
     Some(places.get(place as usize)?.as_ref()?.user_id)
+}
+
+/// Whether a place in the table of users is `user`'s, for its lookups.
+fn holds_user(places: &[Option<Rc<Outbox>>], user: UserId) -> impl Fn(&u32) -> bool {
+    move |&place| user_at(places, place) == Some(user)
 }
 
 #[cfg(test)]
