@@ -8,6 +8,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use wire::UserId;
 
@@ -79,14 +80,12 @@ impl Registry {
             hasher,
             ..
         } = self;
-        let head = users.find_mut(hasher.hash_one(user), holds_user(places, user));
-        let next = match head {
-            Some(head) => std::mem::replace(head, index as u32),
-            None => {
-                let hash_of = |&p: &u32| {
-                    hasher.hash_one(user_at(places, p).expect("a user's entry names a session"))
-                };
-                users.insert_unique(hasher.hash_one(user), index as u32, hash_of);
+        let hash_of =
+            |&p: &u32| hasher.hash_one(user_at(places, p).expect("a user's entry names a session"));
+        let next = match users.entry(hasher.hash_one(user), holds_user(places, user), hash_of) {
+            Entry::Occupied(mut head) => std::mem::replace(head.get_mut(), index as u32),
+            Entry::Vacant(vacant) => {
+                vacant.insert(index as u32);
                 NO_PLACE
             }
         };

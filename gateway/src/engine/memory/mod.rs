@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wire::client::{ArchivedCreateChat, ArchivedListChats, ArchivedPresenceQuery};
 use wire::envelope::Target;
-use wire::server::{ChatSummary, Presence, PresenceEntry};
+use wire::server::{ChatSummary, Presence};
 use wire::{
     ArchivedChatKind, ChatId, ChatKind, ClientFrameRef, ClientMsgId, ErrorCode, ServerFrame, UserId,
 };
@@ -519,11 +519,7 @@ impl MemoryEngine {
                     let here = core.has_sessions_of(user_id);
                     self.presence.entry(user_id, here, now_us)
                 } else {
-                    PresenceEntry {
-                        user_id,
-                        online: false,
-                        last_seen_us: 0,
-                    }
+                    PresenceReplica::never_seen(user_id)
                 }
             })
             .collect();

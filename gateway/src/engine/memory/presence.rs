@@ -116,6 +116,11 @@ impl PresenceReplica {
             .entry(user, now_us)
     }
 
+    /// The answer about a user the asker may not see: as if never seen.
+    pub(super) fn never_seen(user: UserId) -> PresenceEntry {
+        PresenceState::default().entry(user, 0)
+    }
+
     /// Users with an entry.
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -143,6 +148,8 @@ mod tests {
     #[test]
     fn never_seen_is_offline_at_zero() {
         assert_eq!(answer(&PresenceReplica::default(), false, 500), (false, 0));
+        let stranger = PresenceReplica::never_seen(USER);
+        assert_eq!((stranger.online, stranger.last_seen_us), (false, 0));
     }
 
     #[test]
