@@ -73,7 +73,7 @@ pub struct CpuUse {
     pub host_cpus: usize,
     /// Busy cores of the whole host.
     pub host_cores: f64,
-    /// The tester process (its pacer threads included).
+    /// The tester process (its main thread included).
     pub tester_cores: Option<f64>,
     /// The server process (with --pid).
     pub server_cores: Option<f64>,

@@ -59,6 +59,12 @@ pub fn run(plan: Plan) -> Result<Report, RunError> {
         _ => None,
     };
     let before = memory_pid.map(read_memory).transpose()?;
+    if let Some(cpus) = &plan.cpus {
+        // The main thread (progress, snapshots, /proc readings) stays on the tester's CPUs
+        // too, off the server's: unpinned, it ran on the server's CPU and took its turns.
+        // Unpinned is noisier, not wrong: go on.
+        let _ = monoio::utils::bind_to_cpu_set(cpus.iter().copied());
+    }
     let quiet = plan.quiet;
     let threads = plan.threads;
     let connections = plan.connections;
@@ -215,7 +221,7 @@ impl CpuSample {
         if secs <= 0.0 || total == 0 {
             return None;
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = after.cpus.max(1);
         let host_cores = after.busy.saturating_sub(before.busy) as f64 / total as f64 * cpus as f64;
         let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?).max(0.0) / secs);
         let tester_cores = cores(self.tester_secs, later.tester_secs);

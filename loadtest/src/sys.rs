@@ -142,6 +142,8 @@ pub struct HostCpu {
     pub busy: u64,
     /// All ticks.
     pub total: u64,
+    /// CPUs online (the `cpuN` lines): the host's, whatever this process is pinned to.
+    pub cpus: usize,
 }
 
 /// Reads /proc/stat.
@@ -160,9 +162,17 @@ fn parse_host_cpu(stat: &str) -> Option<HostCpu> {
         .collect::<Option<_>>()?;
     let total: u64 = ticks.iter().sum();
     let idle = ticks.get(3)? + ticks.get(4)?;
+    let cpus = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
     Some(HostCpu {
         busy: total - idle,
         total,
+        cpus,
     })
 }
 
@@ -196,12 +206,14 @@ mod tests {
     fn cpu_times_parse() {
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
-        let host = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let host = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n\
+                    cpu1 1 2 3 4 5 6 7 8 0 0\nintr 1 2\nctxt 3\n";
         assert_eq!(
             parse_host_cpu(host),
             Some(HostCpu {
                 busy: 161,
-                total: 981
+                total: 981,
+                cpus: 2
             })
         );
         assert!(process_cpu_secs("self").is_ok_and(|s| s >= 0.0));

@@ -407,8 +407,8 @@ pub enum ThreadError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The pacer's helper thread could not start.
-    #[error("thread {thread}: starting its pacer: {source}")]
+    /// The pacer's timer could not be made.
+    #[error("thread {thread}: making its pacer's timer: {source}")]
     Pacer {
         /// The thread.
         thread: usize,
@@ -433,16 +433,11 @@ pub fn run(
         // Unpinned is slower, not wrong: go on.
         let _ = monoio::utils::bind_to_cpu_set([cpu]);
     }
-    let (pacer, _helper) = Pacer::start(shared.epoch, cpu, format!("loadtest-pacer-{index}"))
-        .map_err(|source| ThreadError::Pacer {
-            thread: index,
-            source,
-        })?;
     // monoio's epoll driver, not io_uring: every socket here is readiness-driven (poll-io),
     // which monoio's io_uring driver serves through an epoll instance polled from the ring,
     // and that driver re-arms the epoll poll only when it parks with nothing else to do, so
-    // the pacer's wake-ups from its helper thread (thousands a second) starve socket I/O.
-    // The epoll driver checks sockets on every park.
+    // a busy schedule (thousands of wake-ups a second) starves socket I/O. The epoll driver
+    // checks sockets on every park.
     let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .with_entries(4096)
         .enable_timer()
@@ -451,8 +446,14 @@ pub fn run(
             thread: index,
             source,
         })?;
-    let ctx = Rc::new(ThreadCtx::new(shared, index, pacer));
-    Ok(runtime.block_on(coordinate(ctx, indices, snapshots)))
+    runtime.block_on(async move {
+        let pacer = Pacer::new(shared.epoch).map_err(|source| ThreadError::Pacer {
+            thread: index,
+            source,
+        })?;
+        let ctx = Rc::new(ThreadCtx::new(shared, index, pacer));
+        Ok(coordinate(ctx, indices, snapshots).await)
+    })
 }
 
 async fn coordinate(
