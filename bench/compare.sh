@@ -11,14 +11,18 @@
 #
 # Settings (environment): PARTS ("peers fullpath"), SERVERS ("gateway gateway_monoio
 # gateway_epoll fastwebsockets tungstenite ringio node"; gateway is ours on its default
-# completion driver, gateway_monoio and gateway_epoll with --io-driver io-uring and epoll), DURATION (15s per load), FULLPATH_RATES (messages per user per second,
-# rising), FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
+# completion driver, gateway_monoio and gateway_epoll with --io-driver io-uring and epoll),
+# DURATION (15s per load), ROUNDS (1: how many times every load runs on every server, round
+# after round; with more than one the report gives each figure's median, since one run on a
+# shared host can be far off), FULLPATH_RATES (messages per user per second, rising),
+# FULLPATH_DURATION (20s), PORT (8080), OUT (target/compare/<date>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-peers fullpath}
 SERVERS=${SERVERS:-gateway gateway_monoio gateway_epoll fastwebsockets tungstenite ringio node}
 DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-1}
 FULLPATH_RATES=${FULLPATH_RATES:-0.001 0.002 0.005 0.01 0.02 0.05 0.1}
 FULLPATH_DURATION=${FULLPATH_DURATION:-20s}
 PORT=${PORT:-8080}
@@ -69,6 +73,7 @@ export GATEWAY_JWT_SECRET="compare-$(date +%s)-$RANDOM$RANDOM"
   echo "rustc=$(rustc --version)"
   have_node && echo "node=$(node --version)"
   echo "duration=$DURATION"
+  echo "rounds=$ROUNDS"
   echo "fullpath_duration=$FULLPATH_DURATION"
 } >"$OUT/machine.env"
 
@@ -124,23 +129,29 @@ start_server() {
 }
 
 if [[ " $PARTS " == *" peers "* ]]; then
-  for load in "${LOADS[@]}"; do
-    IFS='|' read -r name connections ours raw <<<"$load"
-    for server in $SERVERS; do
-      [[ $raw == - && $server != gateway* ]] && continue
-      mode=echo
-      [[ $name == broadcast* ]] && mode=broadcast
-      args=$raw
-      [[ $server == gateway* ]] && args=$ours
-      echo "compare: $name on $server"
-      start_server "$server" "$mode" "$OUT/peer-$server-$name.log"
-      # shellcheck disable=SC2086 # the scenario's arguments are words
-      target/release/loadtest --url "ws://127.0.0.1:$PORT/ws" -n "$connections" -d "$DURATION" \
-        --threads 1 --cpus 1 --pid "$server_pid" --quiet --json "$OUT/peer-$server-$name.json" \
-        $args >"$OUT/peer-$server-$name.txt" || echo "compare: the load tester failed on $server $name" >&2
-      stop_server
-      # Let the previous run's sockets leave TIME_WAIT behind before the next one.
-      sleep 2
+  for round in $(seq 1 "$ROUNDS"); do
+    # One round: plain file names; several: each run's files end in .r<round>.
+    suffix=
+    ((ROUNDS > 1)) && suffix=".r$round"
+    for load in "${LOADS[@]}"; do
+      IFS='|' read -r name connections ours raw <<<"$load"
+      for server in $SERVERS; do
+        [[ $raw == - && $server != gateway* ]] && continue
+        mode=echo
+        [[ $name == broadcast* ]] && mode=broadcast
+        args=$raw
+        [[ $server == gateway* ]] && args=$ours
+        run="$OUT/peer-$server-$name$suffix"
+        echo "compare: $name on $server${suffix:+, round $round of $ROUNDS}"
+        start_server "$server" "$mode" "$run.log"
+        # shellcheck disable=SC2086 # the scenario's arguments are words
+        target/release/loadtest --url "ws://127.0.0.1:$PORT/ws" -n "$connections" -d "$DURATION" \
+          --threads 1 --cpus 1 --pid "$server_pid" --quiet --json "$run.json" \
+          $args >"$run.txt" || echo "compare: the load tester failed on $server $name" >&2
+        stop_server
+        # Let the previous run's sockets leave TIME_WAIT behind before the next one.
+        sleep 2
+      done
     done
   done
 fi

@@ -132,39 +132,103 @@ impl Figures {
     }
 }
 
-/// Peer runs by load, then by server.
+impl Figures {
+    /// One set of figures for several rounds of the same load on the same server: the
+    /// median of each figure (on this noisy a host one round can be far off), but the
+    /// totals of what was lost, duplicated or failed (no round's loss may be hidden), the
+    /// fewest connections, and the tester flagged as the bottleneck if it was in any round.
+    pub fn median_of(rounds: &[Figures]) -> Option<Figures> {
+        let median = |figure: fn(&Figures) -> Option<f64>| {
+            let mut values: Vec<f64> = rounds.iter().filter_map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            match values.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(values[middle]),
+                _ => Some((values[middle - 1] + values[middle]) / 2.0),
+            }
+        };
+        let total = |figure: fn(&Figures) -> u64| rounds.iter().map(figure).sum();
+        Some(Figures {
+            connected: rounds.iter().map(|f| f.connected).min()?,
+            received_per_sec: median(|f| Some(f.received_per_sec))?,
+            received: median(|f| Some(f.received as f64))? as u64,
+            p50_ms: median(|f| f.p50_ms),
+            p99_ms: median(|f| f.p99_ms),
+            p99_9_ms: median(|f| f.p99_9_ms),
+            cpu_secs_per_million: median(|f| f.cpu_secs_per_million),
+            rss_per_connection: median(|f| f.rss_per_connection),
+            rss_per_connection_at_end: median(|f| f.rss_per_connection_at_end),
+            losses: total(|f| f.losses),
+            duplicates: total(|f| f.duplicates),
+            errors: total(|f| f.errors),
+            tester_bottleneck: rounds.iter().any(|f| f.tester_bottleneck),
+            sent_per_sec: median(|f| Some(f.sent_per_sec))?,
+        })
+    }
+}
+
+/// One load's runs as the report shows them.
+#[derive(Debug)]
+pub struct LoadRuns<'a> {
+    pub load: &'a str,
+    /// The most rounds any server ran.
+    pub rounds: usize,
+    /// The servers in report order, each with the medians of its rounds.
+    pub servers: Vec<(&'a str, Figures)>,
+}
+
+/// Peer runs by load, then by server, one set of figures per round.
 #[derive(Debug, Default)]
 pub struct PeerRuns {
-    runs: BTreeMap<String, BTreeMap<String, Figures>>,
+    runs: BTreeMap<String, BTreeMap<String, Vec<Figures>>>,
 }
 
 impl PeerRuns {
-    /// Files are named `peer-<server>-<load>.json`; the server's name has no dash.
+    /// Files are named `peer-<server>-<load>.json`, or `peer-<server>-<load>.r<round>.json`
+    /// when compare.sh ran several rounds; the server's name has no dash. Gives the server
+    /// and the load.
     pub fn parse_name(file_stem: &str) -> Option<(&str, &str)> {
-        file_stem.strip_prefix("peer-")?.split_once('-')
+        let (server, load) = file_stem.strip_prefix("peer-")?.split_once('-')?;
+        let load = match load.rsplit_once(".r") {
+            Some((load, round)) if round.parse::<u32>().is_ok() => load,
+            _ => load,
+        };
+        Some((server, load))
     }
 
+    /// Adds one round of `load` on `server`.
     pub fn add(&mut self, server: &str, load: &str, figures: Figures) {
         self.runs
             .entry(load.to_owned())
             .or_default()
-            .insert(server.to_owned(), figures);
+            .entry(server.to_owned())
+            .or_default()
+            .push(figures);
     }
 
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
 
-    /// Loads in report order, each with its servers in report order.
-    pub fn ordered(&self) -> Vec<(&str, Vec<(&str, &Figures)>)> {
+    /// Loads in report order.
+    pub fn ordered(&self) -> Vec<LoadRuns<'_>> {
         let mut loads: Vec<_> = self.runs.iter().collect();
         loads.sort_by_key(|(name, _)| (rank(&LOADS.map(|(n, _)| n), name), name.as_str()));
         loads
             .into_iter()
             .map(|(load, servers)| {
-                let mut servers: Vec<_> = servers.iter().map(|(s, f)| (s.as_str(), f)).collect();
+                let rounds = servers.values().map(Vec::len).max().unwrap_or(0);
+                let mut servers: Vec<_> = servers
+                    .iter()
+                    .filter_map(|(s, rounds)| Some((s.as_str(), Figures::median_of(rounds)?)))
+                    .collect();
                 servers.sort_by_key(|(name, _)| (rank(&SERVER_ORDER, name), *name));
-                (load.as_str(), servers)
+                LoadRuns {
+                    load: load.as_str(),
+                    rounds,
+                    servers,
+                }
             })
             .collect()
     }
@@ -172,12 +236,24 @@ impl PeerRuns {
     /// One markdown section per load: the figures, then ours/peer ratios.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        for (load, servers) in self.ordered() {
+        for LoadRuns {
+            load,
+            rounds,
+            servers,
+        } in self.ordered()
+        {
             let about = LOADS
                 .iter()
                 .find(|(name, _)| *name == load)
                 .map_or("", |(_, about)| about);
             let _ = writeln!(out, "### {load}: {about}\n");
+            if rounds > 1 {
+                let _ = writeln!(
+                    out,
+                    "Medians of {rounds} rounds; lost, duplicated and errors are their totals.\n"
+                );
+            }
+            let servers: Vec<(&str, &Figures)> = servers.iter().map(|(s, f)| (*s, f)).collect();
             if load.starts_with("idle") {
                 idle_table(&mut out, &servers);
             } else {
@@ -418,7 +494,34 @@ mod tests {
             PeerRuns::parse_name("peer-gateway-echo-max-1k"),
             Some(("gateway", "echo-max-1k"))
         );
+        assert_eq!(
+            PeerRuns::parse_name("peer-fastwebsockets-echo-max-1k.r12"),
+            Some(("fastwebsockets", "echo-max-1k"))
+        );
         assert_eq!(PeerRuns::parse_name("report-0.01"), None);
+    }
+
+    #[test]
+    fn rounds_give_medians_but_totals_of_what_went_wrong() {
+        let round = |p99: f64, cores: f64, losses: u64| Figures {
+            losses,
+            ..Figures::from_report(&report("echo", p99, 1000, Some(cores))).unwrap()
+        };
+        let mut runs = PeerRuns::default();
+        for (p99, cores, losses) in [(9.0, 0.3, 0), (1.0, 0.1, 2), (2.0, 0.2, 0)] {
+            runs.add(OURS, "echo-1k", round(p99, cores, losses));
+        }
+        let ordered = runs.ordered();
+        assert_eq!(ordered[0].rounds, 3);
+        let median = &ordered[0].servers[0].1;
+        assert_eq!(median.p99_ms, Some(2.0));
+        // 0.2 cores for 10 s over 1,000 messages.
+        assert_eq!(median.cpu_secs_per_million, Some(2000.0));
+        assert_eq!(median.losses, 2, "a loss in any round shows");
+        assert!(runs.markdown().contains("Medians of 3 rounds"));
+        let even = Figures::median_of(&[round(1.0, 0.1, 0), round(3.0, 0.1, 0)]).unwrap();
+        assert_eq!(even.p99_ms, Some(2.0));
+        assert!(Figures::median_of(&[]).is_none());
     }
 
     #[test]

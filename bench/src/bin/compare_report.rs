@@ -121,8 +121,10 @@ const SERVER_COLORS: [RGBColor; 5] = [
 fn draw_peers(peers: &PeerRuns, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     let mut servers: Vec<&str> = Vec::new();
-    for (load, runs) in peers.ordered() {
-        for (server, f) in runs {
+    let ordered = peers.ordered();
+    for runs in &ordered {
+        let load = runs.load;
+        for &(server, ref f) in &runs.servers {
             if let (Some(p50), Some(p99), Some(p999)) = (f.p50_ms, f.p99_ms, f.p99_9_ms) {
                 if !servers.contains(&server) {
                     servers.push(server);
