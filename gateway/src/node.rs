@@ -184,6 +184,7 @@ pub struct Gateway {
     node: Arc<Node>,
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
+    driver: IoDriver,
     cores: Vec<JoinHandle<()>>,
     bridge: Option<Bridge>,
 }
@@ -306,6 +307,7 @@ impl Gateway {
             node,
             local_addr,
             admin_addr,
+            driver,
             cores: handles,
             bridge,
         })
@@ -319,6 +321,11 @@ impl Gateway {
     /// Where the admin port listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The I/O driver the cores run: the configured one, or the one it fell back to.
+    pub fn io_driver(&self) -> IoDriver {
+        self.driver
     }
 
     /// The shared node (metrics, readiness).

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::Endpoint;
+use gateway::config::IoDriver;
 
 #[global_allocator]
 static HEAP: dhat::Alloc = dhat::Alloc;
@@ -109,11 +110,10 @@ fn an_idle_session_holds_few_heap_bytes_and_leaves_no_block_behind() {
         drop(profiler);
         return;
     }
-    let on_monoio = std::env::var("GATEWAY_IO_DRIVER").is_ok_and(|d| d != "completion");
-    let bound = if on_monoio {
-        MAX_HEAP_BYTES_PER_MONOIO_SESSION
-    } else {
-        MAX_HEAP_BYTES_PER_SESSION
+    // The driver the cores run, which may be a fallback from the one configured.
+    let bound = match gateway.io_driver() {
+        IoDriver::Completion => MAX_HEAP_BYTES_PER_SESSION,
+        IoDriver::IoUring | IoDriver::Epoll => MAX_HEAP_BYTES_PER_MONOIO_SESSION,
     };
     assert!(
         per_session <= bound,
